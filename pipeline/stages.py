@@ -1,0 +1,223 @@
+"""The three stage contracts: STT, LLM and TTS, each an abstract class.
+
+The public method (``transcribe``, ``stream``, ``synthesize``) owns the cross-cutting work:
+validating input before any expensive work, timing, cancellation and translating unexpected engine
+exceptions into the error tree. An engine implements only the ``_impl`` method with the engine
+work. A fallback chain is itself one of these classes, so the pipeline never knows whether it
+talks to one engine or to several.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.errors import EngineOverloaded, InvalidInput, Stage, StageError, VoxlineError
+from pipeline.types import (
+    AudioChunk,
+    GenerationParams,
+    LLMCapabilities,
+    Message,
+    STTCapabilities,
+    TextDelta,
+    Transcript,
+    TTSCapabilities,
+)
+
+log = logging.getLogger("voxline.stage")
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """What one stage call did, handed to every listener when the call ends."""
+
+    stage: Stage
+    backend: str
+    first_output_ms: float | None
+    total_ms: float
+    outputs: int
+    error: str | None = None  # the error's type name, never its message (may hold user text)
+
+
+Listener = Callable[[CallRecord], None]
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    # torch.cuda.OutOfMemoryError and CTranslate2/onnxruntime's RuntimeErrors on OOM share no
+    # base class we can import here without importing the engine; their type names are stable.
+    return type(exc).__name__ in {"OutOfMemoryError", "MemoryError"}
+
+
+class _Stage(abc.ABC):
+    """What every stage object exposes: ``name``, ``device``, ``aclose()`` and call listeners."""
+
+    stage: Stage
+
+    def __init__(self, *, name: str, device: str = "cpu") -> None:
+        self.name = name
+        self.device = device
+        self.listeners: list[Listener] = []
+
+    async def aclose(self) -> None:  # noqa: B027  # optional hook: most engines hold nothing async
+        """Release the engine's resources (threads, processes, connections)."""
+
+    def _translate(self, exc: Exception) -> StageError:
+        """Map an engine exception to the error tree. Engines override to be more specific."""
+        if _is_out_of_memory(exc):
+            return EngineOverloaded(f"out of memory: {exc}", stage=self.stage, backend=self.name)
+        return StageError(
+            f"{type(exc).__name__}: {exc}", stage=self.stage, backend=self.name, retryable=True
+        )
+
+    async def _timed(self, source: AsyncIterator[object]) -> AsyncIterator[object]:
+        start = time.perf_counter()
+        first: float | None = None
+        outputs = 0
+        error: str | None = None
+        try:
+            async for item in source:
+                if first is None:
+                    first = (time.perf_counter() - start) * 1000
+                outputs += 1
+                yield item
+        except VoxlineError as exc:
+            error = type(exc).__name__
+            raise
+        except Exception as exc:
+            translated = self._translate(exc)
+            error = type(translated).__name__
+            raise translated from exc
+        finally:
+            if hasattr(source, "aclose"):
+                await source.aclose()
+            record = CallRecord(
+                stage=self.stage,
+                backend=self.name,
+                first_output_ms=first,
+                total_ms=(time.perf_counter() - start) * 1000,
+                outputs=outputs,
+                error=error,
+            )
+            for listener in self.listeners:
+                listener(record)
+
+
+class STT(_Stage):
+    """Speech to text. ``transcribe`` yields partial transcripts, then exactly one final one."""
+
+    stage: Stage = "stt"
+    sample_rate: int = 16_000
+    capabilities: STTCapabilities = STTCapabilities()
+
+    async def transcribe(
+        self, audio: AudioChunk, *, language: str | None = None, prompt: str | None = None
+    ) -> AsyncIterator[Transcript]:
+        """Transcribe ``audio`` (mono float32; resampled here to the engine's rate if needed).
+
+        Raises:
+            InvalidInput: empty or non-finite audio.
+            StageError: the engine failed.
+        """
+        from pipeline.audio import resample  # local: keeps numpy-only import cheap for types
+
+        if audio.samples.ndim != 1 or len(audio.samples) == 0:
+            raise InvalidInput("audio is empty", param="file", code="empty_audio")
+        if not np.isfinite(audio.samples).all():
+            raise InvalidInput("audio contains NaN or infinite samples", param="file")
+        if audio.sample_rate != self.sample_rate:
+            audio = resample(audio, self.sample_rate)
+        async for item in self._timed(self._transcribe(audio, language=language, prompt=prompt)):
+            assert isinstance(item, Transcript)
+            yield item
+
+    @abc.abstractmethod
+    def _transcribe(
+        self, audio: AudioChunk, *, language: str | None, prompt: str | None
+    ) -> AsyncIterator[Transcript]:
+        """Engine work: audio is mono float32 at ``self.sample_rate``."""
+
+
+class LLM(_Stage):
+    """A chat model. ``stream`` yields text deltas; the last one carries usage."""
+
+    stage: Stage = "llm"
+    capabilities: LLMCapabilities = LLMCapabilities()
+
+    async def stream(
+        self, messages: Sequence[Message], params: GenerationParams | None = None
+    ) -> AsyncIterator[TextDelta]:
+        """Stream the assistant's reply to ``messages``.
+
+        Raises:
+            InvalidInput: no messages, an unknown role, or nonsensical sampling options.
+            StageError: the engine failed.
+        """
+        params = params or GenerationParams()
+        validate_chat(messages, params)
+        async for item in self._timed(self._stream(list(messages), params)):
+            assert isinstance(item, TextDelta)
+            yield item
+
+    @abc.abstractmethod
+    def _stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[TextDelta]:
+        """Engine work: messages and params are already validated."""
+
+
+def validate_chat(messages: Sequence[Message], params: GenerationParams) -> None:
+    """Reject what no engine should see (shared by every LLM and by the HTTP routes)."""
+    if not messages:
+        raise InvalidInput("messages must not be empty", param="messages")
+    for i, message in enumerate(messages):
+        if message.role not in ("system", "user", "assistant"):
+            raise InvalidInput(f"unknown role {message.role!r}", param=f"messages[{i}].role")
+    if params.max_tokens is not None and params.max_tokens < 1:
+        raise InvalidInput("max_tokens must be at least 1", param="max_tokens")
+    if params.temperature is not None and not 0.0 <= params.temperature <= 2.0:
+        raise InvalidInput("temperature must be between 0 and 2", param="temperature")
+    if params.top_p is not None and not 0.0 < params.top_p <= 1.0:
+        raise InvalidInput("top_p must be in (0, 1]", param="top_p")
+
+
+class TTS(_Stage):
+    """Text to speech. ``synthesize`` yields audio chunks in order, as soon as each is ready."""
+
+    stage: Stage = "tts"
+    capabilities: TTSCapabilities
+
+    async def synthesize(
+        self, text: str, voice: str | None = None, *, speed: float = 1.0
+    ) -> AsyncIterator[AudioChunk]:
+        """Speak ``text`` with ``voice`` (``None``: the backend's default voice).
+
+        Raises:
+            InvalidInput: empty or too long text, an unknown voice, a speed out of range.
+            StageError: the engine failed.
+        """
+        if not text.strip():
+            raise InvalidInput("input text is empty", param="input")
+        limit = self.capabilities.max_input_chars
+        if len(text) > limit:
+            raise InvalidInput(
+                f"input is {len(text)} characters; the limit is {limit}", param="input"
+            )
+        voices = self.capabilities.voices
+        if voice is not None and voices and voice not in voices:
+            raise InvalidInput(
+                f"unknown voice {voice!r}; available: {', '.join(voices)}", param="voice"
+            )
+        if not (0.25 <= speed <= 4.0) or math.isnan(speed):
+            raise InvalidInput("speed must be between 0.25 and 4.0", param="speed")
+        async for item in self._timed(self._synthesize(text, voice, speed)):
+            assert isinstance(item, AudioChunk)
+            if len(item.samples):
+                yield item
+
+    @abc.abstractmethod
+    def _synthesize(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
+        """Engine work: the input is validated; yield mono float32 chunks."""
