@@ -146,7 +146,7 @@ class TTSSettings(BaseModel):
     engine: Literal["piper", "gpt_sovits", "hosted"] = "piper"
     """Which engine serves TTS."""
     model: str = "packaged:piper-joe-medium"
-    """Piper voice reference: an ``.onnx`` path (its ``.onnx.json`` beside it) or ``packaged:<name>``."""
+    """Piper voice: an ``.onnx`` path (its ``.onnx.json`` beside it) or ``packaged:<name>``."""
     device: Device = "cpu"
     """Piper on ``cuda`` needs onnxruntime-gpu."""
     voice: str | None = None

@@ -10,6 +10,7 @@ talks to one engine or to several.
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
 import math
 import time
@@ -63,6 +64,16 @@ class _Stage(abc.ABC):
         self.name = name
         self.device = device
         self.listeners: list[Listener] = []
+
+    def load(self) -> None:  # noqa: B027  # optional hook: engines without weights load nothing
+        """Blocking: load weights. Construction stays cheap; ``start()`` calls this off the loop."""
+
+    async def start(self) -> None:
+        """Make the backend ready to serve (load weights, spawn workers, connect)."""
+        await asyncio.to_thread(self.load)
+
+    def warmup(self) -> None:  # noqa: B027  # optional hook
+        """Blocking: run one tiny request so the first real one does not pay one-off costs."""
 
     async def aclose(self) -> None:  # noqa: B027  # optional hook: most engines hold nothing async
         """Release the engine's resources (threads, processes, connections)."""
@@ -165,7 +176,9 @@ class LLM(_Stage):
             yield item
 
     @abc.abstractmethod
-    def _stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[TextDelta]:
+    def _stream(
+        self, messages: list[Message], params: GenerationParams
+    ) -> AsyncIterator[TextDelta]:
         """Engine work: messages and params are already validated."""
 
 

@@ -1,0 +1,95 @@
+"""Cut a stream of LLM text into speakable phrases.
+
+The first phrase goes to TTS as soon as it is speakable, a clause rather than a whole
+paragraph, because time to first audio is what the user hears; later phrases prefer whole
+sentences (better prosody) and fall back to clause boundaries only when a sentence runs long.
+Decimal points ("3.5"), common abbreviations ("Dr.", "e.g.") and a period not followed by a space
+(yet) do not end a phrase.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n+")
+_CLAUSE_END = re.compile(r"[,;:\u2014\u2013]+[\"')\]]*(?=\s)")
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e no approx fig inc ltd co".split()
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PhrasePolicy:
+    """Where to cut.
+
+    Attributes:
+        first_min_words: the first phrase may end at a clause boundary once it has this many words.
+        min_words: later phrases end at a clause boundary only once they have this many words.
+        max_chars: past this length a phrase is cut at the last clause boundary or space.
+    """
+
+    first_min_words: int = 3
+    min_words: int = 8
+    max_chars: int = 160
+
+
+class PhraseChunker:
+    """Incremental phrase splitter: ``feed`` text deltas, get finished phrases; ``flush`` at end."""
+
+    def __init__(self, policy: PhrasePolicy | None = None) -> None:
+        self.policy = policy or PhrasePolicy()
+        self._buffer = ""
+        self._emitted = 0
+
+    def feed(self, text: str) -> Iterator[str]:
+        """Add a delta; yield every phrase it completes."""
+        self._buffer += text
+        while (cut := self._find_cut()) is not None:
+            phrase, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:]
+            if phrase:
+                self._emitted += 1
+                yield phrase
+
+    def flush(self) -> Iterator[str]:
+        """Yield what is left (end of the LLM stream)."""
+        phrase, self._buffer = self._buffer.strip(), ""
+        if phrase:
+            self._emitted += 1
+            yield phrase
+
+    def _find_cut(self) -> int | None:
+        text = self._buffer
+        for match in _SENTENCE_END.finditer(text):
+            if match.group().startswith("\n") or not self._is_abbreviation(text, match.start()):
+                return match.end()
+        min_words = self.policy.first_min_words if self._emitted == 0 else self.policy.min_words
+        for match in _CLAUSE_END.finditer(text):
+            if len(text[: match.start()].split()) >= min_words:
+                return match.end()
+        if len(text) > self.policy.max_chars:
+            space = text.rfind(" ", 0, self.policy.max_chars)
+            return space if space > 0 else self.policy.max_chars
+        return None
+
+    @staticmethod
+    def _is_abbreviation(text: str, dot: int) -> bool:
+        if text[dot] != ".":
+            return False
+        word = text[:dot].split()[-1].lower() if text[:dot].split() else ""
+        word = word.lstrip("\"'([")
+        # a single letter ("J. Smith", "U.S.") is an initial, not a sentence end
+        return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+
+
+async def phrases(
+    deltas: AsyncIterator[str], policy: PhrasePolicy | None = None
+) -> AsyncIterator[str]:
+    """Phrases of an async stream of text deltas."""
+    chunker = PhraseChunker(policy)
+    async for delta in deltas:
+        for phrase in chunker.feed(delta):
+            yield phrase
+    for phrase in chunker.flush():
+        yield phrase

@@ -1,0 +1,202 @@
+"""The ``voxline`` command line: one voice turn, a spoken sample, and the configured models.
+
+Errors a user can cause (a missing file, bytes that are not audio, silence, a model that cannot
+be loaded) print one clear line and exit non-zero; tracebacks are for bugs, not for users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from models.registry import check_loads, describe_models, start_engines
+from pipeline.audio import decode_audio, encode_wav
+from pipeline.errors import InvalidInput, StageError, VoxlineError
+from pipeline.settings import Settings
+from pipeline.turn import TurnResult, run_turn
+from pipeline.types import AudioChunk, GenerationParams
+
+app = typer.Typer(
+    name="voxline",
+    help="Self-hosted streaming speech pipeline: STT -> LLM -> TTS, timed stage by stage.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+DEFAULT_QUESTION = "What is the capital of France?"
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _exit_code(exc: VoxlineError) -> int:
+    if isinstance(exc, InvalidInput):
+        return 2
+    if isinstance(exc, StageError):
+        return 3
+    return 1
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log engine details.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def turn_json(result: TurnResult) -> dict[str, object]:
+    """The ``--json`` object of one turn (also the shape of the HTTP turn result)."""
+    return {
+        "transcript": result.transcript,
+        "reply": result.reply,
+        "timings": {k: v for k, v in asdict(result.timings).items() if v is not None},
+        "backends": asdict(result.backends),
+        "audio": {
+            "seconds": round(result.audio.duration, 3),
+            "sample_rate": result.audio.sample_rate,
+        },
+        "usage": {
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+        },
+    }
+
+
+async def _turn(settings: Settings, audio: AudioChunk, voice: str | None) -> TurnResult:
+    engines = await start_engines(settings)
+    try:
+        return await run_turn(
+            audio,
+            stt=engines.stt,
+            llm=engines.llm,
+            tts=engines.tts,
+            system_prompt=settings.llm.system_prompt,
+            params=GenerationParams(
+                max_tokens=settings.llm.max_tokens,
+                temperature=settings.llm.temperature,
+                top_p=settings.llm.top_p,
+            ),
+            voice=voice or settings.tts.voice,
+            language=settings.stt.language,
+        )
+    finally:
+        await engines.aclose()
+
+
+def _print_turn(result: TurnResult) -> None:
+    out = Console()
+    out.print(f"[bold]you:[/]       {result.transcript}", highlight=False)
+    out.print(f"[bold]assistant:[/] {result.reply}", highlight=False)
+    table = Table("stage", "backend", "ms", title="timings")
+    t, b = result.timings, result.backends
+    rows = [
+        ("stt (final)", b.stt, t.stt_ms),
+        ("llm first token", b.llm, t.llm_ttft_ms),
+        ("llm first phrase", b.llm, t.llm_first_phrase_ms),
+        ("llm total", b.llm, t.llm_total_ms),
+        ("tts first audio", b.tts, t.tts_ttfb_ms),
+        ("tts total", b.tts, t.tts_total_ms),
+        ("turn total", "", t.total_ms),
+    ]
+    for name, backend, ms in rows:
+        table.add_row(name, backend, "-" if ms is None else f"{ms:.0f}")
+    out.print(table)
+
+
+@app.command()
+def turn(
+    audio_in: Annotated[Path, typer.Argument(help="Spoken question (wav, flac, mp3, ogg, webm).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the reply as wav.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    voice: Annotated[str | None, typer.Option(help="TTS voice (default from settings).")] = None,
+) -> None:
+    """Transcribe a spoken question, answer it and speak the answer."""
+    settings = Settings()
+    if not audio_in.is_file():
+        raise _fail(f"{audio_in}: no such file", 2)
+    try:
+        audio = decode_audio(audio_in.read_bytes(), sample_rate=16_000, limits=settings.audio)
+        result = asyncio.run(_turn(settings, audio, voice))
+    except VoxlineError as exc:
+        raise _fail(f"{audio_in}: {exc}", _exit_code(exc)) from None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(encode_wav(result.audio))
+    if as_json:
+        print(json.dumps(turn_json(result)))
+    else:
+        _print_turn(result)
+        if out is not None:
+            console.print(f"reply audio: {out} ({result.audio.duration:.1f} s)")
+
+
+async def _speak(settings: Settings, text: str) -> AudioChunk:
+    from models.registry import build_tts
+
+    tts = build_tts(settings)
+    await tts.start()
+    try:
+        chunks = [c async for c in tts.synthesize(text, settings.tts.voice)]
+    finally:
+        await tts.aclose()
+    import numpy as np
+
+    return AudioChunk(np.concatenate([c.samples for c in chunks]), chunks[0].sample_rate)
+
+
+@app.command()
+def say(
+    text: Annotated[str, typer.Argument(help="What to say.")] = DEFAULT_QUESTION,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the wav.")] = Path(
+        "question.wav"
+    ),
+) -> None:
+    """Speak ``text`` with the configured TTS into a wav file (e.g. a question for ``turn``)."""
+    settings = Settings()
+    try:
+        audio = asyncio.run(_speak(settings, text))
+    except VoxlineError as exc:
+        raise _fail(str(exc), _exit_code(exc)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(encode_wav(audio))
+    console.print(f"wrote {out} ({audio.duration:.1f} s at {audio.sample_rate} Hz)")
+
+
+@app.command()
+def models(
+    check: Annotated[bool, typer.Option("--check", help="Also load each model.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the configured models: where their weights come from, their size, whether they load."""
+    settings = Settings()
+    infos = asyncio.run(check_loads(settings)) if check else describe_models(settings)
+    if as_json:
+        print(json.dumps([asdict(i) for i in infos], indent=2))
+        return
+    table = Table("stage", "engine", "model", "source", "location", "size", "loads")
+    for i in infos:
+        size = "-" if i.size_bytes is None else f"{i.size_bytes / 1e6:.0f} MB"
+        loads = {None: "not checked", True: "yes", False: f"no: {i.error}"}[i.loads]
+        table.add_row(i.stage, i.engine, i.ref, i.source, i.location, size, loads)
+    Console().print(table)
+    if any(i.loads is False for i in infos):
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
