@@ -129,7 +129,9 @@ def resolve(ref: str, *, stage: Stage) -> ResolvedModel:
     """
     ref = ref.strip()
     if not ref:
-        raise ModelLoadError("empty model reference", stage=stage, backend="weights", retryable=False)
+        raise ModelLoadError(
+            "empty model reference", stage=stage, backend="weights", retryable=False
+        )
     if ref.startswith("packaged:"):
         name = ref.removeprefix("packaged:")
         return ResolvedModel(ref, "packaged", path=packaged_path(name, stage=stage))
