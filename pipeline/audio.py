@@ -112,7 +112,13 @@ def decode_audio(data: bytes, *, sample_rate: int, limits: AudioLimits) -> Audio
             param="file",
             code="audio_too_long",
         )
-    return AudioChunk(np.concatenate(pieces).astype(np.float32, copy=False), sample_rate)
+    samples = np.concatenate(pieces).astype(np.float32, copy=False)
+    # FFmpeg's downmix adds each channel at -3 dB, so loud correlated stereo (or 5.1) passes full
+    # scale; scale the clip back into [-1, 1] as AudioChunk promises, without clipping distortion.
+    peak = float(np.abs(samples).max())
+    if peak > 1.0:
+        samples /= peak
+    return AudioChunk(samples, sample_rate)
 
 
 def _check_frame(frame: object, limits: AudioLimits) -> None:

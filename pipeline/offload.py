@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -24,7 +24,7 @@ async def iterate_in_thread(
     make_iter: Callable[[threading.Event], Iterator[T]],
     *,
     thread_name: str,
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """Yield the items of ``make_iter(stop)`` as they are produced in a worker thread.
 
     Args:

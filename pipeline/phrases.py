@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n+")
 _CLAUSE_END = re.compile(r"[,;:\u2014\u2013]+[\"')\]]*(?=\s)")
+_INITIALS = re.compile(r"(?:[^\W\d_]\.)*[^\W\d_]")  # "j", "u.s": letters, dot-separated
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc e.g i.e no approx fig inc ltd co".split()
 )
@@ -45,12 +46,16 @@ class PhraseChunker:
 
     def feed(self, text: str) -> Iterator[str]:
         """Add a delta; yield every phrase it completes."""
-        self._buffer += text
-        while (cut := self._find_cut()) is not None:
-            phrase, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:]
-            if phrase:
-                self._emitted += 1
-                yield phrase
+        # One character at a time, so the cuts do not depend on how the LLM happened to split its
+        # deltas: a clause boundary or the max_chars cut is not skipped because a sentence end
+        # arrived in the same delta. Buffers stay under max_chars, so this is cheap.
+        for char in text:
+            self._buffer += char
+            while (cut := self._find_cut()) is not None:
+                phrase, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:]
+                if phrase:
+                    self._emitted += 1
+                    yield phrase
 
     def flush(self) -> Iterator[str]:
         """Yield what is left (end of the LLM stream)."""
@@ -79,8 +84,8 @@ class PhraseChunker:
             return False
         word = text[:dot].split()[-1].lower() if text[:dot].split() else ""
         word = word.lstrip("\"'([")
-        # a single letter ("J. Smith", "U.S.") is an initial, not a sentence end
-        return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+        # a single letter ("J. Smith") or dotted letters ("U.S.") are initials, not a sentence end
+        return word in _ABBREVIATIONS or _INITIALS.fullmatch(word) is not None
 
 
 async def phrases(

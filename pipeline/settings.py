@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -19,6 +19,8 @@ Device = Literal["auto", "cpu", "cuda"]
 
 class HostedSettings(BaseModel):
     """An OpenAI-compatible endpoint used as a stage backend (a second voxline server is one)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     base_url: str | None = None
     """Base URL including ``/v1``, e.g. ``http://127.0.0.1:8001/v1``. Unset: no hosted backend."""
@@ -38,6 +40,8 @@ class HostedSettings(BaseModel):
 
 class STTSettings(BaseModel):
     """Speech to text."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     engine: Literal["whisper", "hosted"] = "whisper"
     """Which engine serves STT."""
@@ -62,6 +66,8 @@ class STTSettings(BaseModel):
 
 class LLMSettings(BaseModel):
     """The language model."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     engine: Literal["transformers", "llamacpp", "hosted"] = "transformers"
     """Which engine serves the LLM (``llamacpp`` needs the ``llama`` extra)."""
@@ -95,6 +101,8 @@ class LLMSettings(BaseModel):
 class GptSovitsVoice(BaseModel):
     """A GPT-SoVITS voice: a reference clip on the server plus its transcript."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     ref_audio: Path
     """Reference clip, 3-10 seconds."""
     prompt_text: str
@@ -107,6 +115,8 @@ class GptSovitsVoice(BaseModel):
 
 class GptSovitsSettings(BaseModel):
     """GPT-SoVITS, run in worker processes with its own interpreter and checkout."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     home: Path | None = None
     """Upstream checkout (``GPT_SOVITS_HOME``); also read from that variable when unset here."""
@@ -124,7 +134,8 @@ class GptSovitsSettings(BaseModel):
     """fp16 on CUDA (ignored on CPU)."""
     pool_size: int = Field(default=1, ge=1, le=16)
     """Worker processes, each with its own model: concurrent requests served at once."""
-    streaming_mode: Literal[0, 1, 2, 3] = 2
+    # a bounded int, not Literal[0, 1, 2, 3]: an int Literal rejects the env var's string "3"
+    streaming_mode: int = Field(default=2, ge=0, le=3)
     """Upstream's streaming mode: 0 off, 1 best quality (slowest), 2 medium, 3 fastest."""
     text_split_method: str = "cut5"
     """Upstream's text splitter (cut0..cut5; cut5 splits on punctuation)."""
@@ -142,6 +153,8 @@ class GptSovitsSettings(BaseModel):
 
 class TTSSettings(BaseModel):
     """Text to speech."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     engine: Literal["piper", "gpt_sovits", "hosted"] = "piper"
     """Which engine serves TTS."""
@@ -162,6 +175,8 @@ class TTSSettings(BaseModel):
 class AudioLimits(BaseModel):
     """Bounds on audio we accept (checked while decoding, never trusted from headers)."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     max_bytes: int = 25 * 1024 * 1024
     """Largest encoded upload, in bytes (OpenAI's limit is 25 MB)."""
     max_seconds: float = 600.0
@@ -180,6 +195,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         extra="ignore",
+        use_attribute_docstrings=True,  # field docstrings become descriptions (README table)
     )
 
     stt: STTSettings = STTSettings()

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,13 +87,15 @@ class _Stage(abc.ABC):
             f"{type(exc).__name__}: {exc}", stage=self.stage, backend=self.name, retryable=True
         )
 
-    async def _timed(self, source: AsyncIterator[object]) -> AsyncIterator[object]:
+    async def _timed(self, source: AsyncIterator[object]) -> AsyncGenerator[object, None]:
         start = time.perf_counter()
         first: float | None = None
         outputs = 0
         error: str | None = None
         try:
             async for item in source:
+                if isinstance(item, AudioChunk) and len(item.samples) == 0:
+                    continue  # nothing to hear: not an output, and not the first byte either
                 if first is None:
                     first = (time.perf_counter() - start) * 1000
                 outputs += 1
@@ -128,7 +131,7 @@ class STT(_Stage):
 
     async def transcribe(
         self, audio: AudioChunk, *, language: str | None = None, prompt: str | None = None
-    ) -> AsyncIterator[Transcript]:
+    ) -> AsyncGenerator[Transcript, None]:
         """Transcribe ``audio`` (mono float32; resampled here to the engine's rate if needed).
 
         Raises:
@@ -143,9 +146,12 @@ class STT(_Stage):
             raise InvalidInput("audio contains NaN or infinite samples", param="file")
         if audio.sample_rate != self.sample_rate:
             audio = resample(audio, self.sample_rate)
-        async for item in self._timed(self._transcribe(audio, language=language, prompt=prompt)):
-            assert isinstance(item, Transcript)
-            yield item
+        timed = self._timed(self._transcribe(audio, language=language, prompt=prompt))
+        # closed here, not by the garbage collector: a consumer that stops stops the engine now
+        async with contextlib.aclosing(timed):
+            async for item in timed:
+                assert isinstance(item, Transcript)
+                yield item
 
     @abc.abstractmethod
     def _transcribe(
@@ -162,7 +168,7 @@ class LLM(_Stage):
 
     async def stream(
         self, messages: Sequence[Message], params: GenerationParams | None = None
-    ) -> AsyncIterator[TextDelta]:
+    ) -> AsyncGenerator[TextDelta, None]:
         """Stream the assistant's reply to ``messages``.
 
         Raises:
@@ -171,9 +177,11 @@ class LLM(_Stage):
         """
         params = params or GenerationParams()
         validate_chat(messages, params)
-        async for item in self._timed(self._stream(list(messages), params)):
-            assert isinstance(item, TextDelta)
-            yield item
+        timed = self._timed(self._stream(list(messages), params))
+        async with contextlib.aclosing(timed):  # closed now when the consumer stops (see STT)
+            async for item in timed:
+                assert isinstance(item, TextDelta)
+                yield item
 
     @abc.abstractmethod
     def _stream(
@@ -205,7 +213,7 @@ class TTS(_Stage):
 
     async def synthesize(
         self, text: str, voice: str | None = None, *, speed: float = 1.0
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         """Speak ``text`` with ``voice`` (``None``: the backend's default voice).
 
         Raises:
@@ -226,10 +234,11 @@ class TTS(_Stage):
             )
         if not (0.25 <= speed <= 4.0) or math.isnan(speed):
             raise InvalidInput("speed must be between 0.25 and 4.0", param="speed")
-        async for item in self._timed(self._synthesize(text, voice, speed)):
-            assert isinstance(item, AudioChunk)
-            if len(item.samples):
-                yield item
+        timed = self._timed(self._synthesize(text, voice, speed))
+        async with contextlib.aclosing(timed):  # closed now when the consumer stops (see STT)
+            async for item in timed:
+                assert isinstance(item, AudioChunk)
+                yield item  # never empty: _timed drops empty chunks
 
     @abc.abstractmethod
     def _synthesize(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:

@@ -1,0 +1,434 @@
+"""The stage contracts' public methods: validation, resampling, error translation, call records.
+
+The engines here are tiny concrete subclasses of the abstract stages (test doubles of the engine
+half only): they record each call of the ``_impl`` method and play a script, so the tests see
+exactly what the public method did around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, cast
+
+import numpy as np
+import pytest
+
+from pipeline.errors import (
+    EngineOverloaded,
+    EngineTimeout,
+    EngineUnavailable,
+    InvalidInput,
+    StageError,
+)
+from pipeline.stages import LLM, STT, TTS, CallRecord
+from pipeline.types import (
+    AudioChunk,
+    GenerationParams,
+    Message,
+    TextDelta,
+    Transcript,
+    TTSCapabilities,
+    Usage,
+)
+
+Script = list[Any]  # items to yield; a float sleeps that many seconds; an exception is raised
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like torch.cuda.OutOfMemoryError, which the stages recognise by type name."""
+
+
+async def _play(script: Script, closed: list[bool]) -> AsyncIterator[Any]:
+    try:
+        for step in script:
+            if isinstance(step, BaseException):
+                raise step
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+                continue
+            yield step
+    finally:
+        closed.append(True)
+
+
+class ScriptedSTT(STT):
+    def __init__(self, script: Script | None = None) -> None:
+        super().__init__(name="scripted-stt")
+        self.script = script or [Transcript("hi", final=False), Transcript("hi there", final=True)]
+        self.calls: list[AudioChunk] = []
+        self.closed: list[bool] = []
+
+    def _transcribe(
+        self, audio: AudioChunk, *, language: str | None, prompt: str | None
+    ) -> AsyncIterator[Transcript]:
+        self.calls.append(audio)  # recorded at call time, before the generator even starts
+        return _play(self.script, self.closed)
+
+
+class ScriptedLLM(LLM):
+    def __init__(self, script: Script | None = None) -> None:
+        super().__init__(name="scripted-llm")
+        self.script = script or [TextDelta("Hello"), TextDelta("!", Usage(3, 2), "stop")]
+        self.calls: list[tuple[list[Message], GenerationParams]] = []
+        self.closed: list[bool] = []
+
+    def _stream(
+        self, messages: list[Message], params: GenerationParams
+    ) -> AsyncIterator[TextDelta]:
+        self.calls.append((messages, params))
+        return _play(self.script, self.closed)
+
+
+class ScriptedTTS(TTS):
+    def __init__(self, script: Script | None = None, voices: tuple[str, ...] = ()) -> None:
+        super().__init__(name="scripted-tts")
+        self.capabilities = TTSCapabilities(sample_rate=16_000, voices=voices, max_input_chars=50)
+        self.script = script or [_chunk(160), _chunk(160)]
+        self.calls: list[tuple[str, str | None, float]] = []
+        self.closed: list[bool] = []
+
+    def _synthesize(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
+        self.calls.append((text, voice, speed))
+        return _play(self.script, self.closed)
+
+
+def _chunk(n: int, rate: int = 16_000) -> AudioChunk:
+    return AudioChunk(np.full(n, 0.1, dtype=np.float32), rate)
+
+
+async def _collect(stream: AsyncIterator[Any]) -> list[Any]:
+    return [item async for item in stream]
+
+
+def _listen(engine: STT | LLM | TTS) -> list[CallRecord]:
+    records: list[CallRecord] = []
+    engine.listeners.append(records.append)
+    return records
+
+
+# --- validation happens before the engine is called -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [
+        np.zeros(0, np.float32),
+        np.array([0.1, np.nan, 0.2], np.float32),
+        np.array([0.1, np.inf], np.float32),
+        np.zeros((2, 100), np.float32),
+    ],
+    ids=["empty", "nan", "inf", "two-dimensional"],
+)
+async def test_stt_rejects_bad_audio_before_the_engine(samples: np.ndarray) -> None:
+    engine = ScriptedSTT()
+
+    with pytest.raises(InvalidInput) as info:
+        await _collect(engine.transcribe(AudioChunk(samples, 16_000)))
+
+    assert info.value.param == "file"
+    assert engine.calls == []
+
+
+USER = Message("user", "hi")
+
+
+@pytest.mark.parametrize(
+    ("messages", "params", "param"),
+    [
+        ([], GenerationParams(), "messages"),
+        ([USER, Message("tool", "x")], GenerationParams(), "messages[1].role"),  # type: ignore[arg-type]
+        ([USER], GenerationParams(max_tokens=0), "max_tokens"),
+        ([USER], GenerationParams(temperature=3.0), "temperature"),
+        ([USER], GenerationParams(temperature=-0.1), "temperature"),
+        ([USER], GenerationParams(top_p=0.0), "top_p"),
+        ([USER], GenerationParams(top_p=1.5), "top_p"),
+    ],
+    ids=[
+        "no-messages",
+        "bad-role",
+        "max-tokens-0",
+        "temp-3",
+        "temp-negative",
+        "top-p-0",
+        "top-p-1.5",
+    ],
+)
+async def test_llm_rejects_bad_requests_before_the_engine(
+    messages: list[Message], params: GenerationParams, param: str
+) -> None:
+    engine = ScriptedLLM()
+
+    with pytest.raises(InvalidInput) as info:
+        await _collect(engine.stream(messages, params))
+
+    assert info.value.param == param
+    assert engine.calls == []
+
+
+async def test_llm_passes_valid_requests_through() -> None:
+    engine = ScriptedLLM()
+    messages = (Message("system", "be brief"), USER, Message("assistant", "hey"), USER)
+    params = GenerationParams(max_tokens=1, temperature=2.0, top_p=1.0)
+
+    out = await _collect(engine.stream(messages, params))
+
+    assert [d.text for d in out] == ["Hello", "!"]
+    assert engine.calls == [(list(messages), params)]
+    await _collect(engine.stream([USER]))
+    assert engine.calls[-1][1] == GenerationParams()  # None: the engine's configured defaults
+
+
+@pytest.mark.parametrize(
+    ("text", "voice", "speed", "param"),
+    [
+        ("", None, 1.0, "input"),
+        ("  \n\t ", None, 1.0, "input"),
+        ("x" * 51, None, 1.0, "input"),
+        ("hello", "carol", 1.0, "voice"),
+        ("hello", None, 0.1, "speed"),
+        ("hello", None, 4.5, "speed"),
+        ("hello", None, math.nan, "speed"),
+    ],
+    ids=["empty", "blank", "too-long", "unknown-voice", "speed-0.1", "speed-4.5", "speed-nan"],
+)
+async def test_tts_rejects_bad_requests_before_the_engine(
+    text: str, voice: str | None, speed: float, param: str
+) -> None:
+    engine = ScriptedTTS(voices=("alice", "bob"))
+
+    with pytest.raises(InvalidInput) as info:
+        await _collect(engine.synthesize(text, voice, speed=speed))
+
+    assert info.value.param == param
+    assert engine.calls == []
+
+
+async def test_tts_accepts_limits_and_any_voice_when_none_are_declared() -> None:
+    declared = ScriptedTTS(voices=("alice", "bob"))
+    await _collect(declared.synthesize("x" * 50, "bob", speed=0.25))
+    await _collect(declared.synthesize("hello", None, speed=4.0))
+    assert declared.calls == [("x" * 50, "bob", 0.25), ("hello", None, 4.0)]
+
+    open_voices = ScriptedTTS()
+    await _collect(open_voices.synthesize("hello", "anyone"))
+    assert open_voices.calls == [("hello", "anyone", 1.0)]
+
+
+# --- what the engine receives ---------------------------------------------------------------
+
+
+async def test_stt_resamples_to_the_engine_rate() -> None:
+    engine = ScriptedSTT()
+    rate = 44_100
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
+
+    out = await _collect(engine.transcribe(AudioChunk(tone, rate)))
+
+    assert [t.final for t in out] == [False, True]
+    (received,) = engine.calls
+    assert received.sample_rate == 16_000
+    assert abs(len(received.samples) - 16_000) <= 1
+    spectrum = np.abs(np.fft.rfft(received.samples))
+    assert np.argmax(spectrum) * 16_000 / len(received.samples) == pytest.approx(440, abs=2)
+
+
+async def test_stt_at_the_engine_rate_is_passed_as_is() -> None:
+    engine = ScriptedSTT()
+    chunk = _chunk(1600)
+
+    await _collect(engine.transcribe(chunk))
+
+    assert engine.calls == [chunk]
+    assert engine.calls[0] is chunk
+
+
+# --- error translation ----------------------------------------------------------------------
+
+
+def _stt(script: Script) -> ScriptedSTT:
+    return ScriptedSTT(script)
+
+
+def _llm(script: Script) -> ScriptedLLM:
+    return ScriptedLLM(script)
+
+
+def _tts(script: Script) -> ScriptedTTS:
+    return ScriptedTTS(script)
+
+
+async def _run(engine: STT | LLM | TTS) -> list[Any]:
+    if isinstance(engine, STT):
+        return await _collect(engine.transcribe(_chunk(1600)))
+    if isinstance(engine, LLM):
+        return await _collect(engine.stream([USER]))
+    return await _collect(engine.synthesize("hello"))
+
+
+ENGINES: list[tuple[str, Callable[[Script], STT | LLM | TTS], Any]] = [
+    ("stt", _stt, Transcript("partial", final=False)),
+    ("llm", _llm, TextDelta("Hel")),
+    ("tts", _tts, _chunk(160)),
+]
+
+
+@pytest.mark.parametrize(("stage", "make", "first"), ENGINES, ids=[e[0] for e in ENGINES])
+async def test_engine_runtime_error_becomes_a_retryable_stage_error(
+    stage: str, make: Callable[[Script], STT | LLM | TTS], first: Any
+) -> None:
+    cause = RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED")
+    engine = make([first, cause])
+    received: list[Any] = []
+
+    with pytest.raises(StageError) as info:
+        if isinstance(engine, STT):
+            async for transcript in engine.transcribe(_chunk(1600)):
+                received.append(transcript)
+        elif isinstance(engine, LLM):
+            async for delta in engine.stream([USER]):
+                received.append(delta)
+        else:
+            async for chunk in engine.synthesize("hello"):
+                received.append(chunk)
+
+    error = info.value
+    assert type(error) is StageError
+    assert error.retryable is True
+    assert error.stage == stage
+    assert error.backend == engine.name
+    assert error.__cause__ is cause
+    assert received == [first]  # output before the failure was delivered
+
+
+@pytest.mark.parametrize(("stage", "make", "first"), ENGINES, ids=[e[0] for e in ENGINES])
+async def test_out_of_memory_becomes_engine_overloaded(
+    stage: str, make: Callable[[Script], STT | LLM | TTS], first: Any
+) -> None:
+    cause = OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    engine = make([cause])
+
+    with pytest.raises(EngineOverloaded) as info:
+        await _run(engine)
+
+    assert info.value.retryable is True
+    assert info.value.stage == stage
+    assert info.value.__cause__ is cause
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        EngineTimeout("no first token", stage="llm", backend="inner", retryable=False),
+        EngineUnavailable("worker died", stage="tts", backend="inner"),
+        InvalidInput("prompt too long for the context", param="messages"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+@pytest.mark.parametrize(("stage", "make", "first"), ENGINES, ids=[e[0] for e in ENGINES])
+async def test_voxline_errors_pass_through_untranslated(
+    stage: str, make: Callable[[Script], STT | LLM | TTS], first: Any, error: Exception
+) -> None:
+    engine = make([first, error])
+
+    with pytest.raises(type(error)) as info:
+        await _run(engine)
+
+    assert info.value is error
+    assert info.value.__cause__ is None
+
+
+async def test_an_engine_override_of_translate_is_used() -> None:
+    class TimeoutMappingLLM(ScriptedLLM):
+        def _translate(self, exc: Exception) -> StageError:
+            if isinstance(exc, TimeoutError):
+                return EngineTimeout("slow", stage="llm", backend=self.name)
+            return super()._translate(exc)
+
+    with pytest.raises(EngineTimeout) as info:
+        await _run(TimeoutMappingLLM([TimeoutError()]))
+    assert isinstance(info.value.__cause__, TimeoutError)
+
+    with pytest.raises(StageError) as other:
+        await _run(TimeoutMappingLLM([ValueError("bad")]))
+    assert type(other.value) is StageError
+
+
+# --- call records ---------------------------------------------------------------------------
+
+
+async def test_listeners_get_a_record_of_a_successful_call() -> None:
+    engine = ScriptedLLM([0.05, TextDelta("a"), 0.05, TextDelta("b"), TextDelta("c")])
+    records = _listen(engine)
+    also = _listen(engine)
+
+    await _run(engine)
+
+    (record,) = records
+    assert also == records
+    assert record.stage == "llm"
+    assert record.backend == "scripted-llm"
+    assert record.outputs == 3
+    assert record.error is None
+    assert record.first_output_ms is not None
+    assert 45 <= record.first_output_ms < 1000
+    assert record.total_ms >= record.first_output_ms + 45
+
+
+async def test_listeners_get_the_error_type_name_and_no_message() -> None:
+    engine = ScriptedSTT([Transcript("so far", final=False), 0.02, RuntimeError("user said x")])
+    records = _listen(engine)
+
+    with pytest.raises(StageError):
+        await _run(engine)
+
+    (record,) = records
+    assert record.error == "StageError"
+    assert record.outputs == 1
+    assert record.first_output_ms is not None
+    assert record.total_ms >= 20
+
+    overloaded = ScriptedTTS([OutOfMemoryError()])
+    oom_records = _listen(overloaded)
+    with pytest.raises(EngineOverloaded):
+        await _run(overloaded)
+    assert oom_records[0].error == "EngineOverloaded"
+    assert oom_records[0].first_output_ms is None
+    assert oom_records[0].outputs == 0
+
+    passthrough = ScriptedLLM([EngineTimeout("t", stage="llm", backend="x")])
+    pass_records = _listen(passthrough)
+    with pytest.raises(EngineTimeout):
+        await _run(passthrough)
+    assert pass_records[0].error == "EngineTimeout"
+
+
+async def test_a_consumer_that_stops_early_closes_the_engine_and_is_recorded() -> None:
+    engine = ScriptedLLM([TextDelta("a"), TextDelta("b"), TextDelta("c")])
+    records = _listen(engine)
+
+    stream = cast(AsyncGenerator[TextDelta, None], engine.stream([USER]))
+    async with contextlib.aclosing(stream):
+        async for _ in stream:
+            break
+
+    assert engine.closed == [True]
+    (record,) = records
+    assert record.outputs == 1
+    assert record.error is None
+
+
+async def test_tts_drops_empty_chunks_and_does_not_count_them() -> None:
+    empty = AudioChunk(np.zeros(0, np.float32), 16_000)
+    engine = ScriptedTTS([empty, 0.05, _chunk(100), empty, _chunk(200), empty])
+    records = _listen(engine)
+
+    out = await _run(engine)
+
+    assert [len(c.samples) for c in out] == [100, 200]
+    (record,) = records
+    assert record.outputs == 2
+    assert record.first_output_ms is not None
+    assert record.first_output_ms >= 45  # time to the first audio, not to the empty chunk
