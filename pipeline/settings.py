@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -55,13 +55,20 @@ class STTSettings(BaseModel):
     beam_size: int = Field(default=1, ge=1, le=10)
     """Beam width. 1 (greedy) is fastest; 5 is whisper's reference setting."""
     language: str | None = "en"
-    """Spoken language, or ``None`` to detect it (``.en`` models only know English)."""
+    """Spoken language code, or ``auto`` (also empty) to detect it (``.en`` models know English
+    only)."""
     vad_filter: bool = False
     """Drop non-speech with faster-whisper's Silero VAD before decoding."""
     cpu_threads: int = Field(default=0, ge=0)
     """CTranslate2 intra-op threads on CPU (0: the library's default)."""
     hosted: HostedSettings = HostedSettings()
     """The hosted backend (used when ``engine`` is ``hosted``)."""
+
+    @field_validator("language")
+    @classmethod
+    def _detect(cls, value: str | None) -> str | None:
+        # an env var cannot spell None: "auto" or "" asks whisper to detect the language
+        return None if value is None or value.strip().lower() in {"", "auto", "none"} else value
 
 
 class LLMSettings(BaseModel):
