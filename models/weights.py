@@ -136,7 +136,7 @@ def resolve(ref: str, *, stage: Stage) -> ResolvedModel:
         name = ref.removeprefix("packaged:")
         return ResolvedModel(ref, "packaged", path=packaged_path(name, stage=stage))
     if _looks_like_path(ref) or Path(ref).expanduser().exists():
-        path = Path(ref).expanduser().resolve()
+        path = Path(ref).expanduser().absolute()
         if not path.exists():
             raise ModelLoadError(
                 f"model path {ref!r} does not exist: point the setting at an existing file or "

@@ -190,6 +190,11 @@ class LLM(_Stage):
         """Engine work: messages and params are already validated."""
 
 
+def _preview(names: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... ({len(names)} in all)"
+
+
 def validate_chat(messages: Sequence[Message], params: GenerationParams) -> None:
     """Reject what no engine should see (shared by every LLM and by the HTTP routes)."""
     if not messages:
@@ -230,7 +235,7 @@ class TTS(_Stage):
         voices = self.capabilities.voices
         if voice is not None and voices and voice not in voices:
             raise InvalidInput(
-                f"unknown voice {voice!r}; available: {', '.join(voices)}", param="voice"
+                f"unknown voice {voice!r}; available: {_preview(voices)}", param="voice"
             )
         if not (0.25 <= speed <= 4.0) or math.isnan(speed):
             raise InvalidInput("speed must be between 0.25 and 4.0", param="speed")
