@@ -8,7 +8,6 @@ dependency (llama-cpp-python, a GPT-SoVITS checkout) only matters when it is sel
 from __future__ import annotations
 
 import asyncio
-import inspect
 from dataclasses import dataclass
 
 from models.weights import ResolvedModel, resolve, size_bytes
@@ -55,7 +54,10 @@ def build_tts(settings: Settings) -> TTS:
     if cfg.engine == "gpt_sovits":
         from models.tts_gpt_sovits import GptSovitsTTS
 
-        return GptSovitsTTS(cfg.gpt_sovits)
+        gs = cfg.gpt_sovits
+        return GptSovitsTTS(
+            gs, env=gs.env, extra_pythonpath=gs.extra_pythonpath, run_options=gs.run_options
+        )
     from models.tts_piper import PiperTTS
 
     return PiperTTS(cfg)
@@ -89,10 +91,7 @@ class Engines:
 async def _start(engine: STT | LLM | TTS, warm: bool) -> None:
     await engine.start()
     if warm:
-        if inspect.iscoroutinefunction(engine.warmup):
-            await engine.warmup()
-        else:
-            await asyncio.to_thread(engine.warmup)
+        await engine.warm()
 
 
 async def start_engines(settings: Settings, *, warm: bool = True) -> Engines:

@@ -76,6 +76,10 @@ class _Stage(abc.ABC):
     def warmup(self) -> None:  # noqa: B027  # optional hook
         """Blocking: run one tiny request so the first real one does not pay one-off costs."""
 
+    async def warm(self) -> None:
+        """Warm the backend up; ``warmup()`` off the loop unless an engine overrides this."""
+        await asyncio.to_thread(self.warmup)
+
     async def aclose(self) -> None:  # noqa: B027  # optional hook: most engines hold nothing async
         """Release the engine's resources (threads, processes, connections)."""
 
