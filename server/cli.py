@@ -178,6 +178,19 @@ def say(
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Run the streaming voice server (realtime WebSocket + OpenAI-compatible HTTP)."""
+    import uvicorn
+
+    from server.app import create_app
+
+    uvicorn.run(create_app(Settings()), host=host, port=port, log_level="info", ws="websockets")
+
+
+@app.command()
 def models(
     check: Annotated[bool, typer.Option("--check", help="Also load each model.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

@@ -1,0 +1,51 @@
+"""Liveness, readiness and the model list."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from server.app import AppState, state_of
+
+router = APIRouter()
+_CREATED = int(time.time())
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers. Never waits on models."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: Annotated[AppState, Depends(state_of)]) -> JSONResponse:
+    """Readiness: 200 once every stage has a warm engine, else 503 with the reason."""
+    engines = state.engines
+    if engines is None:
+        reason = state.startup_error or "loading"
+        return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+    stages = {
+        stage: {"backend": engine.name, "device": engine.device}
+        for stage, engine in (("stt", engines.stt), ("llm", engines.llm), ("tts", engines.tts))
+    }
+    return JSONResponse({"status": "ready", "stages": stages})
+
+
+@router.get("/v1/models")
+async def list_models(state: Annotated[AppState, Depends(state_of)]) -> dict[str, Any]:
+    """The models this server serves, in OpenAI's list shape."""
+    s = state.settings
+    ids = [
+        ("voxline", "voxline"),  # the whole voice pipeline (realtime, /v1/turns)
+        (s.stt.model, "stt"),
+        (s.llm.model, "llm"),
+        (s.tts.model if s.tts.engine != "gpt_sovits" else "gpt-sovits", "tts"),
+    ]
+    data = [
+        {"id": model_id, "object": "model", "created": _CREATED, "owned_by": f"voxline:{stage}"}
+        for model_id, stage in ids
+    ]
+    return {"object": "list", "data": data}
