@@ -41,7 +41,7 @@ def build_llm(settings: Settings) -> LLM:
         return LlamaCppLLM(cfg)
     from models.llm_transformers import TransformersLLM
 
-    return TransformersLLM(cfg, cache_dir=settings.cache_dir)
+    return TransformersLLM(cfg, cache_dir=settings.cache_dir, offline=settings.hf_offline)
 
 
 def build_tts(settings: Settings) -> TTS:

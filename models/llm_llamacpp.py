@@ -1,0 +1,344 @@
+"""A chat model on llama.cpp (llama-cpp-python), streamed token by token.
+
+llama.cpp runs a quantized GGUF file as it is: the packaged SmolLM2 Q4_1 loads in well under a
+second, with no dequantized copy, and decodes several times faster than transformers on a CPU.
+It is optional (the ``llama`` extra) because llama-cpp-python ships as source only and takes
+minutes to compile.
+
+We format the chat ourselves with llama-cpp-python's own Jinja formatter (the one
+``create_chat_completion`` uses for a GGUF that carries a chat template) and call
+``create_completion`` with the tokens, rather than ``create_chat_completion``. That tells us the
+prompt's length before any work (a conversation too long for the context is the caller's error,
+and ``count_tokens`` trims history with the same template), and it lets us pass a stopping
+criterion, which ``create_chat_completion`` drops: it runs after every sampled token, so it counts
+the completion tokens (the stream reports no usage) and ends generation the moment the consumer
+goes away.
+
+The ``Llama`` object is not thread-safe: replies on one engine are serialized.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from models.weights import resolve
+from pipeline.errors import (
+    EngineOverloaded,
+    EngineUnavailable,
+    InvalidInput,
+    ModelLoadError,
+    StageError,
+)
+from pipeline.offload import iterate_in_thread
+from pipeline.settings import LLMSettings, llm_threads
+from pipeline.stages import LLM
+from pipeline.stops import StopFilter
+from pipeline.types import GenerationParams, LLMCapabilities, Message, TextDelta, Usage
+
+log = logging.getLogger("voxline.llm.llamacpp")
+
+THREAD_NAME = "llm-llamacpp"
+"""Name of the worker thread of every reply (tests and debuggers find it by it)."""
+
+INSTALL_HINT = "pip install 'voxline[llama]'"
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    llama: Any  # llama_cpp.Llama
+    formatter: Any  # llama_cpp.llama_chat_format.Jinja2ChatFormatter
+    context_tokens: int
+
+
+def _import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return llama_cpp
+
+
+def _pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    llama_cpp = _import_llama_cpp()  # loads the shared library, no weights
+    return "cuda" if llama_cpp is not None and llama_cpp.llama_supports_gpu_offload() else "cpu"
+
+
+class LlamaCppLLM(LLM):
+    """llama.cpp behind the LLM contract.
+
+    Args:
+        settings: The ``llm`` section of the settings tree. ``model`` must be a ``.gguf`` file
+            (a path or ``packaged:<name>``); ``context_tokens`` is llama.cpp's ``n_ctx``.
+
+    ``name`` is ``llamacpp:<device>``. On ``cuda`` every layer is offloaded to the GPU.
+    """
+
+    def __init__(self, settings: LLMSettings) -> None:
+        device = _pick_device(settings.device)
+        super().__init__(name=f"llamacpp:{device}", device=device)
+        self.settings = settings
+        self.capabilities = LLMCapabilities(streaming=True, context_tokens=settings.context_tokens)
+        self.load_seconds: float | None = None
+        self._loaded: _Loaded | None = None
+        self._load_lock = threading.Lock()
+        self._generate_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory."""
+        return self._loaded is not None
+
+    def load(self) -> None:
+        """Blocking: load the GGUF file (idempotent, thread-safe).
+
+        Raises:
+            EngineUnavailable: llama-cpp-python is not installed, it was built without GPU
+                support and ``cuda`` was asked for, or the engine is closed.
+            ModelLoadError: the reference is not an existing ``.gguf`` file, the file does not
+                load, or it carries no chat template.
+        """
+        self._ensure_loaded()
+
+    def warmup(self) -> None:
+        """Blocking: load the model and generate two tokens."""
+        warm = GenerationParams(max_tokens=2, temperature=0.0)
+        for _ in self._generate([Message("user", "Hi")], warm, threading.Event()):
+            pass
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Blocking: the prompt length of ``messages`` with the chat template applied.
+
+        For history trimming against ``capabilities.context_tokens``; loads the model if needed.
+        """
+        return len(self._prompt(self._ensure_loaded(), messages)[0])
+
+    async def aclose(self) -> None:
+        """Free the model now, or when the reply still using it ends.
+
+        A closed engine does not load again: later calls raise ``EngineUnavailable``.
+        """
+        self._closed = True
+        loaded, self._loaded = self._loaded, None
+        # Freeing the model under a running decode would crash the process; when a reply holds
+        # the lock, the last reference to the Llama object goes with it and its __del__ frees it.
+        if loaded is not None and self._generate_lock.acquire(blocking=False):
+            try:
+                loaded.llama.close()
+            finally:
+                self._generate_lock.release()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _ensure_loaded(self) -> _Loaded:
+        loaded = self._loaded
+        if loaded is not None:
+            return loaded
+        with self._load_lock:
+            if self._closed:
+                raise EngineUnavailable("the engine is closed", stage="llm", backend=self.name)
+            if self._loaded is None:
+                self._loaded = self._load()
+                if self._closed:  # aclose() ran while we were loading
+                    self._loaded = None
+                    raise EngineUnavailable("the engine is closed", stage="llm", backend=self.name)
+            return self._loaded
+
+    def _load(self) -> _Loaded:
+        llama_cpp = _import_llama_cpp()
+        if llama_cpp is None:
+            raise EngineUnavailable(
+                f"the llamacpp engine needs llama-cpp-python: {INSTALL_HINT} "
+                "(a source build of a few minutes), or set VOXLINE_LLM__ENGINE=transformers",
+                stage="llm",
+                backend=self.name,
+                retryable=True,
+            )
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        ref = self.settings.model
+        try:
+            resolved = resolve(ref, stage="llm")
+        except ModelLoadError as exc:  # re-raised under our name: the chain reports backends
+            raise ModelLoadError(
+                exc.message, stage="llm", backend=self.name, retryable=False
+            ) from exc
+        path = resolved.path
+        if path is None or not path.is_file() or path.suffix != ".gguf":
+            raise ModelLoadError(
+                f"model {ref!r} is not a .gguf file: the llamacpp engine runs GGUF files only "
+                "(a path or packaged:<name>); use the transformers engine for hub ids and "
+                "model directories",
+                stage="llm",
+                backend=self.name,
+                retryable=False,
+            )
+        if self.device == "cuda" and not llama_cpp.llama_supports_gpu_offload():
+            raise EngineUnavailable(
+                "LLM device is 'cuda' but llama-cpp-python was built without GPU support: "
+                "rebuild it with CMAKE_ARGS='-DGGML_CUDA=on', or set VOXLINE_LLM__DEVICE=cpu",
+                stage="llm",
+                backend=self.name,
+                retryable=True,
+            )
+        start = time.perf_counter()
+        try:
+            llama = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=self.settings.context_tokens,
+                n_threads=llm_threads(self.settings.threads),
+                n_gpu_layers=-1 if self.device == "cuda" else 0,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(
+                f"model {ref!r} ({path}) did not load ({type(exc).__name__}: {exc}): the file "
+                "is corrupt, of an architecture this llama.cpp build does not know, or too big",
+                stage="llm",
+                backend=self.name,
+                retryable=False,
+            ) from exc
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            llama.close()
+            raise ModelLoadError(
+                f"model {ref!r} has no chat template in its GGUF metadata: use an "
+                "instruction-tuned (chat) model",
+                stage="llm",
+                backend=self.name,
+                retryable=False,
+            )
+        eos, bos = llama.token_eos(), llama.token_bos()
+        formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=llama.detokenize([eos], special=True).decode("utf-8", "replace"),
+            bos_token=llama.detokenize([bos], special=True).decode("utf-8", "replace"),
+            stop_token_ids=[eos],
+        )
+        self.load_seconds = time.perf_counter() - start
+        log.info("loaded %s (%s) on %s in %.2f s", ref, path, self.device, self.load_seconds)
+        self.capabilities = LLMCapabilities(streaming=True, context_tokens=llama.n_ctx())
+        return _Loaded(llama, formatter, llama.n_ctx())
+
+    # -- generation ------------------------------------------------------------------------
+
+    async def _stream(
+        self, messages: list[Message], params: GenerationParams
+    ) -> AsyncIterator[TextDelta]:
+        items = iterate_in_thread(
+            lambda stop: self._generate(messages, params, stop), thread_name=THREAD_NAME
+        )
+        async with contextlib.aclosing(items):
+            async for delta in items:
+                yield delta
+
+    def _prompt(self, loaded: _Loaded, messages: Sequence[Message]) -> tuple[list[int], list[str]]:
+        """The prompt's tokens and the template's own stop strings (its end-of-turn text)."""
+        result = loaded.formatter(
+            messages=[{"role": m.role, "content": m.content} for m in messages]
+        )
+        tokens: list[int] = loaded.llama.tokenize(
+            result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+        )
+        stops = result.stop if isinstance(result.stop, list) else [result.stop]
+        return tokens, [s for s in stops if s]
+
+    def _generate(
+        self, messages: Sequence[Message], params: GenerationParams, stop: threading.Event
+    ) -> Iterator[TextDelta]:
+        """Worker-thread side: yield text pieces, then the usage delta."""
+        from llama_cpp import StoppingCriteriaList
+
+        loaded = self._ensure_loaded()
+        prompt, template_stops = self._prompt(loaded, messages)
+        room = loaded.context_tokens - len(prompt)
+        if room < 1:
+            raise InvalidInput(
+                f"the conversation is {len(prompt)} tokens; this model's context is "
+                f"{loaded.context_tokens}",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        cfg = self.settings
+        seen = 0  # the longest context the stopping criterion was shown
+
+        def after_each_token(ids: Any, _logits: Any) -> bool:
+            # Called after each sampled token with the context before it (and once more at the
+            # end, with the same length), so the context's length counts the sampled tokens.
+            nonlocal seen
+            seen = max(seen, len(ids))
+            return stop.is_set()  # True ends llama.cpp's decode loop before the next token
+
+        with self._turn(stop) as ours:
+            if not ours:
+                return
+            chunks = loaded.llama.create_completion(
+                prompt=prompt,
+                max_tokens=min(params.max_tokens or cfg.max_tokens, room),
+                temperature=cfg.temperature if params.temperature is None else params.temperature,
+                top_p=cfg.top_p if params.top_p is None else params.top_p,
+                # llama.cpp's extra samplers off, so a setting means the same on both engines
+                top_k=0,
+                min_p=0.0,
+                repeat_penalty=1.0,
+                seed=params.seed,
+                stop=template_stops,  # ours are applied below, so "stop" here means end of turn
+                stopping_criteria=StoppingCriteriaList([after_each_token]),
+                stream=True,
+            )
+            stops = StopFilter(params.stop)
+            text = ""
+            finish: Literal["stop", "length"] = "length"
+            with contextlib.closing(chunks):
+                for chunk in chunks:
+                    if stop.is_set():
+                        return
+                    choice = chunk["choices"][0]
+                    text += choice["text"]
+                    piece = stops.push(text)
+                    if piece:
+                        yield TextDelta(piece)
+                    if stops.stopped:
+                        finish = "stop"
+                        break
+                    if choice["finish_reason"] is not None:
+                        finish = "length" if choice["finish_reason"] == "length" else "stop"
+            piece = stops.flush()
+            if piece:
+                yield TextDelta(piece)
+            sampled = seen - len(prompt) + 1 if seen else 0
+            # An end of turn is a sampled token that is not part of the reply.
+            completion = sampled - 1 if finish == "stop" and not stops.stopped else sampled
+            usage = Usage(prompt_tokens=len(prompt), completion_tokens=max(completion, 0))
+            yield TextDelta("", usage=usage, finish_reason=finish)
+
+    @contextlib.contextmanager
+    def _turn(self, stop: threading.Event) -> Iterator[bool]:
+        """Hold the engine's one decoding slot; ``False`` if cancelled while waiting for it."""
+        while not self._generate_lock.acquire(timeout=0.05):
+            if stop.is_set():
+                yield False
+                return
+        try:
+            yield True
+        finally:
+            self._generate_lock.release()
+
+    def _translate(self, exc: Exception) -> StageError:
+        if isinstance(exc, MemoryError):
+            return EngineOverloaded(
+                f"out of memory: {exc}", stage="llm", backend=self.name, retryable=True
+            )
+        if isinstance(exc, RuntimeError):  # llama-cpp-python's type for a failed decode
+            return EngineUnavailable(
+                f"llama.cpp failed: {exc}", stage="llm", backend=self.name, retryable=True
+            )
+        return super()._translate(exc)
