@@ -14,6 +14,7 @@ from models.weights import ResolvedModel, resolve, size_bytes
 from pipeline.errors import InvalidInput, Stage, VoxlineError
 from pipeline.settings import HostedSettings, Settings
 from pipeline.stages import LLM, STT, TTS
+from pipeline.types import GenerationParams
 
 
 def build_stt(settings: Settings) -> STT:
@@ -34,7 +35,12 @@ def build_llm(settings: Settings) -> LLM:
     if cfg.engine == "hosted":
         from models.llm_hosted import HostedLLM
 
-        return HostedLLM(_require_url(cfg.hosted, "llm"))
+        defaults = GenerationParams(
+            max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p
+        )
+        return HostedLLM(
+            _require_url(cfg.hosted, "llm"), defaults=defaults, context_tokens=cfg.context_tokens
+        )
     if cfg.engine == "llamacpp":
         from models.llm_llamacpp import LlamaCppLLM
 

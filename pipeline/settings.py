@@ -8,6 +8,7 @@ global. A ``.env`` file in the working directory is read too.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -98,7 +99,8 @@ class LLMSettings(BaseModel):
     context_tokens: int = Field(default=2048, ge=256)
     """Context window used for history trimming (and llama.cpp's ``n_ctx``)."""
     threads: int = Field(default=0, ge=0)
-    """CPU threads for torch / llama.cpp (0: the library's default)."""
+    """CPU threads for torch / llama.cpp (0: half the cores, at least 1: STT and TTS share the
+    machine, and on 2 cores one LLM thread measured several times faster than two)."""
     gguf_cache_dir: Path | None = None
     """Where dequantized GGUF weights are cached (default: ``<cache_dir>/gguf``)."""
     hosted: HostedSettings = HostedSettings()
@@ -156,6 +158,13 @@ class GptSovitsSettings(BaseModel):
     """Seconds to the first chunk, and between chunks, before the worker is declared hung."""
     threads: int = Field(default=0, ge=0)
     """torch threads per worker on CPU (0: torch's default)."""
+    extra_pythonpath: list[Path] = []
+    """Folders put before the checkout on the workers' PYTHONPATH (e.g. a torchaudio stand-in
+    on a CPU host where no torchaudio build matches torch)."""
+    env: dict[str, str] = {}
+    """Extra environment variables for the workers (e.g. ``NLTK_DATA``)."""
+    run_options: dict[str, float | int | str | bool] = {}
+    """Extra keys for upstream's ``TTS.run()`` inputs (e.g. ``top_k``, ``seed``)."""
 
 
 class TTSSettings(BaseModel):
@@ -194,6 +203,50 @@ class AudioLimits(BaseModel):
     """Highest input sample rate."""
 
 
+class SessionSettings(BaseModel):
+    """The realtime conversation session: endpointing, speculation and history.
+
+    ``silence_duration_ms`` is the latency knob, and it is cheaper than it looks. The session
+    starts the final transcription at the first silent frame and (``speculative_response``) the
+    reply as soon as that transcript is ready, holding its audio until the silence is long
+    enough. So voice-to-voice is about max(silence, STT + LLM first phrase + TTS first audio),
+    not their sum: on a 2-core CPU that chain takes 0.7 s or more, and any silence below it is
+    free, while a shorter one only ends more turns at a mid-sentence pause (each false end
+    costs CPU the real turn then waits for). 400 ms stays hidden behind the CPU chain and keeps
+    voice-to-voice under 500 ms where the chain is faster (a GPU).
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    """Speech probability at or above which a VAD frame counts as voiced."""
+    silence_duration_ms: int = Field(default=400, ge=0, le=10_000)
+    """Silence after the last voiced frame that ends a turn (OpenAI's default is 500)."""
+    prefix_padding_ms: int = Field(default=300, ge=0, le=5_000)
+    """Audio kept before the first voiced frame (quiet word onsets)."""
+    min_speech_ms: int = Field(default=100, ge=0, le=5_000)
+    """Voiced audio needed before speech counts as started (and interrupts the assistant):
+    filters clicks and coughs."""
+    partial_interval_ms: int = Field(default=1000, ge=0)
+    """Transcribe the utterance so far after this much new audio (0: no partial transcripts).
+    On a CPU a partial still running when the user stops delays the final transcript by up to
+    one transcription, so partials are kept sparse."""
+    speculative_response: bool = True
+    """Start the reply on the speculative transcript before the end of turn is confirmed; its
+    audio is held back until then, and it is dropped silently if the user goes on speaking."""
+    history_max_tokens: int = Field(default=512, ge=16)
+    """Conversation history sent to the LLM, in (approximate) tokens; the system prompt is
+    always kept. Small on CPU: every token of history is prefilled again on every turn."""
+    chars_per_token: float = Field(default=4.0, gt=0.0)
+    """Characters per token used to estimate history length without a tokenizer."""
+    input_sample_rate: int = Field(default=24_000, ge=8_000, le=192_000)
+    """Sample rate of the client's audio (OpenAI Realtime's pcm16 is 24 kHz)."""
+    output_sample_rate: int = Field(default=24_000, ge=8_000, le=192_000)
+    """Sample rate of the audio the session sends (resampled from the TTS engine's rate)."""
+    max_utterance_seconds: float = Field(default=60.0, gt=0.0)
+    """Longest user turn; a longer one is ended (server VAD) or refused (manual commit)."""
+
+
 class Settings(BaseSettings):
     """All of voxline's settings."""
 
@@ -213,7 +266,14 @@ class Settings(BaseSettings):
     """Text to speech."""
     audio: AudioLimits = AudioLimits()
     """Input audio limits."""
+    session: SessionSettings = SessionSettings()
+    """The realtime conversation session."""
     cache_dir: Path = Path.home() / ".cache" / "voxline"
     """Where derived artefacts (dequantized GGUF weights, ...) are cached."""
     hf_offline: bool = False
     """Never contact a model hub: hub ids must already be in the local cache."""
+
+
+def llm_threads(configured: int) -> int:
+    """The LLM's CPU thread count: ``configured``, or half the cores (at least 1) when 0."""
+    return configured or max(1, (os.cpu_count() or 2) // 2)

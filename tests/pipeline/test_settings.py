@@ -14,6 +14,7 @@ from pipeline.settings import (
     GptSovitsVoice,
     HostedSettings,
     LLMSettings,
+    SessionSettings,
     Settings,
     STTSettings,
     TTSSettings,
@@ -165,6 +166,7 @@ SECTIONS: list[type[BaseModel]] = [
     GptSovitsSettings,
     TTSSettings,
     AudioLimits,
+    SessionSettings,
 ]
 
 
