@@ -338,8 +338,10 @@ class GptSovitsTTS(TTS):
                 custom[key] = str(path.resolve())
         paths = [*(str(p.resolve()) for p in extra), str(self.home), str(self.home / "GPT_SoVITS")]
         worker_env = {**environ, **env, "PYTHONPATH": os.pathsep.join(paths)}
-        if settings.threads:
-            worker_env["OMP_NUM_THREADS"] = str(settings.threads)
+        # torch reads this at start-up; by default the cores are shared out between the workers
+        # (torch's own default, every core per worker, measured 3-4x slower on 2 cores)
+        threads = settings.threads or max(1, (os.cpu_count() or 1) // settings.pool_size)
+        worker_env["OMP_NUM_THREADS"] = str(threads)
         return WorkerSpec(
             argv=(str(self.python), str(WORKER_SCRIPT)),
             cwd=self.home,
