@@ -228,9 +228,10 @@ class SessionSettings(BaseModel):
     """Voiced audio needed before speech counts as started (and interrupts the assistant):
     filters clicks and coughs."""
     partial_interval_ms: int = Field(default=1000, ge=0)
-    """Transcribe the utterance so far after this much new audio (0: no partial transcripts).
-    On a CPU a partial still running when the user stops delays the final transcript by up to
-    one transcription, so partials are kept sparse."""
+    """Transcribe the utterance so far after this much new audio (0: only at pauses, where the
+    speculative transcription runs anyway). On a CPU a partial still running when the user
+    stops delays the final transcript by up to one transcription: keep them sparse, or use 0
+    for the lowest voice-to-voice latency."""
     speculative_response: bool = True
     """Start the reply on the speculative transcript before the end of turn is confirmed; its
     audio is held back until then, and it is dropped silently if the user goes on speaking."""

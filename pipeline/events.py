@@ -1,0 +1,265 @@
+"""What a realtime session tells its client: one frozen value per event, in the order it happened.
+
+The events follow OpenAI's Realtime API closely enough that the WebSocket layer maps each to one
+or a few wire events (noted per class) without keeping state of its own, but they carry our
+values (``AudioChunk``, ``TurnTimings``, ``Usage``) rather than JSON, so the session stays
+testable without a socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pipeline.errors import InvalidInput, StageError, VoxlineError
+from pipeline.session_config import SessionConfig
+from pipeline.turn import Backends
+from pipeline.types import AudioChunk, Role, TurnTimings, Usage
+
+ErrorType = Literal["invalid_request_error", "server_error"]
+ResponseStatus = Literal["completed", "cancelled", "failed", "incomplete"]
+ResponseReason = Literal["turn_detected", "client_cancelled", "max_output_tokens", "session_closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """Something went wrong; the session stays open (``error``).
+
+    Attributes:
+        message: What happened, for the client.
+        type: ``invalid_request_error`` (the client's mistake) or ``server_error``.
+        code: Machine-readable code, e.g. ``input_audio_buffer_commit_empty``.
+        param: The request field at fault, if any.
+        stage: For a stage failure, which stage (``stt``, ``llm``, ``tts``, ``vad``).
+        backend: For a stage failure, the backend that failed.
+    """
+
+    message: str
+    type: ErrorType
+    code: str | None = None
+    param: str | None = None
+    stage: str | None = None
+    backend: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorEvent:
+        """The event for an exception (an unexpected one is reported by type name only)."""
+        if isinstance(exc, InvalidInput):
+            return cls(exc.message, "invalid_request_error", code=exc.code, param=exc.param)
+        if isinstance(exc, StageError):
+            return cls(
+                exc.message,
+                "server_error",
+                code=type(exc).__name__,
+                stage=exc.stage,
+                backend=exc.backend,
+            )
+        if isinstance(exc, VoxlineError):
+            return cls(str(exc), "server_error", code=type(exc).__name__)
+        return cls(f"internal error ({type(exc).__name__})", "server_error", code="internal")
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationItem:
+    """One message of the conversation as the client sees it (``conversation.item``).
+
+    Attributes:
+        item_id: Its id.
+        role: ``user`` or ``assistant``.
+        text: Transcript or text; ``None`` while a user's audio is not transcribed yet.
+        audio: Whether the item is (or was) audio.
+    """
+
+    item_id: str
+    role: Role
+    text: str | None
+    audio: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    """The session's configuration changed (``session.updated``)."""
+
+    config: SessionConfig
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """Server VAD heard speech start (``input_audio_buffer.speech_started``).
+
+    ``audio_start_ms`` counts from the first audio of the session and includes prefix padding.
+    """
+
+    item_id: str
+    audio_start_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    """Server VAD decided the turn ended (``input_audio_buffer.speech_stopped``).
+
+    ``audio_end_ms`` includes the silence that decided it, as OpenAI's does.
+    """
+
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class InputCommitted:
+    """The input audio became a user item (``input_audio_buffer.committed``)."""
+
+    item_id: str
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class InputCleared:
+    """The input audio buffer was dropped (``input_audio_buffer.cleared``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemAdded:
+    """A user item joined the conversation (``conversation.item.created``).
+
+    Assistant items are announced by ``ResponseCreated`` instead.
+    """
+
+    item: ConversationItem
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptPartial:
+    """The user's speech so far, while they speak
+    (``conversation.item.input_audio_transcription.delta``).
+
+    ``text`` is the whole transcript so far (a later partial may revise an earlier one), not an
+    appended delta.
+    """
+
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptCompleted:
+    """The final transcript of a user item
+    (``conversation.item.input_audio_transcription.completed``).
+
+    Attributes:
+        speculative: The transcription had started (or finished) before the end of the turn was
+            confirmed, on audio that turned out to hold all of the speech.
+        compute_ms: How long that transcription took, wherever it started.
+    """
+
+    item_id: str
+    text: str
+    language: str | None
+    speculative: bool
+    compute_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptFailed:
+    """A user item could not be transcribed
+    (``conversation.item.input_audio_transcription.failed``)."""
+
+    item_id: str
+    error: ErrorEvent
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCreated:
+    """A response started; its assistant item is ``item_id`` (``response.created``,
+    ``response.output_item.added``, ``conversation.item.created``, ``content_part.added``)."""
+
+    response_id: str
+    item_id: str
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseTranscriptDelta:
+    """Text of the phrase whose audio starts next (``response.audio_transcript.delta``)."""
+
+    response_id: str
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseAudioDelta:
+    """Assistant audio, mono float32 at the session's output rate (``response.audio.delta``)."""
+
+    response_id: str
+    item_id: str
+    audio: AudioChunk
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseAudioDone:
+    """All audio of the response was sent (``response.audio.done``,
+    ``response.audio_transcript.done``, ``content_part.done``, ``output_item.done``)."""
+
+    response_id: str
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    """The response ended (``response.done``).
+
+    Attributes:
+        status: ``completed``, ``cancelled`` (barge-in or client), ``failed`` (a stage error, also
+            sent as an ``ErrorEvent``) or ``incomplete`` (the token limit cut the reply).
+        reason: Why it was cancelled or incomplete.
+        transcript: The assistant text as it now stands in the history (truncated to what was
+            heard when cancelled).
+        usage: LLM token accounting.
+        timings: The turn's latencies in ms (ARCHITECTURE.md vocabulary); the speech-side fields
+            are ``None`` for a response not triggered by speech.
+        backends: Which backend served each stage.
+        error: The failure, when ``status`` is ``failed``.
+    """
+
+    response_id: str
+    item_id: str
+    status: ResponseStatus
+    reason: ResponseReason | None
+    transcript: str
+    usage: Usage
+    timings: TurnTimings
+    backends: Backends
+    error: ErrorEvent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemTruncated:
+    """An assistant item was cut to what the client played (``conversation.item.truncated``)."""
+
+    item_id: str
+    audio_end_ms: int
+    text: str
+
+
+Event = (
+    ErrorEvent
+    | SessionUpdated
+    | SpeechStarted
+    | SpeechStopped
+    | InputCommitted
+    | InputCleared
+    | ItemAdded
+    | TranscriptPartial
+    | TranscriptCompleted
+    | TranscriptFailed
+    | ResponseCreated
+    | ResponseTranscriptDelta
+    | ResponseAudioDelta
+    | ResponseAudioDone
+    | ResponseDone
+    | ItemTruncated
+)
+"""Every event a session emits."""

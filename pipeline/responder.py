@@ -1,0 +1,281 @@
+"""The responses of a realtime session: at most one speaking, at most one speculating.
+
+A response is a ``Reply`` plus what the client is told about it: it is announced
+(``ResponseCreated``), its audio goes out phrase by phrase with the text of each phrase, and it
+ends with exactly one ``ResponseDone`` carrying its status, usage and timings. A speculative
+response runs its reply ahead but is *held*: nothing is announced until the session releases it
+(the turn it answers really ended); dropped before that, it leaves no trace.
+
+The assistant item enters the history when the response is announced. When a response is
+cancelled, the item keeps only the text whose audio the client can have played by then, assuming
+it plays in real time from the first delta; the client's ``truncate`` refines that later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pipeline.errors import VoxlineError
+from pipeline.events import (
+    ErrorEvent,
+    Event,
+    ResponseAudioDelta,
+    ResponseAudioDone,
+    ResponseCreated,
+    ResponseDone,
+    ResponseReason,
+    ResponseStatus,
+    ResponseTranscriptDelta,
+)
+from pipeline.history import History, Item, heard_text
+from pipeline.listener import TurnMarks, Utterance, new_id
+from pipeline.reply import Reply, ReplyTimes, SpokenChunk
+from pipeline.turn import Backends
+from pipeline.types import Message, TurnTimings, Usage
+
+log = logging.getLogger("voxline.session.response")
+
+
+@dataclass(slots=True)
+class Response:
+    """One response and its progress."""
+
+    response_id: str
+    item_id: str
+    messages: list[Message] | None  # None: built from the history when the response starts
+    marks: TurnMarks | None
+    utterance: Utterance | None = None  # speculative: the utterance it answers
+    frames: int = 0  # speculative: frames of that utterance its transcript covers
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    reply: Reply | None = None
+    item: Item | None = None
+    task: asyncio.Task[None] | None = None
+    cancel_reason: ResponseReason | None = None
+    phrase_index: int = -1
+    first_delta_at: float | None = None
+
+
+class Responder:
+    """Starts, holds, releases and cancels a session's responses.
+
+    Args:
+        history: The conversation (assistant items are added to it).
+        make_reply: Builds the reply to a conversation (the session's current voice, params...).
+        messages: The conversation as the LLM sees it now.
+        backends: The backends serving each stage now.
+        emit: Sends an event to the client.
+        wait_turns: Waits until user turns being transcribed are in the history.
+        clock: Time source.
+    """
+
+    def __init__(
+        self,
+        history: History,
+        *,
+        make_reply: Callable[[list[Message]], Reply],
+        messages: Callable[[], list[Message]],
+        backends: Callable[[], Backends],
+        emit: Callable[[Event], None],
+        wait_turns: Callable[[], Awaitable[None]],
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._history = history
+        self._make_reply = make_reply
+        self._messages = messages
+        self._backends = backends
+        self._emit = emit
+        self._wait_turns = wait_turns
+        self._clock = clock
+        self.active: Response | None = None
+        """The released response, whose events are going out."""
+        self.spec: Response | None = None
+        """The speculative response, running ahead, not announced."""
+        self.pending_marks: TurnMarks | None = None
+        """A voice turn not answered yet: the next response reports its timings."""
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, marks: TurnMarks | None = None) -> Response:
+        """Start a response to the conversation as it stands once pending turns are in."""
+        self.drop_spec()
+        resp = Response(new_id("resp"), new_id("item"), None, marks)
+        resp.released.set()
+        self.active = resp
+        self._spawn(resp)
+        return resp
+
+    def speculate(self, messages: list[Message], utterance: Utterance, frames: int) -> None:
+        """Start a held response answering ``messages`` (the utterance's speculative transcript
+        covering its first ``frames`` frames)."""
+        self.drop_spec()
+        self.spec = Response(new_id("resp"), new_id("item"), messages, None, utterance, frames)
+        self._spawn(self.spec)
+
+    def release(self, utterance: Utterance, marks: TurnMarks) -> bool:
+        """Announce the speculative response if it answers ``utterance`` and the conversation
+        is still what it answered; returns whether it did."""
+        spec = self.spec
+        if spec is None or spec.utterance is not utterance or spec.messages != self._messages():
+            return False
+        self.spec = None
+        spec.marks = marks
+        self.active = spec
+        spec.released.set()
+        return True
+
+    def drop_spec(self) -> None:
+        """Drop the speculative response, without a trace."""
+        spec, self.spec = self.spec, None
+        if spec is not None and spec.task is not None:
+            spec.cancel_reason = "turn_detected"
+            spec.task.cancel()
+
+    async def cancel(self, reason: ResponseReason) -> None:
+        """Cancel the active response; returns once its ``ResponseDone`` is out."""
+        resp = self.active
+        if resp is None or resp.task is None or resp.task.done():
+            return
+        resp.cancel_reason = reason
+        resp.task.cancel()
+        await asyncio.wait({resp.task})
+
+    async def aclose(self) -> None:
+        """Cancel everything, silently."""
+        for resp in (self.active, self.spec):
+            if resp is not None and resp.cancel_reason is None:
+                resp.cancel_reason = "session_closed"
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, resp: Response) -> None:
+        resp.task = asyncio.create_task(self._run(resp), name=f"response-{resp.response_id}")
+        self._tasks.add(resp.task)
+        resp.task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, resp: Response) -> None:
+        status: ResponseStatus = "completed"
+        reason: ResponseReason | None = None
+        error: ErrorEvent | None = None
+        try:
+            if resp.messages is not None:  # speculative: run ahead while held
+                resp.reply = self._make_reply(resp.messages)
+                resp.reply.start()
+            await resp.released.wait()
+            previous = self._history.last_id
+            resp.item = Item(resp.item_id, "assistant", "", audio=True)
+            self._history.add(resp.item)
+            self._emit(ResponseCreated(resp.response_id, resp.item_id, previous))
+            if resp.reply is None:  # answer the transcripts still being finished, too
+                await self._wait_turns()
+                resp.messages = self._messages()
+                if resp.marks is None:
+                    resp.marks, self.pending_marks = self.pending_marks, None
+                resp.reply = self._make_reply(resp.messages)
+            reply = resp.reply
+            async for chunk in reply.chunks():
+                self._send(resp, chunk)
+            if reply.finish_reason == "length":
+                status, reason = "incomplete", "max_output_tokens"
+            resp.item.text = reply.text
+            self._emit(ResponseAudioDone(resp.response_id, resp.item_id, reply.text))
+        except asyncio.CancelledError:
+            if resp.cancel_reason is None:
+                raise
+            status, reason = "cancelled", resp.cancel_reason
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # our own cancellation, handled here
+        except Exception as exc:  # a stage failed: report it, stay usable
+            if not isinstance(exc, VoxlineError):
+                log.exception("response %s failed", resp.response_id)
+            status, error = "failed", ErrorEvent.from_exception(exc)
+        finally:
+            if resp.reply is not None:
+                await resp.reply.aclose()
+            if self.active is resp:
+                self.active = None
+        if resp.item is not None and resp.cancel_reason != "session_closed":
+            self._finish(resp, status, reason, error)
+
+    def _send(self, resp: Response, chunk: SpokenChunk) -> None:
+        assert resp.item is not None
+        spoken = resp.item.spoken
+        if chunk.phrase_index != resp.phrase_index:
+            resp.phrase_index = chunk.phrase_index
+            text = chunk.phrase if not spoken else " " + chunk.phrase
+            spoken.append((chunk.phrase, 0.0))
+            self._emit(ResponseTranscriptDelta(resp.response_id, resp.item_id, text))
+        phrase, ms = spoken[-1]
+        spoken[-1] = (phrase, ms + chunk.audio.duration * 1000)
+        if resp.first_delta_at is None:
+            resp.first_delta_at = self._clock()
+        self._emit(ResponseAudioDelta(resp.response_id, resp.item_id, chunk.audio))
+
+    def _finish(
+        self,
+        resp: Response,
+        status: ResponseStatus,
+        reason: ResponseReason | None,
+        error: ErrorEvent | None,
+    ) -> None:
+        item, reply = resp.item, resp.reply
+        assert item is not None
+        done_at = self._clock()
+        if status == "cancelled":
+            played = 0.0
+            if resp.first_delta_at is not None:
+                played = min(item.audio_ms, (done_at - resp.first_delta_at) * 1000)
+            item.text = heard_text(item.spoken, played)
+        elif status == "failed":
+            item.text = heard_text(item.spoken, item.audio_ms)
+        self._history.changed()
+        if error is not None:
+            self._emit(error)
+        self._emit(
+            ResponseDone(
+                resp.response_id,
+                resp.item_id,
+                status,
+                reason,
+                item.text or "",
+                reply.usage if reply is not None else Usage(),
+                timings(resp.marks, reply, resp.first_delta_at, done_at),
+                self._backends(),
+                error,
+            )
+        )
+
+
+def _ms(start: float | None, end: float | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start) * 1000, 1)
+
+
+def timings(
+    marks: TurnMarks | None, reply: Reply | None, first_delta_at: float | None, done_at: float
+) -> TurnTimings:
+    """A response's latencies in ms (``None`` where a stage did not run or a mark is missing).
+
+    ``v2v_ms`` runs from the end of speech to the first audio delta handed to the client, a
+    server-side estimate (network and client buffering are not in it). ``stt_ms`` is clamped
+    at 0: a speculative transcript is often ready before the turn is decided. LLM and TTS times
+    run from the reply's own start, which for a speculative reply precedes the decision.
+    """
+    times = reply.times if reply is not None else ReplyTimes(started=done_at)
+    stt = _ms(marks.decision, marks.final) if marks is not None else None
+    return TurnTimings(
+        endpoint_ms=_ms(marks.speech_end, marks.decision) if marks and marks.vad else None,
+        stt_ms=None if stt is None else max(stt, 0.0),
+        llm_ttft_ms=_ms(times.started, times.first_token),
+        llm_first_phrase_ms=_ms(times.started, times.first_phrase),
+        llm_total_ms=_ms(times.started, times.llm_done),
+        tts_ttfb_ms=_ms(times.first_handed, times.first_audio),
+        tts_total_ms=_ms(times.first_handed, times.tts_done),
+        v2v_ms=_ms(marks.speech_end, first_delta_at) if marks is not None else None,
+        total_ms=_ms(marks.speech_end if marks is not None else times.started, done_at),
+    )
