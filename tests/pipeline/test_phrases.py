@@ -92,7 +92,8 @@ def test_no_cut_before_the_character_after_a_period_arrives() -> None:
     ],
 )
 def test_abbreviations_initials_and_decimals_do_not_split(sentence: str) -> None:
-    policy = PhrasePolicy(first_min_words=100, min_words=100)  # isolate sentence ends
+    # isolate sentence ends
+    policy = PhrasePolicy(first_min_words=100, min_words=100, first_max_words=0)
 
     assert cut(f"{sentence} And then more.", policy) == [sentence, "And then more."]
 
@@ -100,7 +101,7 @@ def test_abbreviations_initials_and_decimals_do_not_split(sentence: str) -> None
 def test_long_run_without_punctuation_is_cut_on_a_space_within_max_chars() -> None:
     words = [f"word{i}" for i in range(200)]
     text = " ".join(words)
-    policy = PhrasePolicy(max_chars=60)
+    policy = PhrasePolicy(max_chars=60, first_max_words=0)
 
     out = cut(text, policy)
 
@@ -173,3 +174,20 @@ async def test_async_phrases_helper_uses_the_policy() -> None:
     out = [p async for p in phrases(_deltas("One, two three, four."), PhrasePolicy(1, 1))]
 
     assert out == ["One,", "two three,", "four."]
+
+
+def test_first_phrase_is_cut_at_a_word_boundary_after_first_max_words() -> None:
+    text = "The capital of France is Paris and it is lovely in spring and summer."
+    out = cut(text, PhrasePolicy(first_max_words=5))
+    assert out[0] == "The capital of France is"  # whole words only, before any punctuation
+    assert " ".join(out) == text
+    assert len(out) == 2  # only the first phrase is cut early
+    # fed one character at a time, the cut waits for the space that ends the fifth word
+    chunker = PhraseChunker(PhrasePolicy(first_max_words=5))
+    early = [p for ch in "The capital of France isn" for p in chunker.feed(ch)]
+    assert early == []
+
+
+def test_first_max_words_zero_waits_for_punctuation() -> None:
+    text = "The capital of France is Paris and it is lovely in spring."
+    assert cut(text, PhrasePolicy(first_max_words=0)) == [text]
