@@ -120,7 +120,6 @@ class HostedClient:
                 f"no hosted endpoint configured: set {variable} (e.g. http://127.0.0.1:8001/v1)",
                 stage=stage,
                 backend="hosted",
-                retryable=False,
             )
         url = httpx.URL(settings.base_url.rstrip("/"))
         if url.scheme not in ("http", "https") or not url.host:
@@ -128,7 +127,6 @@ class HostedClient:
                 f"{variable} must be an http(s) URL including /v1, not {settings.base_url!r}",
                 stage=stage,
                 backend="hosted",
-                retryable=False,
             )
         port = url.port or (443 if url.scheme == "https" else 80)
         self.stage: Stage = stage

@@ -168,9 +168,7 @@ class LlamaCppLLM(LLM):
         try:
             resolved = resolve(ref, stage="llm")
         except ModelLoadError as exc:  # re-raised under our name: the chain reports backends
-            raise ModelLoadError(
-                exc.message, stage="llm", backend=self.name, retryable=False
-            ) from exc
+            raise ModelLoadError(exc.message, stage="llm", backend=self.name) from exc
         path = resolved.path
         if path is None or not path.is_file() or path.suffix != ".gguf":
             raise ModelLoadError(
@@ -179,7 +177,6 @@ class LlamaCppLLM(LLM):
                 "model directories",
                 stage="llm",
                 backend=self.name,
-                retryable=False,
             )
         if self.device == "cuda" and not llama_cpp.llama_supports_gpu_offload():
             raise EngineUnavailable(
@@ -204,7 +201,6 @@ class LlamaCppLLM(LLM):
                 "is corrupt, of an architecture this llama.cpp build does not know, or too big",
                 stage="llm",
                 backend=self.name,
-                retryable=False,
             ) from exc
         template = llama.metadata.get("tokenizer.chat_template")
         if not template:
@@ -214,7 +210,6 @@ class LlamaCppLLM(LLM):
                 "instruction-tuned (chat) model",
                 stage="llm",
                 backend=self.name,
-                retryable=False,
             )
         eos, bos = llama.token_eos(), llama.token_bos()
         formatter = Jinja2ChatFormatter(

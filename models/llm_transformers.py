@@ -220,7 +220,7 @@ class TransformersLLM(LLM):
         return _Loaded(model, tokenizer, frozenset(eos_ids), context, forward_args, cache_arg)
 
     def _load_error(self, message: str) -> ModelLoadError:
-        return ModelLoadError(message, stage="llm", backend=self.name, retryable=False)
+        return ModelLoadError(message, stage="llm", backend=self.name)
 
     def _read_weights(self, resolved: ResolvedModel, dtype: Any) -> tuple[Any, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -190,9 +190,7 @@ class WhisperSTT(STT):
         try:
             resolved = resolve(ref, stage="stt")
         except ModelLoadError as exc:  # re-raised under our name: the chain reports backends
-            raise ModelLoadError(
-                exc.message, stage="stt", backend=self.name, retryable=False
-            ) from exc
+            raise ModelLoadError(exc.message, stage="stt", backend=self.name) from exc
         if self.device == "cuda":
             import ctranslate2
 
@@ -213,7 +211,6 @@ class WhisperSTT(STT):
                     "setting at a faster-whisper model directory",
                     stage="stt",
                     backend=self.name,
-                    retryable=False,
                 )
         else:
             try:
@@ -240,7 +237,6 @@ class WhisperSTT(STT):
                 f"{self.compute_type!r} is unsupported on {self.device}",
                 stage="stt",
                 backend=self.name,
-                retryable=False,
             ) from exc
         log.info(
             "loaded %s (%s) on %s/%s in %.2f s",

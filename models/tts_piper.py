@@ -148,7 +148,6 @@ def _read_voice_config(model: Path, ref: str) -> _VoiceInfo:
             "a Piper voice is an .onnx file with its .onnx.json beside it",
             stage="tts",
             backend="piper",
-            retryable=False,
         ) from e
     if len(speakers) <= 1:
         speakers = {}
@@ -168,7 +167,6 @@ def _resolve_device(device: str) -> str:
             "install onnxruntime-gpu or set VOXLINE_TTS__DEVICE=cpu",
             stage="tts",
             backend="piper:cuda",
-            retryable=False,
         )
     return "cuda" if has_cuda else "cpu"
 
@@ -200,7 +198,7 @@ class PiperTTS(TTS):
         try:
             resolved = resolve(settings.model, stage="tts")
         except ModelLoadError as e:  # re-raised under our name: a chain reports backends
-            raise ModelLoadError(e.message, stage="tts", backend=self.name, retryable=False) from e
+            raise ModelLoadError(e.message, stage="tts", backend=self.name) from e
         if resolved.path is None:
             raise ModelLoadError(
                 f"Piper cannot load hub id {settings.model!r}: download the voice (an .onnx file "
@@ -208,7 +206,6 @@ class PiperTTS(TTS):
                 "packaged:piper-joe-medium",
                 stage="tts",
                 backend=self.name,
-                retryable=False,
             )
         if not resolved.path.is_file() or resolved.path.suffix != ".onnx":
             raise ModelLoadError(
@@ -216,7 +213,6 @@ class PiperTTS(TTS):
                 ".onnx file: point VOXLINE_TTS__MODEL at the voice's .onnx file",
                 stage="tts",
                 backend=self.name,
-                retryable=False,
             )
         self.model_path = resolved.path
         self._info = _read_voice_config(resolved.path, settings.model)
@@ -229,7 +225,6 @@ class PiperTTS(TTS):
                 f"its voices: {', '.join(own)}",
                 stage="tts",
                 backend=self.name,
-                retryable=False,
             )
         self._default_voice = settings.voice
         self._base_speed = settings.speed
@@ -302,7 +297,6 @@ class PiperTTS(TTS):
                 "reinstall its package or download the .onnx file again",
                 stage="tts",
                 backend=self.name,
-                retryable=False,
             ) from e
 
     def _speaker_id(self, voice: str | None) -> int | None:

@@ -39,7 +39,6 @@ def default_model_path() -> Path:
             "faster-whisper",
             stage="vad",
             backend="silero",
-            retryable=False,
         )
     return Path(spec.origin).parent / "assets" / "silero_vad_v6.onnx"
 
@@ -131,7 +130,6 @@ class SileroVAD(VAD):
                 "VAD at a silero_vad .onnx file",
                 stage="vad",
                 backend=self.name,
-                retryable=False,
             )
         opts = onnxruntime.SessionOptions()
         opts.intra_op_num_threads = 1  # a frame is tiny: more threads only contend with STT/LLM
@@ -146,7 +144,6 @@ class SileroVAD(VAD):
                 f"could not load the Silero VAD model {path} ({type(exc).__name__}: {exc})",
                 stage="vad",
                 backend=self.name,
-                retryable=False,
             ) from exc
         names = {i.name for i in session.get_inputs()}
         if names != {"input", "h", "c"}:
@@ -155,6 +152,5 @@ class SileroVAD(VAD):
                 "input, h, c)",
                 stage="vad",
                 backend=self.name,
-                retryable=False,
             )
         return session

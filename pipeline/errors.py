@@ -14,7 +14,8 @@ Every error a stage, the pipeline or the server raises on purpose is one of thes
 Engines translate their library's exceptions at the boundary (``raise EngineTimeout(...) from e``)
 so nothing above ``models/`` ever needs to know an engine's exception types, and nothing anywhere
 branches on message text. ``retryable`` tells a fallback chain whether the next backend may be
-tried with the same input.
+tried with the same input: it is true for every StageError unless the failure would repeat on any
+backend (a ModelLoadError is retryable: this backend cannot load, another may).
 """
 
 from __future__ import annotations

@@ -8,9 +8,23 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.stages import LLM, STT, TTS
+from pipeline.types import (
+    AudioChunk,
+    GenerationParams,
+    LLMCapabilities,
+    Message,
+    TextDelta,
+    Transcript,
+    TTSCapabilities,
+    Usage,
+)
 
 # --------------------------------------------------------------------------------------------------
 # OpenAIPeer: a real HTTP server speaking the OpenAI wire format, for the hosted adapters.
@@ -301,3 +315,217 @@ def _error(status: int, message: str, param: str | None, code: str | None = None
         kind = "rate_limit_exceeded"
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
+
+
+# --------------------------------------------------------------------------------------------------
+# Flaky stage engines: STT / LLM / TTS that fail, hang or talk nonsense on a plan, for chains.
+# --------------------------------------------------------------------------------------------------
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like ``torch.cuda.OutOfMemoryError``: the stages recognise out-of-memory by name."""
+
+
+@dataclass
+class FlakyPlan:
+    """How a flaky engine behaves in one call (:attr:`_Flaky.plans` are consumed in order,
+    one per call; an empty queue means a healthy call).
+
+    Attributes:
+        error: Raised after ``after`` items: an engine exception (the stage translates it) or a
+            voxline error (passed through). A class is instantiated at each raise.
+        hang: Wait forever (until cancelled) after ``after`` items.
+        after: Items yielded before the error or the hang.
+        first_delay_s: Sleep before the first item.
+        gap_s: Sleep between two items.
+        garbage: Unusable output: STT ends without a final, LLM replies with no text, TTS sends
+            NaN from item ``after`` on.
+        silent: TTS only: exact zeros instead of the audio.
+    """
+
+    error: BaseException | type[BaseException] | None = None
+    hang: bool = False
+    after: int = 0
+    first_delay_s: float = 0.0
+    gap_s: float = 0.0
+    garbage: bool = False
+    silent: bool = False
+
+
+class _Flaky:
+    """What the flaky engines share: plans, a health switch, and records of calls.
+
+    Each engine takes ``fail_times`` (its first calls raise ``error`` before any output) and
+    ``plans`` (the calls after those).
+
+    Attributes:
+        plans: Behaviour of the next calls, one each.
+        down: While true, every call and warm-up fails at once (a dead server, a lost GPU).
+        opened: Calls started. ``closed``: call iterators that ended, failed or were closed.
+        warm_calls: ``warm()`` calls (the chain's probe of a backend without ``probe()``).
+    """
+
+    def _init_script(
+        self,
+        fail_times: int,
+        error: BaseException | type[BaseException],
+        plans: Sequence[FlakyPlan],
+    ) -> None:
+        self.plans: deque[FlakyPlan] = deque(FlakyPlan(error=error) for _ in range(fail_times))
+        self.plans.extend(plans)
+        self.down = False
+        self.opened = 0
+        self.closed = 0
+        self.warm_calls = 0
+
+    def _next_plan(self) -> FlakyPlan:
+        if self.down:
+            return FlakyPlan(error=ConnectionRefusedError("scripted: the engine is down"))
+        return self.plans.popleft() if self.plans else FlakyPlan()
+
+    async def _play(self, items: list[Any], plan: FlakyPlan) -> AsyncIterator[Any]:
+        self.opened += 1
+        try:
+            if plan.first_delay_s:
+                await asyncio.sleep(plan.first_delay_s)
+            for i in range(len(items) + 1):
+                if i == plan.after:
+                    if plan.hang:
+                        await asyncio.Event().wait()
+                    if plan.error is not None:
+                        raise plan.error
+                if i == len(items):
+                    break
+                if i and plan.gap_s:
+                    await asyncio.sleep(plan.gap_s)
+                yield items[i]
+        finally:
+            self.closed += 1
+
+    async def warm(self) -> None:
+        self.warm_calls += 1
+        if self.down:
+            raise ConnectionRefusedError("scripted: the engine is down")
+
+
+class FlakySTT(_Flaky, STT):
+    """Transcribes any audio as ``text``: a partial per word, then the final."""
+
+    def __init__(
+        self,
+        name: str = "fake-stt",
+        *,
+        text: str = "hello there world",
+        partials: bool = True,
+        sample_rate: int = 16_000,
+        fail_times: int = 0,
+        error: BaseException | type[BaseException] = ConnectionError,
+        plans: Sequence[FlakyPlan] = (),
+    ) -> None:
+        STT.__init__(self, name=name)
+        self._init_script(fail_times, error, plans)
+        self.text, self.partials, self.sample_rate = text, partials, sample_rate
+        self.calls: list[AudioChunk] = []
+
+    def _transcribe(
+        self, audio: AudioChunk, *, language: str | None, prompt: str | None
+    ) -> AsyncIterator[Transcript]:
+        self.calls.append(audio)
+        plan = self._next_plan()
+        words = self.text.split()
+        items = [Transcript(" ".join(words[:i]), final=False) for i in range(1, len(words))]
+        items = items if self.partials else []
+        if not plan.garbage:
+            items.append(Transcript(self.text, final=True, audio_seconds=audio.duration))
+        return self._play(items, plan)
+
+
+class FlakyLLM(_Flaky, LLM):
+    """Streams ``reply`` piece by piece, then a last delta with usage.
+
+    Asked to continue (the messages end with an assistant message and one more), it either says
+    the whole reply again (``continuation="restart"``, as SmolLM2-135M does) or only the rest of
+    it after the assistant message's text (``"resume"``).
+    """
+
+    def __init__(
+        self,
+        name: str = "fake-llm",
+        *,
+        reply: Sequence[str] = ("Hello", ",", " world", ".", " How", " are", " you", "?"),
+        continuation: Literal["restart", "resume"] = "restart",
+        context_tokens: int = 2048,
+        fail_times: int = 0,
+        error: BaseException | type[BaseException] = ConnectionError,
+        plans: Sequence[FlakyPlan] = (),
+    ) -> None:
+        LLM.__init__(self, name=name)
+        self._init_script(fail_times, error, plans)
+        self.reply, self.continuation = list(reply), continuation
+        self.capabilities = LLMCapabilities(context_tokens=context_tokens)
+        self.calls: list[tuple[list[Message], GenerationParams]] = []
+
+    def _stream(
+        self, messages: list[Message], params: GenerationParams
+    ) -> AsyncIterator[TextDelta]:
+        self.calls.append((messages, params))
+        plan = self._next_plan()
+        pieces = self.reply
+        if self.continuation == "resume" and len(messages) > 1 and messages[-2].role == "assistant":
+            done, pos, rest = messages[-2].content, 0, []
+            for piece in pieces:
+                if pos + len(piece) > len(done):
+                    rest.append(piece[max(0, len(done) - pos) :])
+                pos += len(piece)
+            pieces = rest
+        deltas = [TextDelta(p) for p in pieces] + [TextDelta("", Usage(3, len(pieces)), "stop")]
+        if plan.garbage:
+            deltas = [TextDelta("", Usage(3, 0), "stop")]
+        return self._play(deltas, plan)
+
+
+def tone(seconds: float, sample_rate: int) -> np.ndarray:
+    """A 220 Hz tone at half scale: what :class:`FlakyTTS` says, whatever the rate."""
+    t = np.arange(round(seconds * sample_rate)) / sample_rate
+    return (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+class FlakyTTS(_Flaky, TTS):
+    """Speaks any text as a tone of ``seconds_per_char`` a character, in ``chunk_s`` chunks."""
+
+    def __init__(
+        self,
+        name: str = "fake-tts",
+        *,
+        sample_rate: int = 16_000,
+        voices: Sequence[str] = (),
+        seconds_per_char: float = 0.01,
+        chunk_s: float = 0.05,
+        max_input_chars: int = 4096,
+        fail_times: int = 0,
+        error: BaseException | type[BaseException] = ConnectionError,
+        plans: Sequence[FlakyPlan] = (),
+    ) -> None:
+        TTS.__init__(self, name=name)
+        self._init_script(fail_times, error, plans)
+        self.capabilities = TTSCapabilities(
+            sample_rate=sample_rate, voices=tuple(voices), max_input_chars=max_input_chars
+        )
+        self.seconds_per_char, self.chunk_s = seconds_per_char, chunk_s
+        self.calls: list[tuple[str, str | None, float]] = []
+
+    def render(self, text: str) -> np.ndarray:
+        """The whole audio a healthy call speaks for ``text``."""
+        return tone(len(text) * self.seconds_per_char, self.capabilities.sample_rate)
+
+    def _synthesize(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
+        self.calls.append((text, voice, speed))
+        plan = self._next_plan()
+        rate = self.capabilities.sample_rate
+        audio, step = self.render(text), round(self.chunk_s * rate)
+        if plan.silent:
+            audio = np.zeros_like(audio)
+        if plan.garbage:
+            audio[plan.after * step :] = np.nan
+        chunks = [AudioChunk(audio[i : i + step], rate) for i in range(0, len(audio), step)]
+        return self._play(chunks, plan)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from models.llm_transformers import THREAD_NAME, TransformersLLM
-from pipeline.stops import StopFilter
 from pipeline.errors import EngineUnavailable, InvalidInput, ModelLoadError
 from pipeline.settings import LLMSettings
+from pipeline.stops import StopFilter
 from pipeline.types import GenerationParams, Message, TextDelta
 
 QUESTION = [
@@ -209,7 +209,9 @@ def test_a_missing_local_path_names_the_reference(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as info:
         engine.load()
     assert ref in str(info.value)
-    assert info.value.backend == "transformers:cpu" and not info.value.retryable
+    assert (
+        info.value.backend == "transformers:cpu" and info.value.retryable
+    )  # another backend may load
 
 
 def test_an_unknown_hub_id_offline_names_the_reference(

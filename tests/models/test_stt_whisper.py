@@ -195,7 +195,7 @@ def test_missing_local_path_is_a_model_load_error() -> None:
     with pytest.raises(ModelLoadError) as info:
         engine.load()
     assert "/nonexistent/whisper-model" in str(info.value)
-    assert info.value.backend == "whisper:cpu" and not info.value.retryable
+    assert info.value.backend == "whisper:cpu" and info.value.retryable  # another backend may load
 
 
 def test_directory_without_weights_is_a_model_load_error(tmp_path: Path) -> None:
@@ -224,7 +224,7 @@ async def test_unknown_hub_id_offline_is_a_model_load_error(
     with pytest.raises(ModelLoadError) as info:  # lazily, through transcribe's worker thread
         await collect(engine, speak("Hello there."))
     assert "nobody/no-such-whisper" in str(info.value)
-    assert not info.value.retryable
+    assert info.value.retryable
     assert time.perf_counter() - started < 10
 
 

@@ -1,0 +1,407 @@
+"""The engine of a fallback chain: order, deadlines, breakers, probes and reports.
+
+Stage-independent: :mod:`pipeline.fallback` builds the STT, LLM and TTS chains on it, each with a
+:class:`StageCall` that knows how its stage starts a backend and takes over midway. The rules are
+in that module's docstring; this one holds how they run:
+
+- one call is :meth:`Chain._drive`: it walks the backends in order (demoted ones last), skips
+  those whose breaker is open, and runs each through :meth:`Chain._attempt`, which reads the
+  backend under ``asyncio.timeout`` per ``__anext__`` and turns every reason to move on into
+  ``_Failed``. When every breaker is open the backends are tried in order anyway: a chain never
+  fails without trying;
+- a failure counts against the backend's breaker; the breaker opening starts a probe task, which
+  ends when the backend is healthy again; ``aclose()`` cancels the probes;
+- the report of every call goes to the collector of the caller's context and to
+  ``report_listeners`` (:mod:`pipeline.fallback_types`).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar, cast
+
+from pipeline.breaker import BackendState, CircuitBreaker, LatencyWindow
+from pipeline.errors import (
+    EngineTimeout,
+    EngineUnavailable,
+    InvalidInput,
+    ModelLoadError,
+    Stage,
+    StageError,
+    VoxlineError,
+)
+from pipeline.fallback_types import (
+    Fallback,
+    FallbackPolicy,
+    FallbackReason,
+    FallbackReport,
+    current_reports,
+)
+from pipeline.stages import _Stage
+
+log = logging.getLogger("voxline.fallback")
+
+B = TypeVar("B", bound=_Stage)
+T = TypeVar("T")
+
+
+class Unusable(Exception):
+    """A backend's output cannot be used. ``salvage`` is what the last backend may still yield
+    (``None``: nothing, the output is corrupt)."""
+
+    def __init__(self, what: str, salvage: list[object] | None) -> None:
+        super().__init__(what)
+        self.salvage = salvage
+
+
+class _Failed(Exception):
+    """Raised by one attempt: the chain should move on (``error`` says why)."""
+
+    def __init__(self, reason: FallbackReason, error: Exception) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+class StageCall(abc.ABC, Generic[B, T]):
+    """The stage-specific half of one chain call: how to start a backend, what to pass on."""
+
+    produced = False  # the consumer has received output (set by the driver)
+    done = False  # the answer is complete: stop reading the backend
+
+    @abc.abstractmethod
+    def begin(self, backend: B) -> AsyncGenerator[T, None]:
+        """Start the call on ``backend``, taking over from what was already sent."""
+
+    @abc.abstractmethod
+    def accept(self, item: T) -> list[T]:
+        """What to pass on for one backend item (raise ``Unusable`` for garbage)."""
+
+    def finish(self) -> list[T]:
+        """The backend's stream ended: what is left to pass on (raise ``Unusable``)."""
+        return []
+
+
+@dataclass(eq=False)
+class _Entry(Generic[B]):
+    backend: B
+    breaker: CircuitBreaker
+    latency: LatencyWindow
+    start_failed: bool = False
+    probe_task: asyncio.Task[None] | None = None
+
+
+class Chain(Generic[B]):
+    """The stage-independent half of a chain: ordering, deadlines, breakers, probes, reports."""
+
+    name: str
+    stage: Stage
+    device: str
+
+    def _setup(self, backends: Sequence[B], policy: FallbackPolicy | None) -> None:
+        names = [b.name for b in backends]
+        if not backends:
+            raise ValueError("a fallback chain needs at least one backend")
+        if len(set(names)) != len(names):
+            raise ValueError(f"backend names must be unique within a chain: {names}")
+        self.policy = policy = policy or FallbackPolicy()
+        self.report_listeners: list[Callable[[FallbackReport], None]] = []
+        self._closed = False
+        self._entries = [
+            _Entry(
+                b,
+                CircuitBreaker(
+                    threshold=policy.failure_threshold, retry_after_s=policy.trial_interval_s
+                ),
+                LatencyWindow(
+                    budget_s=policy.first_output_budget_s,
+                    size=policy.latency_window,
+                    min_samples=policy.latency_min_samples,
+                    demote_for_s=policy.trial_interval_s,
+                ),
+            )
+            for b in backends
+        ]
+
+    @property
+    def backends(self) -> tuple[B, ...]:
+        """The backends, in order of preference."""
+        return tuple(e.backend for e in self._entries)
+
+    def backend_states(self) -> tuple[BackendState, ...]:
+        """Each backend's health, in order of preference (for ``/readyz``)."""
+        return tuple(
+            BackendState(
+                name=e.backend.name,
+                device=e.backend.device,
+                state=e.breaker.state,
+                consecutive_failures=e.breaker.consecutive_failures,
+                last_error=e.breaker.last_error,
+                demoted=e.latency.demoted,
+                p95_first_output_ms=None if (p95 := e.latency.p95()) is None else p95 * 1000,
+                started=not e.start_failed,
+            )
+            for e in self._entries
+        )
+
+    async def start(self) -> None:
+        """Start every backend, one at a time. A backend that fails to start is skipped (its
+        breaker opens and its probe retries the start); the chain fails only when none starts.
+
+        Raises:
+            VoxlineError: no backend started (the error itself when the chain has one backend).
+        """
+        errors: list[tuple[str, Exception]] = []
+        for entry in self._entries:
+            try:
+                await entry.backend.start()
+            except Exception as exc:  # one backend's failure must not stop the others
+                log.warning("%s: backend %s did not start: %s", self.name, entry.backend.name, exc)
+                entry.start_failed = True
+                self._failed(entry, exc, force=True)
+                errors.append((entry.backend.name, exc))
+            else:
+                entry.start_failed = False
+        self._refresh_capabilities()
+        if len(errors) == len(self._entries):
+            _raise_all(self.stage, self.name, "start", errors)
+
+    async def warm(self) -> None:
+        """Warm up every started backend; a failure counts against that backend's breaker.
+
+        Raises:
+            VoxlineError: every backend failed to warm up.
+        """
+        errors: list[tuple[str, Exception]] = []
+        entries = [e for e in self._entries if not e.start_failed]
+        for entry in entries:
+            try:
+                await entry.backend.warm()
+            except Exception as exc:  # one backend's failure must not stop the others
+                log.warning(
+                    "%s: backend %s did not warm up: %s", self.name, entry.backend.name, exc
+                )
+                self._failed(entry, exc)
+                errors.append((entry.backend.name, exc))
+        if entries and len(errors) == len(entries):
+            _raise_all(self.stage, self.name, "warm up", errors)
+
+    async def aclose(self) -> None:
+        """Stop the probes, then close every backend."""
+        self._closed = True
+        probes = [e.probe_task for e in self._entries if e.probe_task is not None]
+        for probe in probes:
+            probe.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
+        for entry in self._entries:
+            try:
+                await entry.backend.aclose()
+            except Exception as exc:  # closing the others matters more than this error
+                log.warning("%s: closing %s failed: %s", self.name, entry.backend.name, exc)
+
+    def _refresh_capabilities(self) -> None:
+        """Derive the chain's capabilities from its backends' (some know theirs after a load)."""
+
+    def _order(self, skipped: list[Fallback]) -> list[_Entry[B]]:
+        """The backends in the order this call tries them: demoted ones last."""
+        ordered = [e for e in self._entries if not e.latency.demoted]
+        demoted = [e for e in self._entries if e.latency.demoted]
+        if ordered:  # all demoted is the same as none
+            skipped += [Fallback(e.backend.name, None, "demoted") for e in demoted]
+        return ordered + demoted
+
+    async def _drive(
+        self, call: StageCall[B, T], *, extra_s: float = 0.0
+    ) -> AsyncGenerator[T, None]:
+        """Run ``call`` on the backends in order: the body of every chain call."""
+        collector = current_reports()  # taken now: the report belongs to the caller's context
+        fallbacks: list[Fallback] = []
+        skipped: list[Fallback] = []  # given up on, waiting for the name of the next backend
+        served: str | None = None
+        error: str | None = "CancelledError"
+        ordered = self._order(skipped)
+        try:
+            failure: tuple[str, Exception] | None = None  # the last backend and its error
+            for last_resort in (False, True):
+                for index, entry in enumerate(ordered):
+                    name = entry.backend.name
+                    if not (last_resort or entry.breaker.try_acquire()):
+                        last = entry.breaker.last_error
+                        skipped.append(Fallback(name, None, "circuit_open", last, call.produced))
+                        continue
+                    fallbacks += [dataclasses.replace(s, to_backend=name) for s in skipped]
+                    skipped.clear()
+                    try:
+                        attempt = self._attempt(entry, call, extra_s)
+                        async with contextlib.aclosing(attempt):
+                            async for out in attempt:
+                                yield out
+                    except _Failed as failed:
+                        exc = failed.error
+                        failure = (name, exc)
+                        self._failed(entry, exc, force=isinstance(exc, ModelLoadError))
+                        log.warning("%s: %s failed (%s): %s", self.name, name, failed.reason, exc)
+                        more = self._has_next(ordered, index, last_resort)
+                        if isinstance(exc, Unusable) and exc.salvage is not None and not more:
+                            for salvaged in exc.salvage:
+                                yield cast(T, salvaged)  # made by this stage's call: one of its T
+                            served, error = name, None
+                            return
+                        skipped.append(
+                            Fallback(name, None, failed.reason, _error_name(exc), call.produced)
+                        )
+                        if not more:
+                            break
+                    except BaseException as exc:
+                        entry.breaker.release()  # no verdict on the backend: not its doing
+                        stopped = isinstance(exc, GeneratorExit | asyncio.CancelledError)
+                        error = "CancelledError" if stopped else type(exc).__name__
+                        raise
+                    else:
+                        served, error = name, None
+                        return
+                if failure is not None:
+                    break
+                skipped.clear()  # every breaker was open: try each of them after all
+                log.warning("%s: every backend's breaker is open; trying them all", self.name)
+            assert failure is not None
+            error = _error_name(failure[1])
+            raise _stage_error(self.stage, *failure)
+        finally:
+            fallbacks += skipped
+            report = FallbackReport(self.stage, self.name, served, tuple(fallbacks), error)
+            if collector is not None:
+                collector.add(report)
+            for listener in self.report_listeners:
+                listener(report)
+
+    async def _attempt(
+        self, entry: _Entry[B], call: StageCall[B, T], extra_s: float
+    ) -> AsyncGenerator[T, None]:
+        """Pass on ``call``'s output from one backend, under the deadlines.
+
+        Raises:
+            _Failed: the chain should move on to the next backend.
+        """
+        loop = asyncio.get_running_loop()
+        name = entry.backend.name
+        call.done = False
+        source = call.begin(entry.backend)
+        started = loop.time()
+        first = True
+        try:
+            while not call.done:
+                limit = self.policy.first_output_timeout_s + extra_s
+                if not first:
+                    limit = self.policy.gap_timeout_s
+                deadline = asyncio.timeout(limit)
+                try:
+                    async with deadline:
+                        item = await anext(source)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    if not deadline.expired():
+                        raise  # the backend's own, not our deadline
+                    if first:
+                        entry.latency.add(loop.time() - started)
+                    what = "first output" if first else "next output"
+                    timeout = EngineTimeout(
+                        f"no {what} within {limit:.3g} s", stage=self.stage, backend=name
+                    )
+                    reason: FallbackReason = "first_output_timeout" if first else "gap_timeout"
+                    raise _Failed(reason, timeout) from exc
+                if first:
+                    first = False
+                    if entry.latency.add(loop.time() - started):
+                        log.warning("%s: demoting %s (slow first output)", self.name, name)
+                for out in call.accept(item):
+                    call.produced = True
+                    yield out
+            tail = call.finish()
+            entry.breaker.record_success()  # before the tail: a consumer may stop at a yield
+            for out in tail:
+                call.produced = True
+                yield out
+        except (_Failed, InvalidInput):
+            raise
+        except StageError as exc:
+            if not exc.retryable and not isinstance(exc, ModelLoadError):
+                raise  # the input's fault: no other backend would do better
+            raise _Failed("error", exc) from exc
+        except Unusable as exc:
+            raise _Failed("unusable_output", exc) from exc
+        except VoxlineError:
+            raise
+        except Exception as exc:  # a backend outside the stage contract: still a failure
+            raise _Failed("error", exc) from exc
+        finally:
+            await source.aclose()
+
+    def _has_next(self, ordered: list[_Entry[B]], index: int, last_resort: bool) -> bool:
+        rest = ordered[index + 1 :]
+        return bool(rest) and (last_resort or any(e.breaker.would_admit() for e in rest))
+
+    def _failed(self, entry: _Entry[B], exc: BaseException, *, force: bool = False) -> None:
+        """Count a failure against ``entry`` and start its probe if its breaker is open now."""
+        if force:
+            entry.breaker.force_open(_error_name(exc))
+        else:
+            entry.breaker.record_failure(_error_name(exc))
+        if not entry.breaker.is_closed and not self._closed:
+            if entry.probe_task is None or entry.probe_task.done():
+                entry.probe_task = asyncio.create_task(
+                    self._probe_loop(entry), name=f"probe {entry.backend.name}"
+                )
+
+    async def _probe_loop(self, entry: _Entry[B]) -> None:
+        """Probe an open backend every interval until it passes (or a real call closes it)."""
+        name = entry.backend.name
+        while not entry.breaker.is_closed:
+            await asyncio.sleep(self.policy.probe_interval_s)
+            if entry.breaker.is_closed:
+                return  # a real call closed it meanwhile
+            try:
+                async with asyncio.timeout(self.policy.probe_timeout_s):
+                    if entry.start_failed:
+                        await entry.backend.start()
+                        entry.start_failed = False
+                        self._refresh_capabilities()
+                    probe = getattr(entry.backend, "probe", None)
+                    await (probe() if callable(probe) else entry.backend.warm())
+            except Exception as exc:  # any failure means "still down"
+                entry.breaker.probe_failed(_error_name(exc))
+                log.info("%s: probe of %s failed: %s", self.name, name, _error_name(exc))
+            else:
+                entry.breaker.probe_succeeded()
+                log.warning("%s: %s passed its probe; serving again", self.name, name)
+                return
+
+
+def _error_name(exc: BaseException) -> str:
+    return "UnusableOutput" if isinstance(exc, Unusable) else type(exc).__name__
+
+
+def _stage_error(stage: Stage, backend: str, exc: Exception) -> StageError:
+    """What a call that no backend could serve raises: the last backend's failure."""
+    if isinstance(exc, StageError):
+        return exc
+    what = "unusable output" if isinstance(exc, Unusable) else type(exc).__name__
+    error = EngineUnavailable(f"{what}: {exc}", stage=stage, backend=backend)
+    error.__cause__ = exc
+    return error
+
+
+def _raise_all(stage: Stage, chain: str, what: str, errors: list[tuple[str, Exception]]) -> None:
+    if len(errors) == 1:
+        raise errors[0][1]
+    summary = "; ".join(f"{name}: {exc}" for name, exc in errors)
+    raise EngineUnavailable(
+        f"no backend of {chain} could {what}: {summary}", stage=stage, backend=chain
+    ) from errors[0][1]
