@@ -8,31 +8,74 @@ dependency (llama-cpp-python, a GPT-SoVITS checkout) only matters when it is sel
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
-from models.weights import ResolvedModel, resolve, size_bytes
+from models.weights import PACKAGED, ResolvedModel, resolve, size_bytes
 from pipeline.errors import InvalidInput, Stage, VoxlineError
-from pipeline.settings import HostedSettings, Settings
+from pipeline.fallback import FallbackLLM, FallbackPolicy, FallbackSTT, FallbackTTS
+from pipeline.settings import (
+    BackendName,
+    FallbackSettings,
+    HostedSettings,
+    LLMSettings,
+    Settings,
+    STTSettings,
+    TTSSettings,
+)
 from pipeline.stages import LLM, STT, TTS
 from pipeline.types import GenerationParams
 
 
-def build_stt(settings: Settings) -> STT:
-    """The STT engine selected by ``settings.stt.engine`` (not yet loaded)."""
-    cfg = settings.stt
+def cuda_available() -> bool:
+    """Whether a CUDA device is visible (asked of CTranslate2: cheaper to import than torch)."""
+    try:
+        import ctranslate2
+
+        return bool(ctranslate2.get_cuda_device_count() > 0)
+    except Exception:  # no CUDA runtime at all is the common CPU case
+        return False
+
+
+def chain_of(
+    cfg: STTSettings | LLMSettings | TTSSettings, *, cuda: bool | None = None
+) -> list[BackendName]:
+    """The stage's ordered backend names: its ``chain`` setting, or the machine's default."""
+    if cfg.chain:
+        return list(dict.fromkeys(cfg.chain))  # a name twice would be the same engine twice
     if cfg.engine == "hosted":
+        return ["hosted"]
+    cuda = cuda_available() if cuda is None else cuda
+    chain: list[BackendName] = ["gpu", "cpu"] if cuda else ["cpu"]
+    if cfg.hosted.base_url:
+        chain.append("hosted")
+    return chain
+
+
+def policy_of(fallback: FallbackSettings) -> FallbackPolicy:
+    """The chain policy for a stage's fallback settings."""
+    return FallbackPolicy(**fallback.model_dump())
+
+
+def _stt_backend(name: BackendName, settings: Settings) -> STT:
+    cfg = settings.stt
+    if name == "hosted":
         from models.stt_hosted import HostedSTT
 
         return HostedSTT(_require_url(cfg.hosted, "stt"))
     from models.stt_whisper import WhisperSTT
 
+    if name == "gpu":
+        cfg = cfg.model_copy(update={"device": "cuda", **cfg.gpu.model_dump()})
+    else:
+        cfg = cfg.model_copy(update={"device": "cpu"})
     return WhisperSTT(cfg, offline=settings.hf_offline)
 
 
-def build_llm(settings: Settings) -> LLM:
-    """The LLM engine selected by ``settings.llm.engine`` (not yet loaded)."""
+def _llm_backend(name: BackendName, settings: Settings) -> LLM:
     cfg = settings.llm
-    if cfg.engine == "hosted":
+    if name == "hosted":
         from models.llm_hosted import HostedLLM
 
         defaults = GenerationParams(
@@ -41,6 +84,10 @@ def build_llm(settings: Settings) -> LLM:
         return HostedLLM(
             _require_url(cfg.hosted, "llm"), defaults=defaults, context_tokens=cfg.context_tokens
         )
+    if name == "gpu":
+        cfg = cfg.model_copy(update={"device": "cuda", **cfg.gpu.model_dump()})
+    else:
+        cfg = cfg.model_copy(update={"device": "cpu"})
     if cfg.engine == "llamacpp":
         from models.llm_llamacpp import LlamaCppLLM
 
@@ -50,29 +97,49 @@ def build_llm(settings: Settings) -> LLM:
     return TransformersLLM(cfg, cache_dir=settings.cache_dir, offline=settings.hf_offline)
 
 
-def build_tts(settings: Settings) -> TTS:
-    """The TTS engine selected by ``settings.tts.engine`` (not yet started)."""
+def _tts_backend(name: BackendName, settings: Settings) -> TTS:
     cfg = settings.tts
-    if cfg.engine == "hosted":
+    if name == "hosted":
         from models.tts_hosted import HostedTTS
 
         return HostedTTS(_require_url(cfg.hosted, "tts"))
-    if cfg.engine == "gpt_sovits":
+    device: Literal["cpu", "cuda"] = "cuda" if name == "gpu" else "cpu"
+    engine = cfg.gpu.engine if name == "gpu" else cfg.engine
+    if engine == "gpt_sovits":
         from models.tts_gpt_sovits import GptSovitsTTS
 
-        gs = cfg.gpt_sovits
+        gs = cfg.gpt_sovits.model_copy(update={"device": device})
         return GptSovitsTTS(
             gs, env=gs.env, extra_pythonpath=gs.extra_pythonpath, run_options=gs.run_options
         )
     from models.tts_piper import PiperTTS
 
-    return PiperTTS(cfg)
+    model = cfg.gpu.model if name == "gpu" and cfg.gpu.model else cfg.model
+    return PiperTTS(cfg.model_copy(update={"device": device, "model": model}))
+
+
+def build_stt(settings: Settings) -> FallbackSTT:
+    """The STT chain of ``settings.stt`` (not yet started)."""
+    backends = [_stt_backend(n, settings) for n in chain_of(settings.stt)]
+    return FallbackSTT(backends, policy_of(settings.stt.fallback))
+
+
+def build_llm(settings: Settings) -> FallbackLLM:
+    """The LLM chain of ``settings.llm`` (not yet started)."""
+    backends = [_llm_backend(n, settings) for n in chain_of(settings.llm)]
+    return FallbackLLM(backends, policy_of(settings.llm.fallback))
+
+
+def build_tts(settings: Settings) -> FallbackTTS:
+    """The TTS chain of ``settings.tts`` (not yet started)."""
+    backends = [_tts_backend(n, settings) for n in chain_of(settings.tts)]
+    return FallbackTTS(backends, policy_of(settings.tts.fallback))
 
 
 def _require_url(hosted: HostedSettings, stage: str) -> HostedSettings:
     if not hosted.base_url:
         raise InvalidInput(
-            f"the {stage} engine is 'hosted' but "
+            f"the {stage} chain names 'hosted' but "
             f"VOXLINE_{stage.upper()}__HOSTED__BASE_URL is unset",
             param=f"{stage}.hosted.base_url",
         )
@@ -83,9 +150,9 @@ def _require_url(hosted: HostedSettings, stage: str) -> HostedSettings:
 class Engines:
     """One engine per stage, started and warmed."""
 
-    stt: STT
-    llm: LLM
-    tts: TTS
+    stt: FallbackSTT
+    llm: FallbackLLM
+    tts: FallbackTTS
 
     async def aclose(self) -> None:
         """Close every engine (errors in one do not keep the others open)."""
@@ -113,79 +180,86 @@ async def start_engines(settings: Settings, *, warm: bool = True) -> Engines:
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """One configured model, for ``voxline models``."""
+    """One backend of one stage's chain, for ``voxline models``."""
 
-    stage: str
+    stage: Stage
+    backend: BackendName
     engine: str
     ref: str
     source: str
     location: str
     size_bytes: int | None
+    license: str | None
     loads: bool | None  # None: not checked
     error: str | None = None
 
 
-def _hosted_info(stage: str, hosted: HostedSettings) -> ModelInfo:
-    return ModelInfo(
-        stage, "hosted", hosted.model or "-", "hosted", hosted.base_url or "-", None, None
-    )
-
-
-def _local_info(stage: Stage, engine: str, ref: str) -> ModelInfo:
+def _info(stage: Stage, backend: BackendName, engine: str, ref: str) -> ModelInfo:
     try:
         resolved: ResolvedModel = resolve(ref, stage=stage)
     except VoxlineError as exc:
-        return ModelInfo(stage, engine, ref, "?", "-", None, False, str(exc))
+        return ModelInfo(stage, backend, engine, ref, "?", "-", None, None, False, str(exc))
     size = size_bytes(resolved.path) if resolved.path is not None else None
-    return ModelInfo(stage, engine, ref, resolved.source, resolved.location, size, None)
+    packaged = (
+        PACKAGED.get(ref.removeprefix("packaged:")) if resolved.source == "packaged" else None
+    )
+    license_ = packaged.license if packaged else None
+    return ModelInfo(
+        stage, backend, engine, ref, resolved.source, resolved.location, size, license_, None
+    )
+
+
+def _backend_info(stage: Stage, backend: BackendName, settings: Settings) -> ModelInfo:
+    cfg: STTSettings | LLMSettings | TTSSettings = getattr(settings, stage)
+    if backend == "hosted":
+        hosted = cfg.hosted
+        where = hosted.base_url or "(VOXLINE_" + stage.upper() + "__HOSTED__BASE_URL unset)"
+        return ModelInfo(
+            stage, backend, "hosted", hosted.model or "-", "hosted", where, None, None, None
+        )
+    if isinstance(cfg, STTSettings):
+        return _info(stage, backend, "whisper", cfg.gpu.model if backend == "gpu" else cfg.model)
+    if isinstance(cfg, LLMSettings):
+        if backend == "gpu":
+            return _info(stage, backend, cfg.gpu.engine, cfg.gpu.model)
+        return _info(stage, backend, cfg.engine, cfg.model)
+    engine = cfg.gpu.engine if backend == "gpu" else cfg.engine
+    if engine == "gpt_sovits":
+        gs = cfg.gpt_sovits
+        home = str(gs.home) if gs.home else "$GPT_SOVITS_HOME"
+        return ModelInfo(stage, backend, engine, gs.version, "local", home, None, None, None)
+    model = cfg.gpu.model if backend == "gpu" and cfg.gpu.model else cfg.model
+    return _info(stage, backend, engine, model)
+
+
+_STAGES: tuple[Stage, ...] = ("stt", "llm", "tts")
+_BUILDERS = {"stt": _stt_backend, "llm": _llm_backend, "tts": _tts_backend}
 
 
 def describe_models(settings: Settings) -> list[ModelInfo]:
-    """Where each configured model's weights come from, without loading them."""
-    infos: list[ModelInfo] = []
-    stt, llm, tts = settings.stt, settings.llm, settings.tts
-    infos.append(
-        _hosted_info("stt", stt.hosted)
-        if stt.engine == "hosted"
-        else _local_info("stt", stt.engine, stt.model)
-    )
-    infos.append(
-        _hosted_info("llm", llm.hosted)
-        if llm.engine == "hosted"
-        else _local_info("llm", llm.engine, llm.model)
-    )
-    if tts.engine == "hosted":
-        infos.append(_hosted_info("tts", tts.hosted))
-    elif tts.engine == "gpt_sovits":
-        gs = tts.gpt_sovits
-        home = str(gs.home) if gs.home else "$GPT_SOVITS_HOME"
-        infos.append(ModelInfo("tts", "gpt_sovits", gs.version, "local", home, None, None))
-    else:
-        infos.append(_local_info("tts", tts.engine, tts.model))
-    return infos
+    """Every backend of every stage's chain: engine, model, where its weights come from, size."""
+    return [
+        _backend_info(stage, backend, settings)
+        for stage in _STAGES
+        for backend in chain_of(getattr(settings, stage))
+    ]
 
 
 async def check_loads(settings: Settings) -> list[ModelInfo]:
-    """``describe_models`` plus an actual load of each stage's engine (one at a time)."""
-    infos = describe_models(settings)
-    builders = {"stt": build_stt, "llm": build_llm, "tts": build_tts}
+    """``describe_models`` plus an actual start of each backend (one at a time)."""
     checked: list[ModelInfo] = []
-    for info in infos:
+    for info in describe_models(settings):
         if info.loads is False:
             checked.append(info)
             continue
         try:
-            engine = builders[info.stage](settings)
-            await engine.start()
-            await engine.aclose()
+            engine = _BUILDERS[info.stage](info.backend, settings)
+            try:
+                await engine.start()
+            finally:
+                await engine.aclose()
         except VoxlineError as exc:
-            checked.append(_with(info, loads=False, error=str(exc)))
+            checked.append(dataclasses.replace(info, loads=False, error=str(exc)))
         else:
-            checked.append(_with(info, loads=True, error=None))
+            checked.append(dataclasses.replace(info, loads=True))
     return checked
-
-
-def _with(info: ModelInfo, *, loads: bool, error: str | None) -> ModelInfo:
-    return ModelInfo(
-        info.stage, info.engine, info.ref, info.source, info.location, info.size_bytes, loads, error
-    )

@@ -39,18 +39,79 @@ class HostedSettings(BaseModel):
     """Retries of a request that failed before any output (connection errors, 429, 5xx)."""
 
 
+BackendName = Literal["gpu", "cpu", "hosted"]
+
+
+class FallbackSettings(BaseModel):
+    """When a stage's chain gives up on a backend, and how it brings it back."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    first_output_timeout_s: float = Field(default=10.0, gt=0.0)
+    """Seconds a backend may take to its first output before the next one is tried."""
+    gap_timeout_s: float = Field(default=10.0, gt=0.0)
+    """Seconds a backend may take between two outputs (a hung engine costs this, not the turn)."""
+    failure_threshold: int = Field(default=3, ge=1)
+    """Consecutive failures that open a backend's circuit breaker (calls then skip it)."""
+    probe_interval_s: float = Field(default=15.0, gt=0.0)
+    """Seconds between background health probes of an open backend; a passing probe closes it
+    and traffic returns to it without a restart."""
+    probe_timeout_s: float = Field(default=60.0, gt=0.0)
+    """Seconds one probe may take (a cold start may load weights)."""
+    trial_interval_s: float = Field(default=60.0, gt=0.0)
+    """Seconds after which one real call may try an open backend whatever its probes say."""
+    first_output_budget_s: float | None = Field(default=None, gt=0.0)
+    """Rolling p95 time to first output above which a backend is demoted behind the others
+    (unset: never)."""
+
+
+class STTGpuSettings(BaseModel):
+    """The ``gpu`` backend of STT: the settings of the stage, with these in place."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    model: str = "large-v3-turbo"
+    """Model reference (hub id or faster-whisper size, or a local CTranslate2 directory)."""
+    compute_type: str = "float16"
+    """CTranslate2 compute type on the GPU."""
+
+
+class LLMGpuSettings(BaseModel):
+    """The ``gpu`` backend of the LLM: the settings of the stage, with these in place."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    engine: Literal["transformers", "llamacpp"] = "transformers"
+    """Engine on the GPU."""
+    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    """Model reference (hub id, local directory or ``.gguf`` file)."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "bfloat16"
+    """Weights dtype on the GPU."""
+
+
+class TTSGpuSettings(BaseModel):
+    """The ``gpu`` backend of TTS: the settings of the stage, with these in place."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    engine: Literal["piper", "gpt_sovits"] = "gpt_sovits"
+    """Engine on the GPU (GPT-SoVITS needs ``GPT_SOVITS_HOME`` and ``GPT_SOVITS_PYTHON``)."""
+    model: str | None = None
+    """Piper only: the voice reference on the GPU (unset: the stage's model)."""
+
+
 class STTSettings(BaseModel):
     """Speech to text."""
 
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     engine: Literal["whisper", "hosted"] = "whisper"
-    """Which engine serves STT."""
+    """Engine of the ``cpu`` backend (``hosted``: the default chain is the hosted backend)."""
     model: str = "packaged:whisper-tiny.en"
     """Model reference: a local CTranslate2 directory, ``packaged:<name>`` or a hub id
     (e.g. ``Systran/faster-whisper-large-v3`` or ``large-v3-turbo``)."""
     device: Device = "auto"
-    """``auto`` picks CUDA when available."""
+    """Device of the engine when built on its own (a chain sets cpu/cuda per backend)."""
     compute_type: str = "default"
     """CTranslate2 compute type; ``default`` means int8 on CPU and float16 on CUDA."""
     beam_size: int = Field(default=1, ge=1, le=10)
@@ -63,7 +124,14 @@ class STTSettings(BaseModel):
     cpu_threads: int = Field(default=0, ge=0)
     """CTranslate2 intra-op threads on CPU (0: the library's default)."""
     hosted: HostedSettings = HostedSettings()
-    """The hosted backend (used when ``engine`` is ``hosted``)."""
+    """The ``hosted`` backend: an OpenAI-compatible endpoint."""
+    chain: list[BackendName] | None = None
+    """Ordered backends, e.g. ``["gpu","cpu","hosted"]``. Unset: ``gpu`` then ``cpu`` on a
+    machine with CUDA, else ``cpu``; then ``hosted`` when its base URL is set."""
+    fallback: FallbackSettings = FallbackSettings()
+    """Deadlines and circuit breaker of the chain."""
+    gpu: STTGpuSettings = STTGpuSettings()
+    """The ``gpu`` backend (used when the chain names it)."""
 
     @field_validator("language")
     @classmethod
@@ -78,12 +146,13 @@ class LLMSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     engine: Literal["transformers", "llamacpp", "hosted"] = "transformers"
-    """Which engine serves the LLM (``llamacpp`` needs the ``llama`` extra)."""
+    """Engine of the ``cpu`` backend (``llamacpp`` needs the ``llama`` extra; ``hosted``: the
+    default chain is the hosted backend)."""
     model: str = "packaged:smollm2-135m-instruct"
     """Model reference: a local directory or ``.gguf`` file, ``packaged:<name>`` or a hub id
     (e.g. ``Qwen/Qwen2.5-7B-Instruct``)."""
     device: Device = "auto"
-    """``auto`` picks CUDA when available."""
+    """Device of the engine when built on its own (a chain sets cpu/cuda per backend)."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """Weights dtype; ``auto`` is bfloat16 on CUDA and float32 on CPU."""
     system_prompt: str = (
@@ -104,7 +173,14 @@ class LLMSettings(BaseModel):
     gguf_cache_dir: Path | None = None
     """Where dequantized GGUF weights are cached (default: ``<cache_dir>/gguf``)."""
     hosted: HostedSettings = HostedSettings()
-    """The hosted backend (used when ``engine`` is ``hosted``)."""
+    """The ``hosted`` backend: an OpenAI-compatible endpoint."""
+    chain: list[BackendName] | None = None
+    """Ordered backends, e.g. ``["gpu","cpu","hosted"]``. Unset: ``gpu`` then ``cpu`` on a
+    machine with CUDA, else ``cpu``; then ``hosted`` when its base URL is set."""
+    fallback: FallbackSettings = FallbackSettings()
+    """Deadlines and circuit breaker of the chain."""
+    gpu: LLMGpuSettings = LLMGpuSettings()
+    """The ``gpu`` backend (used when the chain names it)."""
 
 
 class GptSovitsVoice(BaseModel):
@@ -173,7 +249,7 @@ class TTSSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     engine: Literal["piper", "gpt_sovits", "hosted"] = "piper"
-    """Which engine serves TTS."""
+    """Engine of the ``cpu`` backend (``hosted``: the default chain is the hosted backend)."""
     model: str = "packaged:piper-joe-medium"
     """Piper voice: an ``.onnx`` path (its ``.onnx.json`` beside it) or ``packaged:<name>``."""
     device: Device = "cpu"
@@ -185,7 +261,14 @@ class TTSSettings(BaseModel):
     gpt_sovits: GptSovitsSettings = GptSovitsSettings()
     """GPT-SoVITS engine."""
     hosted: HostedSettings = HostedSettings()
-    """The hosted backend (used when ``engine`` is ``hosted``)."""
+    """The ``hosted`` backend: an OpenAI-compatible endpoint."""
+    chain: list[BackendName] | None = None
+    """Ordered backends, e.g. ``["gpu","cpu","hosted"]``. Unset: ``gpu`` then ``cpu`` on a
+    machine with CUDA, else ``cpu``; then ``hosted`` when its base URL is set."""
+    fallback: FallbackSettings = FallbackSettings()
+    """Deadlines and circuit breaker of the chain."""
+    gpu: TTSGpuSettings = TTSGpuSettings()
+    """The ``gpu`` backend (used when the chain names it)."""
 
 
 class AudioLimits(BaseModel):
@@ -248,6 +331,61 @@ class SessionSettings(BaseModel):
     """Longest user turn; a longer one is ended (server VAD) or refused (manual commit)."""
 
 
+class ObservabilitySettings(BaseModel):
+    """Logs, traces and what they may contain (``/metrics`` needs no settings: always on)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    log_format: Literal["json", "text"] = "json"
+    """``json``: one JSON object per line (for log shippers); ``text``: human-readable lines."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level logged (case-insensitive)."""
+    log_content: bool = False
+    """Debug only: log transcripts, replies and error messages verbatim. Off: each is replaced
+    by ``<redacted N chars>``. Secrets and audio are never logged either way."""
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    """Where OpenTelemetry traces go: ``none`` (no-op tracer, costs nothing), ``console``
+    (stdout) or ``otlp`` (OTLP/HTTP; needs the ``otel`` extra)."""
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP traces URL, e.g. ``http://127.0.0.1:4318/v1/traces`` (unset: the exporter's
+    default, or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``)."""
+    service_name: str = "voxline"
+    """``service.name`` of the traces."""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class PricingSettings(BaseModel):
+    """The cost ledger's price table, in USD.
+
+    Hosted backends are priced per unit of work; the defaults are OpenAI's public list prices for
+    whisper-1, gpt-4o-mini and tts-1 when this was written: edit them for your provider (a second
+    voxline server as the hosted backend costs what its machine costs: set them to 0). Local
+    engines are priced by the seconds they ran times an hourly rate for the machine kind.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    hosted_stt_usd_per_minute: float = Field(default=0.006, ge=0.0)
+    """Hosted STT: USD per minute of audio in (whisper-1: 0.006)."""
+    hosted_llm_input_usd_per_1m_tokens: float = Field(default=0.15, ge=0.0)
+    """Hosted LLM: USD per million prompt tokens (gpt-4o-mini: 0.15)."""
+    hosted_llm_output_usd_per_1m_tokens: float = Field(default=0.60, ge=0.0)
+    """Hosted LLM: USD per million completion tokens (gpt-4o-mini: 0.60)."""
+    hosted_tts_usd_per_1m_chars: float = Field(default=15.0, ge=0.0)
+    """Hosted TTS: USD per million characters spoken (tts-1: 15)."""
+    local_cpu_usd_per_hour: float = Field(default=0.05, ge=0.0)
+    """Local engines on a CPU: USD per engine-hour (a share of a small cloud VM)."""
+    local_gpu_usd_per_hour: float = Field(default=2.0, ge=0.0)
+    """Local engines on a GPU: USD per engine-hour (about an on-demand datacenter GPU)."""
+    ledger_path: Path | None = None
+    """JSON-lines file every charge is appended to, replayed at start so totals survive a
+    restart (unset: in memory only)."""
+
+
 class Settings(BaseSettings):
     """All of voxline's settings."""
 
@@ -269,10 +407,16 @@ class Settings(BaseSettings):
     """Input audio limits."""
     session: SessionSettings = SessionSettings()
     """The realtime conversation session."""
+    observability: ObservabilitySettings = ObservabilitySettings()
+    """Logs and traces."""
+    pricing: PricingSettings = PricingSettings()
+    """The cost ledger's price table."""
     cache_dir: Path = Path.home() / ".cache" / "voxline"
     """Where derived artefacts (dequantized GGUF weights, ...) are cached."""
     hf_offline: bool = False
     """Never contact a model hub: hub ids must already be in the local cache."""
+    demo_enabled: bool = True
+    """Serve the Gradio demo at ``/demo`` (a client of this server's own ``/v1/realtime``)."""
 
 
 def llm_threads(configured: int) -> int:

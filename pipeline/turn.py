@@ -2,15 +2,16 @@
 
 The reply is cut into phrases as the LLM streams, and each phrase is synthesized while the LLM
 keeps generating, so the first audio is ready long before the reply is complete. This is the
-in-process path used by ``voxline turn`` and the benchmark; the realtime session builds on the
-same stages.
+in-process path used by ``voxline turn``, ``POST /v1/turns`` and the benchmark; the realtime
+session builds on the same stages. A caller that streams the turn (SSE) passes ``on_event`` and
+hears the transcript, each reply delta and each audio chunk as they happen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,36 @@ class TurnResult:
     phrases: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class TranscriptReady:
+    """The user's final transcript, before the LLM starts."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyText:
+    """A piece of the reply's text, as the LLM streams it."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAudio:
+    """A piece of the reply's audio, as the TTS produces it (in order)."""
+
+    chunk: AudioChunk
+
+
+TurnEvent = TranscriptReady | ReplyText | ReplyAudio
+OnEvent = Callable[[TurnEvent], None]
+"""Called (on the event loop, synchronously: it must not block) as a turn progresses."""
+
+
+def _ignore(_: TurnEvent) -> None:
+    pass
+
+
 def _ms(start: float, end: float | None) -> float | None:
     return None if end is None else round((end - start) * 1000, 1)
 
@@ -63,8 +94,12 @@ async def run_turn(
     voice: str | None = None,
     language: str | None = None,
     phrase_policy: PhrasePolicy | None = None,
+    on_event: OnEvent | None = None,
 ) -> TurnResult:
     """Run one turn and return its transcript, reply, audio and timings.
+
+    ``on_event`` (optional) hears the turn as it progresses: one ``TranscriptReady``, then
+    ``ReplyText`` and ``ReplyAudio`` events interleaved as the LLM and TTS produce them.
 
     Raises:
         InvalidInput: silent input, or no speech recognised.
@@ -80,10 +115,12 @@ async def run_turn(
     stt_done = time.perf_counter()
     if not transcript:
         raise InvalidInput("no speech was recognised in the audio", code="no_speech")
+    emit = on_event or _ignore
+    emit(TranscriptReady(transcript))
 
     messages = [Message("system", system_prompt), *history, Message("user", transcript)]
     reply, usage, llm_times, tts_times, chunks, spoken = await _reply_and_speak(
-        llm, tts, messages, params, voice, phrase_policy or PhrasePolicy()
+        llm, tts, messages, params, voice, phrase_policy or PhrasePolicy(), emit
     )
     end = time.perf_counter()
     first_token, first_phrase, llm_done = llm_times
@@ -120,6 +157,7 @@ async def _reply_and_speak(
     params: GenerationParams | None,
     voice: str | None,
     policy: PhrasePolicy,
+    emit: OnEvent,
 ) -> tuple[str, Usage, _Times, _Times, list[AudioChunk], list[str]]:
     """Stream the reply into a phrase queue that a TTS task drains concurrently."""
     queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -136,6 +174,7 @@ async def _reply_and_speak(
             async for chunk in tts.synthesize(phrase, voice):
                 first_audio = first_audio or time.perf_counter()
                 chunks.append(chunk)
+                emit(ReplyAudio(chunk))
             spoken.append(phrase)
 
     speaker = asyncio.create_task(speak())
@@ -152,6 +191,7 @@ async def _reply_and_speak(
                 continue
             first_token = first_token or time.perf_counter()
             parts.append(delta.text)
+            emit(ReplyText(delta.text))
             for phrase in chunker.feed(delta.text):
                 first_phrase = first_phrase or time.perf_counter()
                 queue.put_nowait(phrase)

@@ -18,12 +18,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.cli import bench
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
 from pipeline.errors import InvalidInput, StageError, VoxlineError
 from pipeline.settings import Settings
 from pipeline.turn import TurnResult, run_turn
 from pipeline.types import AudioChunk, GenerationParams
+from server.schemas import turn_json
 
 app = typer.Typer(
     name="voxline",
@@ -57,24 +59,6 @@ def _main(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-
-
-def turn_json(result: TurnResult) -> dict[str, object]:
-    """The ``--json`` object of one turn (also the shape of the HTTP turn result)."""
-    return {
-        "transcript": result.transcript,
-        "reply": result.reply,
-        "timings": {k: v for k, v in asdict(result.timings).items() if v is not None},
-        "backends": asdict(result.backends),
-        "audio": {
-            "seconds": round(result.audio.duration, 3),
-            "sample_rate": result.audio.sample_rate,
-        },
-        "usage": {
-            "prompt_tokens": result.usage.prompt_tokens,
-            "completion_tokens": result.usage.completion_tokens,
-        },
-    }
 
 
 async def _turn(settings: Settings, audio: AudioChunk, voice: str | None) -> TurnResult:
@@ -191,6 +175,20 @@ def serve(
 
 
 @app.command()
+def demo(
+    url: Annotated[str, typer.Option(help="The voxline server to talk to.")] = (
+        "http://127.0.0.1:8000"
+    ),
+    host: Annotated[str, typer.Option(help="Interface the demo listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The demo's TCP port.")] = 7860,
+) -> None:
+    """Serve the browser demo on its own against a running server (``serve`` has it at /demo)."""
+    from server.demo import launch_demo  # gradio is heavy: imported only for this command
+
+    launch_demo(url, host=host, port=port)
+
+
+@app.command()
 def models(
     check: Annotated[bool, typer.Option("--check", help="Also load each model.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -201,14 +199,17 @@ def models(
     if as_json:
         print(json.dumps([asdict(i) for i in infos], indent=2))
         return
-    table = Table("stage", "engine", "model", "source", "location", "size", "loads")
+    table = Table("stage", "backend", "engine", "model", "source", "size", "license", "loads")
     for i in infos:
         size = "-" if i.size_bytes is None else f"{i.size_bytes / 1e6:.0f} MB"
         loads = {None: "not checked", True: "yes", False: f"no: {i.error}"}[i.loads]
-        table.add_row(i.stage, i.engine, i.ref, i.source, i.location, size, loads)
+        table.add_row(i.stage, i.backend, i.engine, i.ref, i.source, size, i.license or "-", loads)
     Console().print(table)
     if any(i.loads is False for i in infos):
         sys.exit(1)
+
+
+app.command()(bench)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,8 @@ from pipeline.settings import (
     GptSovitsVoice,
     HostedSettings,
     LLMSettings,
+    ObservabilitySettings,
+    PricingSettings,
     SessionSettings,
     Settings,
     STTSettings,
@@ -167,6 +169,8 @@ SECTIONS: list[type[BaseModel]] = [
     TTSSettings,
     AudioLimits,
     SessionSettings,
+    ObservabilitySettings,
+    PricingSettings,
 ]
 
 

@@ -1,0 +1,377 @@
+"""The cost ledger: what each request used, priced, and summed per backend and per UTC day.
+
+A voice turn spends money in two ways: a hosted backend bills units of work (tokens, minutes of
+audio, characters), while a local engine costs the machine time it holds. The ledger prices both
+from one ``PriceTable`` (built from ``PricingSettings``) so a turn on a local GPU and one on a
+hosted API compare in the same currency. It is pure (no web, no engines): the server records
+charges and shows them in ``response.done``, ``/v1/turns`` results and ``GET /v1/usage``; the
+benchmark can price its runs the same way.
+
+Every charge keeps the price it was recorded with: with ``ledger_path`` set, charges are
+appended to a JSON-lines file and replayed at start, so totals survive a restart and a later
+change of prices never rewrites history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal, get_args
+
+from pipeline.errors import Stage
+
+if TYPE_CHECKING:  # annotations only: the ledger stays importable without pydantic or numpy
+    from pipeline.settings import PricingSettings
+    from pipeline.turn import TurnResult
+
+log = logging.getLogger("voxline.ledger")
+
+BackendKind = Literal["hosted", "gpu", "cpu"]
+
+_GPU_DEVICES = ("cuda", "gpu", "mps")
+
+
+def backend_kind(backend: str) -> BackendKind:
+    """How ``backend`` is billed, read from its name.
+
+    Engines name themselves ``<engine>:<device>`` (``whisper:cpu``, ``transformers:cuda``) and
+    hosted backends ``hosted:<host>:<port>`` (see ``models/``): the name is the one thing every
+    call record, metric and charge shares, so the kind is derived from it rather than from a
+    second registry that could disagree.
+    """
+    head, _, device = backend.partition(":")
+    if head == "hosted":
+        return "hosted"
+    return "gpu" if device.split(":")[0] in _GPU_DEVICES else "cpu"
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    """Prices in USD (see ``PricingSettings`` for each field's meaning and default)."""
+
+    hosted_stt_usd_per_minute: float = 0.006
+    hosted_llm_input_usd_per_1m_tokens: float = 0.15
+    hosted_llm_output_usd_per_1m_tokens: float = 0.60
+    hosted_tts_usd_per_1m_chars: float = 15.0
+    local_cpu_usd_per_hour: float = 0.05
+    local_gpu_usd_per_hour: float = 2.0
+
+    @classmethod
+    def from_settings(cls, pricing: PricingSettings) -> PriceTable:
+        """The table of the ``pricing`` settings section."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in pricing.model_dump().items() if k in names})
+
+    def price(
+        self,
+        stage: Stage,
+        backend: str,
+        *,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        chars: int = 0,
+        audio_seconds: float = 0.0,
+        engine_seconds: float = 0.0,
+    ) -> float:
+        """What one stage's work costs on ``backend``.
+
+        Hosted: STT by minutes of audio in, the LLM by tokens, TTS by characters; local:
+        ``engine_seconds`` times the hourly rate of the machine kind (a hosted call's
+        engine seconds are its latency, not billed).
+        """
+        kind = backend_kind(backend)
+        if kind == "cpu":
+            return engine_seconds * self.local_cpu_usd_per_hour / 3600
+        if kind == "gpu":
+            return engine_seconds * self.local_gpu_usd_per_hour / 3600
+        if stage == "stt":
+            return audio_seconds / 60 * self.hosted_stt_usd_per_minute
+        if stage == "llm":
+            return (
+                tokens_in * self.hosted_llm_input_usd_per_1m_tokens
+                + tokens_out * self.hosted_llm_output_usd_per_1m_tokens
+            ) / 1e6
+        if stage == "tts":
+            return chars * self.hosted_tts_usd_per_1m_chars / 1e6
+        return 0.0  # vad / pipeline work is never hosted
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One stage's usage within one request, and what it cost (one ledger line)."""
+
+    at: float
+    """When it was recorded (Unix seconds)."""
+    request_id: str
+    backend: str
+    stage: Stage
+    tokens_in: int = 0
+    tokens_out: int = 0
+    chars: int = 0
+    audio_seconds: float = 0.0
+    engine_seconds: float = 0.0
+    cost_usd: float = 0.0
+
+    @property
+    def day(self) -> str:
+        """The UTC day it belongs to, ``YYYY-MM-DD``."""
+        return datetime.fromtimestamp(self.at, UTC).date().isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Usage and cost summed over charges."""
+
+    charges: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    chars: int = 0
+    audio_seconds: float = 0.0
+    engine_seconds: float = 0.0
+    cost_usd: float = 0.0
+
+    def plus(self, c: Charge | Totals) -> Totals:
+        """These totals with ``c`` added."""
+        return Totals(
+            charges=self.charges + (c.charges if isinstance(c, Totals) else 1),
+            tokens_in=self.tokens_in + c.tokens_in,
+            tokens_out=self.tokens_out + c.tokens_out,
+            chars=self.chars + c.chars,
+            audio_seconds=self.audio_seconds + c.audio_seconds,
+            engine_seconds=self.engine_seconds + c.engine_seconds,
+            cost_usd=self.cost_usd + c.cost_usd,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCost:
+    """What one voice turn cost, per stage (USD)."""
+
+    stt: float = 0.0
+    llm: float = 0.0
+    tts: float = 0.0
+
+    @property
+    def total(self) -> float:
+        """The whole turn."""
+        return self.stt + self.llm + self.tts
+
+
+ChargeListener = Callable[[Charge], None]
+
+
+class Ledger:
+    """Records charges and keeps their totals per (UTC day, backend); thread-safe.
+
+    Only the totals are kept in memory (a long-running server records millions of charges);
+    the individual charges live in the JSON-lines file when one is configured.
+
+    Args:
+        prices: The price table.
+        path: JSON-lines file to append every charge to and to replay now (``None``: memory
+            only). A line that cannot be read (a write cut short by a crash) is skipped.
+        clock: Unix time source (tests pin it to put charges on chosen days).
+    """
+
+    def __init__(
+        self,
+        prices: PriceTable | None = None,
+        path: Path | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.prices = prices or PriceTable()
+        self.path = path
+        self.listeners: list[ChargeListener] = []
+        """Called with every new charge (not replayed ones), e.g. ``Metrics.observe_charge``."""
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._totals: dict[tuple[str, str], Totals] = {}
+        self._file: IO[str] | None = None
+        if path is not None:
+            self._replay(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # line-buffered: each charge reaches the file as one whole line, at once
+            self._file = path.open("a", encoding="utf-8", buffering=1)
+
+    @classmethod
+    def from_settings(cls, pricing: PricingSettings) -> Ledger:
+        """A ledger priced and stored as the ``pricing`` settings section says."""
+        return cls(PriceTable.from_settings(pricing), pricing.ledger_path)
+
+    def record(
+        self,
+        request_id: str,
+        backend: str,
+        stage: Stage,
+        *,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        chars: int = 0,
+        audio_seconds: float = 0.0,
+        engine_seconds: float = 0.0,
+    ) -> float:
+        """Price one stage's usage within a request, add it to the totals and return its cost.
+
+        Args:
+            request_id: The request (or realtime response) it belongs to.
+            backend: The backend that did the work (its ``name``).
+            stage: ``stt``, ``llm`` or ``tts``.
+            tokens_in: LLM prompt tokens.
+            tokens_out: LLM completion tokens.
+            chars: Characters spoken (TTS).
+            audio_seconds: Seconds of audio in (STT) or out (TTS).
+            engine_seconds: Seconds the engine worked (priced for local engines).
+
+        Returns:
+            The charge's cost in USD.
+        """
+        cost = self.prices.price(
+            stage,
+            backend,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            chars=chars,
+            audio_seconds=audio_seconds,
+            engine_seconds=engine_seconds,
+        )
+        charge = Charge(
+            at=self._clock(),
+            request_id=request_id,
+            backend=backend,
+            stage=stage,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            chars=chars,
+            audio_seconds=audio_seconds,
+            engine_seconds=engine_seconds,
+            cost_usd=cost,
+        )
+        with self._lock:
+            self._add(charge)
+            if self._file is not None:
+                # one short line to a local file: microseconds, so fine on the event loop
+                self._file.write(json.dumps(asdict(charge), separators=(",", ":")) + "\n")
+        for listener in self.listeners:
+            listener(charge)
+        return cost
+
+    def record_turn(
+        self, request_id: str, result: TurnResult, *, audio_in_seconds: float
+    ) -> TurnCost:
+        """Record the three stages of a voice turn (``pipeline.turn.TurnResult``).
+
+        Engine seconds come from the turn's timings (STT, LLM total, TTS from the first phrase
+        to the last audio: wall time in the stage, so TTS includes waits for the LLM's phrases).
+
+        Args:
+            request_id: The request it belongs to.
+            result: The finished turn.
+            audio_in_seconds: Length of the user's audio.
+        """
+        t = result.timings
+        b = result.backends
+        chars = sum(len(p) for p in result.phrases) if result.phrases else len(result.reply)
+        return TurnCost(
+            stt=self.record(
+                request_id,
+                b.stt,
+                "stt",
+                audio_seconds=audio_in_seconds,
+                engine_seconds=(t.stt_ms or 0.0) / 1000,
+            ),
+            llm=self.record(
+                request_id,
+                b.llm,
+                "llm",
+                tokens_in=result.usage.prompt_tokens,
+                tokens_out=result.usage.completion_tokens,
+                engine_seconds=(t.llm_total_ms or 0.0) / 1000,
+            ),
+            tts=self.record(
+                request_id,
+                b.tts,
+                "tts",
+                chars=chars,
+                audio_seconds=result.audio.duration,
+                engine_seconds=(t.tts_total_ms or 0.0) / 1000,
+            ),
+        )
+
+    def total(self) -> Totals:
+        """Everything recorded (including replayed charges)."""
+        with self._lock:
+            values = list(self._totals.values())
+        out = Totals()
+        for t in values:
+            out = out.plus(t)
+        return out
+
+    def by_backend(self) -> dict[str, Totals]:
+        """Totals per backend, over all days."""
+        out: dict[str, Totals] = {}
+        with self._lock:
+            for (_, backend), t in self._totals.items():
+                out[backend] = out.get(backend, Totals()).plus(t)
+        return dict(sorted(out.items()))
+
+    def by_day(self) -> dict[str, dict[str, Totals]]:
+        """Totals per UTC day (``YYYY-MM-DD``, oldest first), then per backend."""
+        out: dict[str, dict[str, Totals]] = {}
+        with self._lock:
+            for (day, backend), t in sorted(self._totals.items()):
+                out.setdefault(day, {})[backend] = t
+        return out
+
+    def close(self) -> None:
+        """Close the JSON-lines file (recording after this keeps totals in memory only)."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def _add(self, charge: Charge) -> None:
+        key = (charge.day, charge.backend)
+        self._totals[key] = self._totals.get(key, Totals()).plus(charge)
+
+    def _replay(self, path: Path) -> None:
+        if not path.exists():
+            return
+        skipped = 0
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    self._add(_charge_of(json.loads(line)))
+                except (ValueError, TypeError, KeyError):
+                    skipped += 1
+        if skipped:
+            log.warning("skipped %d unreadable line(s) of the ledger %s", skipped, path)
+
+
+def _charge_of(data: Any) -> Charge:
+    """A charge read back from one JSON line (types checked: the file may be hand-edited)."""
+    if not isinstance(data, dict):
+        raise TypeError("not an object")
+    stage = data["stage"]
+    if stage not in get_args(Stage):
+        raise ValueError(f"unknown stage {stage!r}")
+    return Charge(
+        at=float(data["at"]),
+        request_id=str(data["request_id"]),
+        backend=str(data["backend"]),
+        stage=stage,
+        tokens_in=int(data.get("tokens_in", 0)),
+        tokens_out=int(data.get("tokens_out", 0)),
+        chars=int(data.get("chars", 0)),
+        audio_seconds=float(data.get("audio_seconds", 0.0)),
+        engine_seconds=float(data.get("engine_seconds", 0.0)),
+        cost_usd=float(data.get("cost_usd", 0.0)),
+    )

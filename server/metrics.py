@@ -1,0 +1,258 @@
+"""Prometheus metrics: one ``Metrics`` object per app, with its own registry.
+
+Its own ``CollectorRegistry`` rather than the library's global one: the global registry refuses
+a second metric of the same name, and tests (or anything embedding voxline) build many apps in
+one process. Names follow Prometheus' conventions: the ``voxline_`` prefix, base units (seconds,
+USD) and ``_total`` on counters. Every label has a bounded set of values (stage, backend, route
+*template*, status code, token type): never a user, session, request id or raw path, each of
+which would create a series per user.
+
+The object is fed through small hooks, so routes never touch ``prometheus_client``:
+
+- ``observe_call``: a stage listener (``engine.listeners.append(metrics.observe_call)``) giving
+  per-stage durations, LLM time to first token and TTS time to first audio;
+- ``observe_turn`` / ``observe_turn_result``: voice-to-voice latency, tokens and audio seconds;
+- ``observe_charge``: a ledger listener (``ledger.listeners.append(metrics.observe_charge)``);
+- ``count_fallback``, ``session()``; and ``RequestMetricsMiddleware`` counts every HTTP request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.ledger import Charge
+    from pipeline.stages import CallRecord
+    from pipeline.turn import TurnResult
+    from pipeline.types import TurnTimings, Usage
+
+STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+"""Seconds: a stage call takes from ~10 ms (Piper, one phrase on a GPU box) to tens of seconds
+(a long transcription on a CPU)."""
+FIRST_OUTPUT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+"""Seconds: time to the first token / first audio, where tens of milliseconds matter."""
+V2V_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+"""Seconds: voice-to-voice, dense around the 0.5-1 s that separates snappy from sluggish."""
+
+UNMATCHED_ROUTE = "unmatched"
+"""The ``route`` label of a request no route matched (404s, or one answered before routing):
+the raw path would make one series per scanned URL."""
+
+CLIENT_CLOSED = 499
+"""The ``code`` of a request the client abandoned before any answer (nginx's convention)."""
+
+Direction = Literal["in", "out"]
+
+
+class Metrics:
+    """voxline's Prometheus metrics (the names and labels of issue 6), in ``registry``.
+
+    Args:
+        registry: Where the metrics live (default: a new registry of their own).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.stage_duration = Histogram(
+            "voxline_stage_duration_seconds",
+            "Duration of one stage call (STT, LLM, TTS; endpoint: VAD decision delay).",
+            ["stage", "backend"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.v2v = Histogram(
+            "voxline_v2v_seconds",
+            "Voice-to-voice latency: first audio byte sent - end of the user's speech.",
+            buckets=V2V_BUCKETS,
+            registry=r,
+        )
+        self.llm_ttft = Histogram(
+            "voxline_llm_ttft_seconds",
+            "LLM time to first output: first text delta - request.",
+            ["backend"],
+            buckets=FIRST_OUTPUT_BUCKETS,
+            registry=r,
+        )
+        self.tts_ttfb = Histogram(
+            "voxline_tts_ttfb_seconds",
+            "TTS time to first audio: first audio chunk - text handed to TTS.",
+            ["backend"],
+            buckets=FIRST_OUTPUT_BUCKETS,
+            registry=r,
+        )
+        # prometheus_client appends `_total` to counter names itself
+        self.llm_tokens = Counter(
+            "voxline_llm_tokens",
+            "LLM tokens by type (prompt, completion).",
+            ["type", "backend"],
+            registry=r,
+        )
+        self.audio_seconds = Counter(
+            "voxline_audio_seconds",
+            "Seconds of audio processed: in (heard by STT) and out (spoken by TTS).",
+            ["direction", "backend"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "voxline_requests",
+            "HTTP requests by route template and status code.",
+            ["route", "code"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "voxline_fallback",
+            "Stage calls moved from one backend to the next, and why.",
+            ["stage", "from", "to", "reason"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "voxline_cost_usd", "Cost charged by the ledger, in USD.", ["backend"], registry=r
+        )
+        self.active_sessions = Gauge(
+            "voxline_active_sessions", "Realtime sessions open now.", registry=r
+        )
+
+    def observe_call(self, record: CallRecord) -> None:
+        """Stage listener: the call's duration, and its time to first output (LLM, TTS).
+
+        Attach it to every engine: ``engine.listeners.append(metrics.observe_call)``.
+        """
+        self.stage_duration.labels(record.stage, record.backend).observe(record.total_ms / 1000)
+        if record.first_output_ms is None:
+            return
+        if record.stage == "llm":
+            self.llm_ttft.labels(record.backend).observe(record.first_output_ms / 1000)
+        elif record.stage == "tts":
+            self.tts_ttfb.labels(record.backend).observe(record.first_output_ms / 1000)
+
+    def observe_turn(self, timings: TurnTimings) -> None:
+        """A finished voice turn: voice-to-voice and the endpoint delay, where measured.
+
+        The STT/LLM/TTS durations are not taken from here: ``observe_call`` already saw each
+        call, with the backend that served it.
+        """
+        if timings.v2v_ms is not None:
+            self.v2v.observe(timings.v2v_ms / 1000)
+        if timings.endpoint_ms is not None:
+            self.stage_duration.labels("endpoint", "vad").observe(timings.endpoint_ms / 1000)
+
+    def observe_turn_result(self, result: TurnResult, *, audio_in_seconds: float) -> None:
+        """Everything a finished ``run_turn`` adds: the turn, its tokens and its audio.
+
+        Args:
+            result: The turn.
+            audio_in_seconds: Length of the user's audio.
+        """
+        self.observe_turn(result.timings)
+        self.count_tokens(result.usage, result.backends.llm)
+        self.count_audio(audio_in_seconds, "in", result.backends.stt)
+        self.count_audio(result.audio.duration, "out", result.backends.tts)
+
+    def count_tokens(self, usage: Usage, backend: str) -> None:
+        """Add one LLM call's prompt and completion tokens."""
+        self.llm_tokens.labels("prompt", backend).inc(usage.prompt_tokens)
+        self.llm_tokens.labels("completion", backend).inc(usage.completion_tokens)
+
+    def count_audio(self, seconds: float, direction: Direction, backend: str) -> None:
+        """Add seconds of audio heard (``in``, STT) or spoken (``out``, TTS) by ``backend``."""
+        self.audio_seconds.labels(direction, backend).inc(seconds)
+
+    def count_request(self, route: str, code: int) -> None:
+        """Count one HTTP request (``route``: the template, e.g. ``/v1/audio/speech``)."""
+        self.requests.labels(route, str(code)).inc()
+
+    def count_fallback(self, stage: str, from_: str, to: str, reason: str) -> None:
+        """Count a call handed from backend ``from_`` to ``to``.
+
+        Args:
+            stage: ``stt``, ``llm`` or ``tts``.
+            from_: The backend that failed or was skipped.
+            to: The backend tried next.
+            reason: A bounded word: the error's type name (``EngineTimeout``) or
+                ``circuit_open``, never an error message.
+        """
+        self.fallbacks.labels(stage, from_, to, reason).inc()
+
+    def add_cost(self, usd: float, backend: str) -> None:
+        """Add ``usd`` spent on ``backend``."""
+        self.cost.labels(backend).inc(usd)
+
+    def observe_charge(self, charge: Charge) -> None:
+        """Ledger listener: ``ledger.listeners.append(metrics.observe_charge)``."""
+        self.add_cost(charge.cost_usd, charge.backend)
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Count a realtime session as active while the ``with`` block runs."""
+        self.active_sessions.inc()
+        try:
+            yield
+        finally:
+            self.active_sessions.dec()
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition (body, content type) for a scrape sending ``Accept: accept``."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that served ``scope`` (``/v1/items/{item_id}``), after routing.
+
+    The router records the matched route in the scope. Inside a mounted app (the Gradio demo)
+    that is the inner app's route, so the mount point is put back in front
+    (``/demo/gradio_api/queue/join``), and a path the inner app did not match is
+    ``<mount>/*``. A request no route matched is ``UNMATCHED_ROUTE``.
+    """
+    mount = ""
+    if "app_root_path" in scope:  # set by Mount only: root_path then ends with the mount path
+        mount = scope.get("root_path", "")[len(scope["app_root_path"]) :]
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return mount + path
+    return f"{mount}/*" if mount else UNMATCHED_ROUTE
+
+
+class RequestMetricsMiddleware:
+    """Counts every HTTP request in ``voxline_requests_total{route, code}``.
+
+    An exception that escapes the app counts as 500 (the server answers it so); a request
+    cancelled before it was answered (the client left) as ``CLIENT_CLOSED``, so disconnects do
+    not read as server errors. WebSockets are not requests here: ``voxline_active_sessions``
+    follows the realtime sessions.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if not started:
+                status = CLIENT_CLOSED
+            raise
+        finally:
+            self.metrics.count_request(route_template(scope), status)

@@ -1,0 +1,188 @@
+"""``POST /v1/turns``: one typed voice turn over HTTP (audio in; transcript, reply and speech out).
+
+This is ``voxline turn`` as an endpoint, for clients that have a recorded question rather than a
+live microphone: multipart audio in, a validated JSON result out (the reply as a base64 wav), or
+with ``stream=true`` SSE events named as in OpenAI's Realtime API, sent as the turn progresses.
+
+Everything that can be checked before the models run is (form fields, the voice, the audio's
+size and format, silence), and a streamed turn sends its headers only once the transcript is
+ready: a turn that fails at the STT stage (silence, no speech recognised) is still a plain 400
+rather than an error event behind a 200. Later failures are an ``error`` event that ends the
+stream; a client that goes away cancels the turn, which stops the engines' worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import logging
+from collections.abc import AsyncGenerator
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
+
+from models.registry import Engines
+from pipeline.audio import decode_audio, to_pcm16
+from pipeline.errors import InvalidInput, VoxlineError
+from pipeline.settings import Settings
+from pipeline.turn import ReplyAudio, ReplyText, TranscriptReady, TurnEvent, TurnResult, run_turn
+from pipeline.types import AudioChunk, GenerationParams
+from server.app import engines_of, state_of
+from server.errors import body_of, error_body
+from server.schemas import (
+    EventStream,
+    cancel_on_disconnect,
+    client_gone,
+    sse,
+    turn_json,
+    turn_response,
+)
+
+log = logging.getLogger("voxline.server.turns")
+
+router = APIRouter()
+
+_END = None  # queued when the turn's task is done, after its last event
+
+
+@router.post("/v1/turns", response_model=None)
+async def create_turn(
+    request: Request,
+    file: Annotated[UploadFile, File(description="The spoken question (wav, flac, mp3, ogg...).")],
+    voice: Annotated[str | None, Form(description="TTS voice (default from settings).")] = None,
+    language: Annotated[
+        str | None, Form(description="Spoken language code, or 'auto' to detect it.")
+    ] = None,
+    instructions: Annotated[
+        str | None, Form(description="System prompt for this turn (default from settings).")
+    ] = None,
+    max_tokens: Annotated[int | None, Form(ge=1, description="Cap on reply tokens.")] = None,
+    stream: Annotated[bool, Form(description="Answer with SSE events as the turn runs.")] = False,
+) -> Response | EventStream:
+    """Transcribe the question, answer it and speak the answer.
+
+    Raises:
+        InvalidInput: a bad field, undecodable or oversized audio, silence (``no_speech``).
+        StageError: a stage failed (5xx; once a stream has started, an ``error`` event).
+    """
+    settings = state_of(request).settings
+    engines = engines_of(request)
+    _check_voice(engines, voice)
+    audio = await _decode(await file.read(), settings, engines.stt.sample_rate)
+    turn = functools.partial(
+        run_turn,
+        stt=engines.stt,
+        llm=engines.llm,
+        tts=engines.tts,
+        system_prompt=(instructions or "").strip() or settings.llm.system_prompt,
+        params=GenerationParams(
+            max_tokens=max_tokens or settings.llm.max_tokens,
+            temperature=settings.llm.temperature,
+            top_p=settings.llm.top_p,
+        ),
+        voice=voice or settings.tts.voice,
+        language=_language(language, settings),
+    )
+    if not stream:
+        try:
+            result = await cancel_on_disconnect(request, turn(audio))
+        except ClientDisconnect:
+            return client_gone()
+        return JSONResponse(turn_response(result).model_dump(mode="json", exclude_none=True))
+    queue: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
+    task = asyncio.create_task(turn(audio, on_event=queue.put_nowait))
+    task.add_done_callback(lambda _: queue.put_nowait(_END))
+    try:
+        first = await cancel_on_disconnect(request, queue.get())
+    except ClientDisconnect:
+        await _stop(task)
+        return client_gone()
+    except BaseException:  # the request itself was cancelled: so is the turn
+        await _stop(task)
+        raise
+    if first is _END:
+        task.result()  # the turn failed before its transcript: raise its error as HTTP
+        raise RuntimeError("the turn ended without a transcript")  # run_turn always sends one
+    return EventStream(_events(first, queue, task), on_close=functools.partial(_stop, task))
+
+
+async def _stop(task: asyncio.Task[TurnResult]) -> None:
+    """Cancel the turn unless it is over (which closes the stages and so stops their threads)."""
+    if not task.done():
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def _check_voice(engines: Engines, voice: str | None) -> None:
+    # The TTS checks this too, but only after STT and the LLM have run: a typo costs nothing here.
+    voices = engines.tts.capabilities.voices
+    if voice and voices and voice not in voices:
+        raise InvalidInput(
+            f"unknown voice {voice!r}; available: {', '.join(voices)}", param="voice"
+        )
+
+
+def _language(language: str | None, settings: Settings) -> str | None:
+    if not language:
+        return settings.stt.language
+    return None if language.strip().lower() == "auto" else language.strip()
+
+
+async def _decode(data: bytes, settings: Settings, sample_rate: int) -> AudioChunk:
+    # decoding (PyAV) is blocking work, and a long upload takes a while: not on the event loop
+    return await asyncio.to_thread(
+        decode_audio, data, sample_rate=sample_rate, limits=settings.audio
+    )
+
+
+async def _events(
+    first: TurnEvent, queue: asyncio.Queue[TurnEvent | None], task: asyncio.Task[TurnResult]
+) -> AsyncGenerator[bytes, None]:
+    """The SSE body: the transcript, reply text and audio deltas as they come, then the result.
+
+    The turn is stopped by ``EventStream``'s ``on_close`` if the stream ends early.
+    """
+    item: TurnEvent | None = first
+    spoken = False  # whether reply text has been sent (the reply's leading space is not)
+    while item is not None:
+        if isinstance(item, TranscriptReady):
+            yield _event(
+                "conversation.item.input_audio_transcription.completed", transcript=item.text
+            )
+        elif isinstance(item, ReplyText):
+            text = item.text if spoken else item.text.lstrip()
+            if text:
+                spoken = True
+                yield _event("response.output_audio_transcript.delta", delta=text)
+        elif isinstance(item, ReplyAudio):
+            yield _audio_delta(item.chunk)
+        item = await queue.get()
+    try:
+        result = task.result()
+    except VoxlineError as exc:
+        yield sse({"type": "error", **body_of(exc)}, event="error")
+        return
+    except Exception:  # a bug: the client gets a generic error, the log the traceback
+        log.exception("turn failed")
+        body = error_body("internal server error", type_="server_error")
+        yield sse({"type": "error", **body}, event="error")
+        return
+    yield _event("response.output_audio_transcript.done", transcript=result.reply)
+    yield _event(
+        "response.output_audio.done",
+        seconds=round(result.audio.duration, 3),
+        sample_rate=result.audio.sample_rate,
+    )
+    yield _event("response.done", **turn_json(result))
+
+
+def _event(kind: str, **fields: object) -> bytes:
+    return sse({"type": kind, **fields}, event=kind)
+
+
+def _audio_delta(chunk: AudioChunk) -> bytes:
+    pcm = base64.b64encode(to_pcm16(chunk.samples).tobytes()).decode("ascii")
+    return _event("response.output_audio.delta", delta=pcm, sample_rate=chunk.sample_rate)

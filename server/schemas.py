@@ -1,0 +1,399 @@
+"""Wire shapes of the chat and turn routes: pydantic request/response models and SSE framing.
+
+Requests follow OpenAI's shapes closely enough that stock clients work unchanged, and no further:
+fields we do not use are ignored (``extra="ignore"``), as OpenAI-compatible servers usually do, and
+the models convert to the pipeline's own frozen values (``Message``, ``GenerationParams``) at
+once, so nothing past the route sees a dict. Responses are models too, so a shape that drifts
+from what clients parse fails in a test, not in a client.
+
+The response plumbing both routes share lives here too: SSE framing, an SSE response that closes
+its event generator and stops the work feeding it when the response ends for any reason (client
+gone included), and ``cancel_on_disconnect`` for non-streamed answers. Stopping the work closes
+the stages' async iterators, which stops their worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
+from dataclasses import asdict
+from typing import Any, Literal, TypeVar, cast
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from pipeline.audio import encode_wav
+from pipeline.errors import InvalidInput
+from pipeline.stages import validate_chat
+from pipeline.turn import TurnResult
+from pipeline.types import GenerationParams, Message, Role
+
+T = TypeVar("T")
+
+MAX_STOP_SEQUENCES = 4
+"""OpenAI accepts up to four stop sequences; so do we."""
+
+# -- chat completions: request ----------------------------------------------------------------
+
+
+class TextPart(BaseModel):
+    """One part of a message's content; only text parts are understood (others are a 400)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    """A message as clients send it: ``content`` is a string or a list of text parts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str | list[TextPart] | None = None
+
+    def to_message(self, index: int) -> Message:
+        """The pipeline's message (roles are checked by ``validate_chat``)."""
+        if self.content is None:
+            raise InvalidInput("content is required", param=f"messages[{index}].content")
+        if isinstance(self.content, str):
+            text = self.content
+        else:
+            text = "".join(part.text for part in self.content)
+        # "developer" is OpenAI's newer name for the system role; stock clients send it.
+        role = "system" if self.role == "developer" else self.role
+        return Message(cast(Role, role), text)
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: only ``include_usage`` has a meaning here."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions`` body (OpenAI's shape; unknown fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessageIn]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a streamed answer ends with a usage chunk."""
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def to_pipeline(self) -> tuple[list[Message], GenerationParams]:
+        """The conversation and sampling options, validated as every LLM would.
+
+        Raises:
+            InvalidInput: any field no engine should see (``param`` names it).
+        """
+        if self.n is not None and self.n != 1:
+            raise InvalidInput("only n=1 is supported", param="n")
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise InvalidInput(
+                f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", param="stop"
+            )
+        messages = [m.to_message(i) for i, m in enumerate(self.messages)]
+        # max_completion_tokens replaced max_tokens in OpenAI's API: when both are sent, it wins.
+        max_tokens = self.max_completion_tokens
+        param = "max_completion_tokens"
+        if max_tokens is None:
+            max_tokens, param = self.max_tokens, "max_tokens"
+        if max_tokens is not None and max_tokens < 1:  # checked here to name the field sent
+            raise InvalidInput(f"{param} must be at least 1", param=param)
+        params = GenerationParams(
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=tuple(stops),
+            seed=self.seed,
+        )
+        validate_chat(messages, params)
+        return messages, params
+
+
+# -- chat completions: response ---------------------------------------------------------------
+
+FinishReason = Literal["stop", "length"]
+
+
+class ChatUsage(BaseModel):
+    """Token accounting, OpenAI's ``usage`` object."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    """The reply in a non-streamed completion."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    """The one choice of a non-streamed completion."""
+
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """A ``chat.completion`` object."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: ChatUsage
+
+
+class ChunkDelta(BaseModel):
+    """What one streamed chunk adds to the reply (unset fields are left out, as OpenAI does)."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ChunkChoice(BaseModel):
+    """The one choice of a streamed chunk."""
+
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """A ``chat.completion.chunk`` object (``choices`` is empty in the usage chunk)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: ChatUsage | None = None
+
+
+def completion_id() -> str:
+    """A fresh ``chatcmpl-`` id."""
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    """Unix seconds, OpenAI's ``created``."""
+    return int(time.time())
+
+
+# -- voice turns ------------------------------------------------------------------------------
+
+
+class TurnTimingsOut(BaseModel):
+    """Milliseconds of the turn (ARCHITECTURE.md's vocabulary); absent when not measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stt_ms: float | None = None
+    llm_ttft_ms: float | None = None
+    llm_first_phrase_ms: float | None = None
+    llm_total_ms: float | None = None
+    tts_ttfb_ms: float | None = None
+    tts_total_ms: float | None = None
+    total_ms: float | None = None
+    endpoint_ms: float | None = None
+    v2v_ms: float | None = None
+
+
+class BackendsOut(BaseModel):
+    """The backend that served each stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stt: str
+    llm: str
+    tts: str
+
+
+class TurnUsage(BaseModel):
+    """The LLM's token accounting for the turn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+
+class TurnAudio(BaseModel):
+    """The spoken reply: ``data`` is a base64 wav file (absent in the CLI's JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = Field(ge=0)
+    sample_rate: int = Field(gt=0)
+    format: Literal["wav"] | None = None
+    data: str | None = None
+
+
+class TurnResponse(BaseModel):
+    """``POST /v1/turns`` result (and, without audio data, ``voxline turn --json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transcript: str
+    reply: str
+    timings: TurnTimingsOut
+    backends: BackendsOut
+    usage: TurnUsage
+    audio: TurnAudio
+
+
+def turn_json(result: TurnResult) -> dict[str, object]:
+    """The JSON object of one turn, without the audio itself (``voxline turn --json``)."""
+    return {
+        "transcript": result.transcript,
+        "reply": result.reply,
+        "timings": {k: v for k, v in asdict(result.timings).items() if v is not None},
+        "backends": asdict(result.backends),
+        "audio": {
+            "seconds": round(result.audio.duration, 3),
+            "sample_rate": result.audio.sample_rate,
+        },
+        "usage": {
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+            "total_tokens": result.usage.total_tokens,
+        },
+    }
+
+
+def turn_response(result: TurnResult) -> TurnResponse:
+    """The HTTP result of one turn: ``turn_json`` plus the reply as a base64 wav file."""
+    body = turn_json(result)
+    audio = cast(dict[str, object], body["audio"])
+    data = base64.b64encode(encode_wav(result.audio)).decode("ascii")
+    body["audio"] = {**audio, "format": "wav", "data": data}
+    return TurnResponse.model_validate(body)
+
+
+# -- server-sent events -----------------------------------------------------------------------
+
+
+def sse(data: Mapping[str, Any] | BaseModel | str, *, event: str | None = None) -> bytes:
+    """One server-sent event (``data`` as JSON unless it is already a string)."""
+    if isinstance(data, BaseModel):
+        payload = data.model_dump_json()
+    elif isinstance(data, str):
+        payload = data
+    else:
+        payload = json.dumps(data, separators=(",", ":"))
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {payload}\n\n".encode()
+
+
+class EventStream(StreamingResponse):
+    """A ``text/event-stream`` response that always releases what feeds it when it ends.
+
+    Starlette cancels a streaming response when the client disconnects, but a generator parked
+    at ``yield``, or one never started (the client left before the headers went out), is only
+    closed later by the garbage collector, and a task feeding it runs on regardless: the engine
+    work behind it would go on for nobody. So, whatever ends the response, the generator is
+    closed and ``on_close`` (stop the engine work: cancel a task, close a stage's iterator) runs.
+
+    Args:
+        events: The SSE body, one encoded event per item.
+        on_close: Called once the response is over, however it ended.
+    """
+
+    def __init__(
+        self,
+        events: AsyncGenerator[bytes, None],
+        *,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._events = events
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._events.aclose()
+            if self._on_close is not None:
+                await self._on_close()
+
+
+def client_gone() -> Response:
+    """What a route returns for a client that disconnected (nginx's "client closed request"):
+    nobody reads it, and it is not an error of ours to log."""
+    return Response(status_code=499)
+
+
+async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first.
+
+    Until a response starts, nothing notices a client that went away: without this, a client
+    that gave up would leave the engines working for nobody until the answer is complete. Call
+    it once the request body has been read: the next ASGI message is then the disconnect.
+
+    Raises:
+        ClientDisconnect: the client went away (``work`` was cancelled and awaited); answer
+            with ``client_gone()``.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watcher):
+            pending.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,210 @@
+"""The cost ledger: pricing by backend kind, totals per backend and per UTC day, the JSON-lines
+file that survives a restart, and concurrent recording."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.ledger import Charge, Ledger, PriceTable, Totals, backend_kind
+from pipeline.settings import PricingSettings
+from pipeline.turn import Backends, TurnResult
+from pipeline.types import AudioChunk, TurnTimings, Usage
+
+DAY1 = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC).timestamp()
+DAY2 = datetime(2026, 3, 2, 0, 0, 1, tzinfo=UTC).timestamp()  # two seconds later, next UTC day
+
+
+class Clock:
+    """A settable clock for the ledger."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("backend", "kind"),
+    [
+        ("whisper:cpu", "cpu"),
+        ("transformers:cuda", "gpu"),
+        ("transformers:cuda:1", "gpu"),
+        ("gpt_sovits:auto", "cpu"),
+        ("piper:cpu", "cpu"),
+        ("hosted:api.openai.com:443", "hosted"),
+    ],
+)
+def test_backend_kind_is_read_from_the_engine_name(backend: str, kind: str) -> None:
+    assert backend_kind(backend) == kind
+
+
+def test_prices_follow_the_table() -> None:
+    prices = PriceTable.from_settings(PricingSettings())
+    hosted = "hosted:api.openai.com:443"
+
+    # OpenAI list prices (the documented defaults)
+    assert prices.price("stt", hosted, audio_seconds=90) == pytest.approx(0.009)
+    assert prices.price("llm", hosted, tokens_in=1_000_000, tokens_out=2_000_000) == pytest.approx(
+        0.15 + 1.20
+    )
+    assert prices.price("tts", hosted, chars=1000) == pytest.approx(0.015)
+    # engine seconds of a hosted call are latency, not billed
+    assert prices.price("tts", hosted, chars=0, engine_seconds=100) == 0.0
+    # local: engine-hours times the machine kind's rate; tokens are free
+    assert prices.price("llm", "transformers:cpu", tokens_in=10**6, engine_seconds=3600) == (
+        pytest.approx(0.05)
+    )
+    assert prices.price("llm", "transformers:cuda", engine_seconds=1800) == pytest.approx(1.0)
+
+
+def test_price_table_takes_edited_settings() -> None:
+    prices = PriceTable.from_settings(
+        PricingSettings(local_gpu_usd_per_hour=3.6, hosted_tts_usd_per_1m_chars=30.0)
+    )
+
+    assert prices.price("stt", "whisper:cuda", engine_seconds=10) == pytest.approx(0.01)
+    assert prices.price("tts", "hosted:x:443", chars=100) == pytest.approx(0.003)
+
+
+def test_totals_per_backend_and_per_day_match_what_was_recorded() -> None:
+    clock = Clock(DAY1)
+    ledger = Ledger(PriceTable(), clock=clock)
+    hosted = "hosted:api.openai.com:443"
+
+    c1 = ledger.record("r1", hosted, "llm", tokens_in=1200, tokens_out=300, engine_seconds=0.8)
+    c2 = ledger.record("r1", "whisper:cpu", "stt", audio_seconds=3.0, engine_seconds=0.5)
+    clock.now = DAY2
+    c3 = ledger.record("r2", hosted, "llm", tokens_in=800, tokens_out=100)
+    c4 = ledger.record("r2", "piper:cpu", "tts", chars=42, audio_seconds=2.5, engine_seconds=0.2)
+
+    by_backend = ledger.by_backend()
+    assert set(by_backend) == {hosted, "whisper:cpu", "piper:cpu"}
+    assert by_backend[hosted].tokens_in == 2000
+    assert by_backend[hosted].tokens_out == 400
+    assert by_backend[hosted].charges == 2
+    assert by_backend[hosted].cost_usd == pytest.approx(c1 + c3)
+    assert by_backend[hosted].cost_usd == pytest.approx((2000 * 0.15 + 400 * 0.60) / 1e6)
+    assert by_backend["piper:cpu"].chars == 42
+    assert by_backend["piper:cpu"].audio_seconds == pytest.approx(2.5)
+
+    by_day = ledger.by_day()
+    assert list(by_day) == ["2026-03-01", "2026-03-02"]
+    assert set(by_day["2026-03-01"]) == {hosted, "whisper:cpu"}
+    assert by_day["2026-03-01"]["whisper:cpu"].cost_usd == pytest.approx(c2)
+    assert by_day["2026-03-02"][hosted].tokens_in == 800
+    assert by_day["2026-03-02"]["piper:cpu"].cost_usd == pytest.approx(c4)
+
+    total = ledger.total()
+    assert total.charges == 4
+    assert total.cost_usd == pytest.approx(c1 + c2 + c3 + c4)
+    assert total.engine_seconds == pytest.approx(1.5)
+
+
+def test_listeners_hear_each_new_charge() -> None:
+    heard: list[Charge] = []
+    ledger = Ledger(clock=Clock(DAY1))
+    ledger.listeners.append(heard.append)
+
+    cost = ledger.record("r9", "transformers:cuda", "llm", tokens_out=5, engine_seconds=36)
+
+    assert len(heard) == 1
+    assert heard[0].request_id == "r9"
+    assert heard[0].cost_usd == cost == pytest.approx(0.02)
+    assert heard[0].day == "2026-03-01"
+
+
+def test_the_jsonl_file_restores_totals_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "ledger.jsonl"
+    clock = Clock(DAY1)
+    first = Ledger(PriceTable(), path, clock=clock)
+    first.record("r1", "hosted:h:443", "stt", audio_seconds=60)
+    clock.now = DAY2
+    first.record("r2", "whisper:cuda", "stt", audio_seconds=4, engine_seconds=1.8)
+    first.close()
+    before = (first.by_backend(), first.by_day(), first.total())
+
+    # prices changed since: the restored totals keep what each charge cost when recorded
+    second = Ledger(PriceTable(hosted_stt_usd_per_minute=1.0, local_gpu_usd_per_hour=99), path)
+
+    assert (second.by_backend(), second.by_day(), second.total()) == before
+    assert second.by_backend()["hosted:h:443"].cost_usd == pytest.approx(0.006)
+    # and it keeps appending to the same file
+    second.record("r3", "hosted:h:443", "stt", audio_seconds=60)
+    second.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3
+    assert json.loads(lines[2])["cost_usd"] == pytest.approx(1.0)
+    assert Ledger(path=path).total().charges == 3
+
+
+def test_unreadable_lines_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path=path, clock=Clock(DAY1))
+    ledger.record("r1", "piper:cpu", "tts", chars=10, engine_seconds=72)
+    ledger.close()
+    with path.open("a") as f:
+        f.write('{"at": 1, "request_id": "x", "backend": "b", "stage": "nope"}\n')
+        f.write("[1, 2]\n\n")
+        f.write('{"at": 1, "request_id": "r2", "backend": "piper:cpu", "stag')  # cut short
+
+    restored = Ledger(path=path)
+
+    assert restored.total() == Totals(
+        charges=1, chars=10, engine_seconds=72, cost_usd=pytest.approx(0.001)
+    )
+    assert "skipped 3 unreadable line(s)" in caplog.text
+
+
+def test_concurrent_records_are_all_counted(tmp_path: Path) -> None:
+    ledger = Ledger(PriceTable(), tmp_path / "ledger.jsonl")
+    per_thread = 500
+
+    def work(n: int) -> None:
+        for _ in range(per_thread):
+            ledger.record(f"r{n}", f"b{n % 2}:cpu", "llm", tokens_in=1, engine_seconds=3.6)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ledger.close()
+
+    assert ledger.total().tokens_in == 4 * per_thread
+    assert ledger.by_backend()["b0:cpu"].charges == 2 * per_thread
+    assert ledger.total().cost_usd == pytest.approx(4 * per_thread * 0.00005)
+    assert len((tmp_path / "ledger.jsonl").read_text().splitlines()) == 4 * per_thread
+    assert Ledger(path=tmp_path / "ledger.jsonl").total() == ledger.total()
+
+
+def test_record_turn_charges_each_stage_of_a_turn() -> None:
+    ledger = Ledger(PriceTable(), clock=Clock(DAY1))
+    result = TurnResult(
+        transcript="What is the capital of France?",
+        reply="Paris. It is lovely.",
+        timings=TurnTimings(stt_ms=400.0, llm_total_ms=1800.0, tts_total_ms=900.0),
+        backends=Backends(stt="whisper:cpu", llm="hosted:api.openai.com:443", tts="piper:cuda"),
+        audio=AudioChunk(np.zeros(22050 * 2, np.float32), 22050),
+        usage=Usage(prompt_tokens=60, completion_tokens=7),
+        phrases=("Paris.", "It is lovely."),
+    )
+
+    cost = ledger.record_turn("r1", result, audio_in_seconds=2.4)
+
+    assert cost.stt == pytest.approx(0.4 * 0.05 / 3600)
+    assert cost.llm == pytest.approx((60 * 0.15 + 7 * 0.60) / 1e6)
+    assert cost.tts == pytest.approx(0.9 * 2.0 / 3600)
+    assert cost.total == pytest.approx(ledger.total().cost_usd)
+    by_backend = ledger.by_backend()
+    assert by_backend["whisper:cpu"].audio_seconds == pytest.approx(2.4)
+    assert by_backend["hosted:api.openai.com:443"].tokens_in == 60
+    assert by_backend["hosted:api.openai.com:443"].tokens_out == 7
+    assert by_backend["piper:cuda"].chars == len("Paris.") + len("It is lovely.")
+    assert by_backend["piper:cuda"].audio_seconds == pytest.approx(2.0)
