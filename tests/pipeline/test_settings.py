@@ -171,6 +171,10 @@ SECTIONS: list[type[BaseModel]] = [
     SessionSettings,
     ObservabilitySettings,
     PricingSettings,
+    FallbackSettings,
+    STTGpuSettings,
+    LLMGpuSettings,
+    TTSGpuSettings,
 ]
 
 
