@@ -10,15 +10,19 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from pipeline.settings import (
     AudioLimits,
+    FallbackSettings,
     GptSovitsSettings,
     GptSovitsVoice,
     HostedSettings,
+    LLMGpuSettings,
     LLMSettings,
     ObservabilitySettings,
     PricingSettings,
     SessionSettings,
     Settings,
+    STTGpuSettings,
     STTSettings,
+    TTSGpuSettings,
     TTSSettings,
 )
 
