@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pipeline.errors import InvalidInput, StageError, VoxlineError
+from pipeline.fallback_types import StageFallback
 from pipeline.session_config import SessionConfig
 from pipeline.turn import Backends
 from pipeline.types import AudioChunk, Role, TurnTimings, Usage
@@ -222,6 +223,7 @@ class ResponseDone:
             are ``None`` for a response not triggered by speech.
         backends: Which backend served each stage.
         error: The failure, when ``status`` is ``failed``.
+        fallbacks: Every switch to another backend while the reply was made.
     """
 
     response_id: str
@@ -233,6 +235,7 @@ class ResponseDone:
     timings: TurnTimings
     backends: Backends
     error: ErrorEvent | None = None
+    fallbacks: tuple[StageFallback, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

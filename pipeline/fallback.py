@@ -6,9 +6,9 @@ to several engines. Each call tries the backends in order and moves to the next 
 
 - the backend raises a retryable ``StageError`` (the stage base class has already translated
   engine exceptions, a CUDA out-of-memory among them, into the error tree). A ``ModelLoadError``
-  always moves on (its ``retryable=False`` means "not this backend again", and it opens that
-  breaker at once); any other non-retryable ``StageError``, and every ``InvalidInput``, is the
-  input's fault and is raised unchanged, as no other backend would do better;
+  always moves on and opens that backend's breaker at once (it will not load on a retry); any
+  other non-retryable ``StageError``, and every ``InvalidInput``, is the input's fault and is
+  raised unchanged, as no other backend would do better;
 - a deadline passes: ``first_output_timeout_s`` for the backend's first item,
   ``gap_timeout_s`` between two items. Each ``__anext__`` runs under ``asyncio.timeout``, so a hung
   engine costs one deadline, never the turn;

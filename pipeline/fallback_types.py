@@ -94,6 +94,14 @@ class Fallback:
 
 
 @dataclass(frozen=True, slots=True)
+class StageFallback:
+    """A switch, with the stage it happened in (for a turn's result, which spans stages)."""
+
+    stage: Stage
+    fallback: Fallback
+
+
+@dataclass(frozen=True, slots=True)
 class FallbackReport:
     """What one chain call did.
 
@@ -131,6 +139,15 @@ class FallbackReports:
         turn's TTS makes one call per phrase, and phrases may be served by different backends)."""
         served = (r.served_by for r in self.reports if r.stage == stage and r.served_by)
         return tuple(dict.fromkeys(served))
+
+    def backend(self, stage: Stage, default: str) -> str:
+        """The backend(s) that served ``stage``, joined by ``+`` (``default``: no call was
+        made through a chain, or none finished)."""
+        return "+".join(self.served_by(stage)) or default
+
+    def switches(self) -> tuple[StageFallback, ...]:
+        """Every switch of every call, with its stage, in call order."""
+        return tuple(StageFallback(r.stage, f) for r in self.reports for f in r.fallbacks)
 
     def fallbacks(self, stage: Stage | None = None) -> tuple[Fallback, ...]:
         """Every switch of the calls of ``stage`` (all stages when ``None``), in call order."""

@@ -14,6 +14,7 @@ it plays in real time from the first delta; the client's ``truncate`` refines th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ from pipeline.events import (
     ResponseStatus,
     ResponseTranscriptDelta,
 )
+from pipeline.fallback_types import FallbackReports, collect_reports
 from pipeline.history import History, Item, heard_text
 from pipeline.listener import TurnMarks, Utterance, new_id
 from pipeline.reply import Reply, ReplyTimes, SpokenChunk
@@ -57,6 +59,7 @@ class Response:
     cancel_reason: ResponseReason | None = None
     phrase_index: int = -1
     first_delta_at: float | None = None
+    reports: FallbackReports | None = None  # which backends served the LLM and TTS calls
 
 
 class Responder:
@@ -157,6 +160,11 @@ class Responder:
         resp.task.add_done_callback(self._tasks.discard)
 
     async def _run(self, resp: Response) -> None:
+        # the reply's LLM and TTS tasks are created in here, so they inherit the collector
+        with collect_reports() as resp.reports:
+            await self._respond(resp)
+
+    async def _respond(self, resp: Response) -> None:
         status: ResponseStatus = "completed"
         reason: ResponseReason | None = None
         error: ErrorEvent | None = None
@@ -215,6 +223,16 @@ class Responder:
             resp.first_delta_at = self._clock()
         self._emit(ResponseAudioDelta(resp.response_id, resp.item_id, chunk.audio))
 
+    def _served(self, resp: Response) -> Backends:
+        configured = self._backends()
+        if resp.reports is None:
+            return configured
+        return dataclasses.replace(
+            configured,
+            llm=resp.reports.backend("llm", configured.llm),
+            tts=resp.reports.backend("tts", configured.tts),
+        )
+
     def _finish(
         self,
         resp: Response,
@@ -244,8 +262,9 @@ class Responder:
                 item.text or "",
                 reply.usage if reply is not None else Usage(),
                 timings(resp.marks, reply, resp.first_delta_at, done_at),
-                self._backends(),
+                self._served(resp),
                 error,
+                resp.reports.switches() if resp.reports is not None else (),
             )
         )
 

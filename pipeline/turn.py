@@ -10,6 +10,7 @@ hears the transcript, each reply delta and each audio chunk as they happen.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 
 from pipeline.audio import rms_dbfs
 from pipeline.errors import InvalidInput
+from pipeline.fallback_types import StageFallback, collect_reports
 from pipeline.phrases import PhraseChunker, PhrasePolicy
 from pipeline.stages import LLM, STT, TTS
 from pipeline.types import AudioChunk, GenerationParams, Message, TurnTimings, Usage
@@ -46,6 +48,8 @@ class TurnResult:
     audio: AudioChunk
     usage: Usage = field(default_factory=Usage)
     phrases: tuple[str, ...] = ()
+    fallbacks: tuple[StageFallback, ...] = ()
+    """Every switch to another backend during the turn, in order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,42 @@ async def run_turn(
     """
     if rms_dbfs(audio.samples) < SILENCE_DBFS:
         raise InvalidInput("the audio is silent: no speech to answer", code="no_speech")
+    with collect_reports() as reports:  # which backend served each stage (fallback chains)
+        result = await _run(
+            audio,
+            stt=stt,
+            llm=llm,
+            tts=tts,
+            system_prompt=system_prompt,
+            history=history,
+            params=params,
+            voice=voice,
+            language=language,
+            phrase_policy=phrase_policy,
+            on_event=on_event,
+        )
+    backends = Backends(
+        stt=reports.backend("stt", stt.name),
+        llm=reports.backend("llm", llm.name),
+        tts=reports.backend("tts", tts.name),
+    )
+    return dataclasses.replace(result, backends=backends, fallbacks=reports.switches())
+
+
+async def _run(
+    audio: AudioChunk,
+    *,
+    stt: STT,
+    llm: LLM,
+    tts: TTS,
+    system_prompt: str,
+    history: Sequence[Message],
+    params: GenerationParams | None,
+    voice: str | None,
+    language: str | None,
+    phrase_policy: PhrasePolicy | None,
+    on_event: OnEvent | None,
+) -> TurnResult:
     start = time.perf_counter()
     transcript = ""
     async for partial in stt.transcribe(audio, language=language):

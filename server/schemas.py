@@ -19,7 +19,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Literal, TypeVar, cast
 
@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 
 from pipeline.audio import encode_wav
 from pipeline.errors import InvalidInput
+from pipeline.fallback_types import StageFallback
 from pipeline.stages import validate_chat
 from pipeline.turn import TurnResult
 from pipeline.types import GenerationParams, Message, Role
@@ -271,6 +272,17 @@ class TurnAudio(BaseModel):
     data: str | None = None
 
 
+class FallbackOut(BaseModel):
+    """One switch to another backend during the turn."""
+
+    stage: str
+    from_backend: str
+    to_backend: str | None
+    reason: str
+    error: str | None = None
+    after_output: bool = False
+
+
 class TurnResponse(BaseModel):
     """``POST /v1/turns`` result (and, without audio data, ``voxline turn --json``)."""
 
@@ -280,6 +292,7 @@ class TurnResponse(BaseModel):
     reply: str
     timings: TurnTimingsOut
     backends: BackendsOut
+    fallbacks: list[FallbackOut] = []
     usage: TurnUsage
     audio: TurnAudio
 
@@ -291,6 +304,7 @@ def turn_json(result: TurnResult) -> dict[str, object]:
         "reply": result.reply,
         "timings": {k: v for k, v in asdict(result.timings).items() if v is not None},
         "backends": asdict(result.backends),
+        "fallbacks": fallbacks_json(result.fallbacks),
         "audio": {
             "seconds": round(result.audio.duration, 3),
             "sample_rate": result.audio.sample_rate,
@@ -301,6 +315,11 @@ def turn_json(result: TurnResult) -> dict[str, object]:
             "total_tokens": result.usage.total_tokens,
         },
     }
+
+
+def fallbacks_json(switches: Sequence[StageFallback]) -> list[dict[str, object]]:
+    """Switches to another backend, for a JSON result (stage, from, to, reason, error type)."""
+    return [{"stage": s.stage, **asdict(s.fallback)} for s in switches]
 
 
 def turn_response(result: TurnResult) -> TurnResponse:
