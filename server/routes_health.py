@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from pipeline.breaker import BackendState
 from server.app import AppState, state_of
 
 router = APIRouter()
@@ -22,16 +24,27 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(state: Annotated[AppState, Depends(state_of)]) -> JSONResponse:
-    """Readiness: 200 once every stage has a warm engine, else 503 with the reason."""
+    """Readiness: 200 once every stage has a started backend whose breaker is not open, else
+    503. Either way the body shows each stage's chain, backend by backend."""
     engines = state.engines
     if engines is None:
         reason = state.startup_error or "loading"
         return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
-    stages = {
-        stage: {"backend": engine.name, "device": engine.device}
-        for stage, engine in (("stt", engines.stt), ("llm", engines.llm), ("tts", engines.tts))
-    }
-    return JSONResponse({"status": "ready", "stages": stages})
+    stages: dict[str, Any] = {}
+    ready = True
+    for stage, chain in (("stt", engines.stt), ("llm", engines.llm), ("tts", engines.tts)):
+        backends = [_state_json(b) for b in chain.backend_states()]
+        usable = any(b["started"] and b["state"] != "open" for b in backends)
+        ready = ready and usable
+        stages[stage] = {"chain": chain.name, "usable": usable, "backends": backends}
+    status = "ready" if ready else "degraded"
+    return JSONResponse({"status": status, "stages": stages}, status_code=200 if ready else 503)
+
+
+def _state_json(backend: BackendState) -> dict[str, Any]:
+    body = dataclasses.asdict(backend)
+    body["state"] = backend.state.value
+    return body
 
 
 @router.get("/v1/models")
