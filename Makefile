@@ -24,6 +24,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+bench: $(STAMP)
+	$(BIN)/voxline bench --out bench-results
+
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline models server benchmarks tests
 	$(BIN)/ruff format --check pipeline models server benchmarks tests

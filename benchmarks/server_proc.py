@@ -1,0 +1,97 @@
+"""Start a voxline server for the ``realtime`` and ``load`` scenarios when no ``--url`` is given.
+
+The server runs in its own process, as users run it (``voxline serve``), so the benchmark client
+does not share an event loop or a GIL with the engines; it gets the configuration under test as
+``VOXLINE_*`` environment variables. We wait on ``/readyz`` (engines loaded and warm) and record
+how long that took: the server's cold start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from benchmarks.configs import ConfigSpec
+from pipeline.errors import EngineUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class StartedServer:
+    """A server this benchmark started: its base URL and how long it took to get ready."""
+
+    url: str
+    ready_ms: float
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def local_server(
+    config: ConfigSpec, log_path: Path, *, ready_timeout_s: float = 300.0
+) -> AsyncIterator[StartedServer]:
+    """Run ``voxline serve`` on a free local port with ``config`` until the block exits.
+
+    Raises:
+        EngineUnavailable: the server exited or was not ready within ``ready_timeout_s``.
+    """
+    port = _free_port()
+    env = {**os.environ, **config.environ()}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1"]
+    with log_path.open("wb") as log:
+        start = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            *command, "--port", str(port), env=env, stdout=log, stderr=log
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            await _wait_ready(proc, base, ready_timeout_s, log_path)
+            ready_ms = round((time.perf_counter() - start) * 1000, 1)
+            yield StartedServer(base, ready_ms, log_path)
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 15)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+async def _wait_ready(
+    proc: asyncio.subprocess.Process, base: str, timeout_s: float, log: Path
+) -> None:
+    deadline = time.perf_counter() + timeout_s
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.perf_counter() < deadline:
+            if proc.returncode is not None:
+                raise EngineUnavailable(
+                    f"the benchmark's server exited with {proc.returncode}; see {log}",
+                    stage="pipeline",
+                    backend="voxline-server",
+                    retryable=False,
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"{base}/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.5)
+    raise EngineUnavailable(
+        f"the benchmark's server was not ready in {timeout_s:.0f} s; see {log}",
+        stage="pipeline",
+        backend="voxline-server",
+        retryable=False,
+    )

@@ -1,0 +1,122 @@
+"""The realtime benchmark client against a scripted server: V2V on its own clock, underruns,
+errors, and the ``load`` scenario's levels and SLO verdict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.configs import ConfigSpec
+from benchmarks.context import BenchContext, BenchOptions
+from benchmarks.data import Clip
+from benchmarks.realtime_client import RealtimeSession, playback_underruns, realtime_url
+from benchmarks.scenarios import load
+from pipeline.errors import EngineUnavailable
+from pipeline.settings import Settings
+from pipeline.types import AudioChunk
+from tests.benchmarks.realtime_fake import FakePlan, fake_realtime_server
+
+RATE = 24_000
+
+
+def _tone_clip(lead_s: float = 0.1, speech_s: float = 0.4, tail_s: float = 0.1) -> Clip:
+    t = np.arange(int(speech_s * RATE)) / RATE
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    samples = np.concatenate(
+        [np.zeros(int(lead_s * RATE), np.float32), tone, np.zeros(int(tail_s * RATE), np.float32)]
+    )
+    return Clip("tone", AudioChunk(samples, RATE), "turn one", lead_s + speech_s)
+
+
+def test_playback_underruns_counts_gaps_in_real_time_playback() -> None:
+    # 0.2 s pieces arriving every 0.2 s play back to back; a piece 0.15 s late is one underrun
+    steady = [(0.0, 0.2), (0.2, 0.2), (0.4, 0.2)]
+    assert playback_underruns(steady) == (0, 0.0)
+    count, starved = playback_underruns([(0.0, 0.2), (0.35, 0.2), (0.5, 0.2)])
+    assert count == 1
+    assert starved == pytest.approx(0.15)
+    # audio that arrives early is buffered: no underrun even if later pieces are spread out
+    assert playback_underruns([(0.0, 1.0), (0.5, 0.2), (0.9, 0.2)]) == (0, 0.0)
+    assert playback_underruns([]) == (0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("http://h:8000", "ws://h:8000/v1/realtime?model=voxline"),
+        ("https://h/v1", "wss://h/v1/realtime?model=voxline"),
+        ("ws://h:1/v1/realtime?model=x", "ws://h:1/v1/realtime?model=x"),
+        ("127.0.0.1:8000", "ws://127.0.0.1:8000/v1/realtime?model=voxline"),
+    ],
+)
+def test_realtime_url_accepts_base_urls(given: str, expected: str) -> None:
+    assert realtime_url(given) == expected
+
+
+async def test_client_measures_v2v_from_the_last_voiced_frame() -> None:
+    plan = FakePlan(silence_ms=200, reply_delay_s=0.15, chunks=3, chunk_s=0.2)
+    clip = _tone_clip()
+    async with fake_realtime_server(plan) as url, RealtimeSession(url) as session:
+        first = await session.play(clip.audio, clip.speech_end_s)
+        second = await session.play(clip.audio, clip.speech_end_s)
+    for m in (first, second):
+        assert not m.timed_out and not m.errors
+        # the server hears 200 ms of silence, then answers 150 ms later: ~350 ms on our clock
+        assert m.v2v_ms is not None and 300 <= m.v2v_ms <= 700, m.v2v_ms
+        assert m.audio_s == pytest.approx(0.6, abs=0.01)
+        assert m.underruns == 0
+        assert m.server["tts_ttfb_ms"] == 40.0
+        assert m.reply == "w0 w1 w2 "
+    assert (first.transcript, second.transcript) == ("turn 1", "turn 2")
+
+
+async def test_client_counts_underruns_when_audio_arrives_slower_than_real_time() -> None:
+    plan = FakePlan(silence_ms=100, reply_delay_s=0.0, chunks=3, chunk_s=0.1, gap_s=0.3)
+    clip = _tone_clip()
+    async with fake_realtime_server(plan) as url, RealtimeSession(url) as session:
+        m = await session.play(clip.audio, clip.speech_end_s)
+    assert m.underruns == 2
+    assert 300 <= m.underrun_ms <= 600
+
+
+async def test_client_times_out_when_no_reply_comes() -> None:
+    plan = FakePlan(silence_ms=10_000)  # the fake never hears enough silence to answer
+    clip = _tone_clip()
+    async with fake_realtime_server(plan) as url, RealtimeSession(url) as session:
+        m = await session.play(clip.audio, clip.speech_end_s, timeout_s=0.3)
+    assert m.timed_out and m.v2v_ms is None
+
+
+async def test_a_refused_session_is_an_engine_unavailable() -> None:
+    async with fake_realtime_server(FakePlan(refuse=True)) as url:
+        with pytest.raises(EngineUnavailable, match="failed to open"):
+            async with RealtimeSession(url, connect_timeout_s=2):
+                pass
+
+
+def test_load_levels_are_powers_of_two_up_to_the_limit() -> None:
+    assert load.levels(1) == [1]
+    assert load.levels(4) == [1, 2, 4]
+    assert load.levels(6) == [1, 2, 4, 6]
+
+
+def _ctx(url: str, slo_ms: float, max_sessions: int) -> BenchContext:
+    options = BenchOptions(
+        runs=1, warmup=0, quick=True, slo_v2v_p95_ms=slo_ms, max_sessions=max_sessions
+    )
+    return BenchContext(ConfigSpec(), Settings(), options, [_tone_clip()], [], url=url)
+
+
+async def test_load_reports_the_largest_level_within_the_slo() -> None:
+    plan = FakePlan(silence_ms=100, reply_delay_s=0.05, chunks=1, chunk_s=0.1)
+    async with fake_realtime_server(plan) as url:
+        met = await load.run(_ctx(url, slo_ms=2000, max_sessions=2))
+        missed = await load.run(_ctx(url, slo_ms=10, max_sessions=2))
+    levels = met.details["levels"]
+    assert [lv["sessions"] for lv in levels] == [1, 2]
+    assert all(lv["meets_slo"] and lv["errors"] == 0 for lv in levels)
+    assert met.details["max_sessions_within_slo"] == 2
+    assert len(met.samples["v2v_n2_ms"]) == 2
+    # an SLO nobody can meet: the first level fails, nothing further is tried
+    assert missed.details["max_sessions_within_slo"] is None
+    assert [lv["sessions"] for lv in missed.details["levels"]] == [1]
