@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -88,13 +89,20 @@ def _llm_backend(name: BackendName, settings: Settings) -> LLM:
         cfg = cfg.model_copy(update={"device": "cuda", **cfg.gpu.model_dump()})
     else:
         cfg = cfg.model_copy(update={"device": "cpu"})
-    if cfg.engine == "llamacpp":
+    if _llm_engine(cfg.engine) == "llamacpp":
         from models.llm_llamacpp import LlamaCppLLM
 
         return LlamaCppLLM(cfg)
     from models.llm_transformers import TransformersLLM
 
     return TransformersLLM(cfg, cache_dir=settings.cache_dir, offline=settings.hf_offline)
+
+
+def _llm_engine(engine: str) -> str:
+    """``auto`` resolved: llama.cpp when installed (much faster on a CPU), else transformers."""
+    if engine != "auto":
+        return engine
+    return "llamacpp" if importlib.util.find_spec("llama_cpp") is not None else "transformers"
 
 
 def _tts_backend(name: BackendName, settings: Settings) -> TTS:
@@ -222,7 +230,7 @@ def _backend_info(stage: Stage, backend: BackendName, settings: Settings) -> Mod
     if isinstance(cfg, LLMSettings):
         if backend == "gpu":
             return _info(stage, backend, cfg.gpu.engine, cfg.gpu.model)
-        return _info(stage, backend, cfg.engine, cfg.model)
+        return _info(stage, backend, _llm_engine(cfg.engine), cfg.model)
     engine = cfg.gpu.engine if backend == "gpu" else cfg.engine
     if engine == "gpt_sovits":
         gs = cfg.gpt_sovits

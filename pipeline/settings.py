@@ -145,9 +145,10 @@ class LLMSettings(BaseModel):
 
     model_config = ConfigDict(use_attribute_docstrings=True)
 
-    engine: Literal["transformers", "llamacpp", "hosted"] = "transformers"
-    """Engine of the ``cpu`` backend (``llamacpp`` needs the ``llama`` extra; ``hosted``: the
-    default chain is the hosted backend)."""
+    engine: Literal["auto", "transformers", "llamacpp", "hosted"] = "auto"
+    """Engine of the ``cpu`` backend. ``auto``: llama.cpp when the ``llama`` extra is installed
+    (about 4x the decode speed of transformers on a 2-core CPU), else transformers;
+    ``hosted``: the default chain is the hosted backend."""
     model: str = "packaged:smollm2-135m-instruct"
     """Model reference: a local directory or ``.gguf`` file, ``packaged:<name>`` or a hub id
     (e.g. ``Qwen/Qwen2.5-7B-Instruct``)."""

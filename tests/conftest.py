@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,13 @@ import pytest
 from models.weights import packaged_path
 from pipeline.audio import resample
 from pipeline.types import AudioChunk
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The CPU LLM engine defaults to llama.cpp when its extra is installed; the suite runs on the
+    # always-installed transformers engine (thread names and backends are asserted), and the
+    # llama.cpp engine has its own tests.
+    os.environ.setdefault("VOXLINE_LLM__ENGINE", "transformers")
 
 
 @functools.cache

@@ -39,6 +39,7 @@ def _base_env() -> dict[str, str]:
     env.update(
         HF_HUB_OFFLINE="1",
         VOXLINE_LLM__MAX_TOKENS="16",
+        VOXLINE_LLM__ENGINE="transformers",
         VOXLINE_LLM__TEMPERATURE="0",
         VOXLINE_DEMO_ENABLED="false",
         VOXLINE_OBSERVABILITY__LOG_LEVEL="WARNING",
