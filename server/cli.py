@@ -190,6 +190,14 @@ def demo(
 
 
 @app.command()
+def settings() -> None:
+    """Print the settings reference (every VOXLINE_* variable) as Markdown."""
+    from server.settings_doc import settings_markdown
+
+    print(settings_markdown(), end="")
+
+
+@app.command()
 def models(
     check: Annotated[bool, typer.Option("--check", help="Also load each model.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
