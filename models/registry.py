@@ -158,9 +158,9 @@ def _require_url(hosted: HostedSettings, stage: str) -> HostedSettings:
 class Engines:
     """One engine per stage, started and warmed."""
 
-    stt: FallbackSTT
-    llm: FallbackLLM
-    tts: FallbackTTS
+    stt: STT  # FallbackSTT from the registry; tests may hand in a single engine
+    llm: LLM
+    tts: TTS
 
     async def aclose(self) -> None:
         """Close every engine (errors in one do not keep the others open)."""

@@ -50,6 +50,8 @@ class TurnResult:
     phrases: tuple[str, ...] = ()
     fallbacks: tuple[StageFallback, ...] = ()
     """Every switch to another backend during the turn, in order."""
+    cost_usd: float | None = None
+    """What the turn cost, priced by the server's ledger (``None``: not priced)."""
 
 
 @dataclass(frozen=True, slots=True)

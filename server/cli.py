@@ -171,8 +171,16 @@ def serve(
     import uvicorn
 
     from server.app import create_app
+    from server.logging_setup import configure_logging
 
-    uvicorn.run(create_app(Settings()), host=host, port=port, log_level="info", ws="websockets")
+    settings = Settings()
+    logging.getLogger().handlers.clear()  # the CLI's plain handler: the server logs JSON lines
+    configure_logging(settings.observability)
+    # our JSON handler takes uvicorn's logs too; its access log (raw paths and query strings)
+    # is replaced by one line per request from the request-context middleware
+    uvicorn.run(
+        create_app(settings), host=host, port=port, ws="auto", log_config=None, access_log=False
+    )
 
 
 @app.command()

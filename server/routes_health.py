@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from pipeline.breaker import BackendState
+from pipeline.fallback_core import Chain
 from server.app import AppState, state_of
 
 router = APIRouter()
@@ -33,8 +34,10 @@ async def readyz(state: Annotated[AppState, Depends(state_of)]) -> JSONResponse:
     stages: dict[str, Any] = {}
     ready = True
     for stage, chain in (("stt", engines.stt), ("llm", engines.llm), ("tts", engines.tts)):
-        backends = [_state_json(b) for b in chain.backend_states()]
-        usable = any(b["started"] and b["state"] != "open" for b in backends)
+        states = chain.backend_states() if isinstance(chain, Chain) else ()
+        backends = [_state_json(b) for b in states]
+        # a bare engine (no chain) is usable once started
+        usable = not backends or any(b["started"] and b["state"] != "open" for b in backends)
         ready = ready and usable
         stages[stage] = {"chain": chain.name, "usable": usable, "backends": backends}
     status = "ready" if ready else "degraded"

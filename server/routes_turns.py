@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncGenerator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
@@ -30,8 +31,9 @@ from pipeline.errors import InvalidInput, VoxlineError
 from pipeline.settings import Settings
 from pipeline.turn import ReplyAudio, ReplyText, TranscriptReady, TurnEvent, TurnResult, run_turn
 from pipeline.types import AudioChunk, GenerationParams
-from server.app import engines_of, state_of
+from server.app import AppState, engines_of, state_of
 from server.errors import body_of, error_body
+from server.logging_setup import current_request_id
 from server.schemas import (
     EventStream,
     cancel_on_disconnect,
@@ -73,7 +75,8 @@ async def create_turn(
     _check_voice(engines, voice)
     audio = await _decode(await file.read(), settings, engines.stt.sample_rate)
     turn = functools.partial(
-        run_turn,
+        _accounted,
+        state_of(request),
         stt=engines.stt,
         llm=engines.llm,
         tts=engines.tts,
@@ -107,6 +110,17 @@ async def create_turn(
         task.result()  # the turn failed before its transcript: raise its error as HTTP
         raise RuntimeError("the turn ended without a transcript")  # run_turn always sends one
     return EventStream(_events(first, queue, task), on_close=functools.partial(_stop, task))
+
+
+async def _accounted(state: AppState, audio: AudioChunk, **turn: Any) -> TurnResult:
+    """``run_turn`` with its trace, metrics and cost recorded; the cost goes into the result."""
+    request_id = current_request_id()
+    with state.tracing.turn(request_id=request_id) as trace:
+        result = await run_turn(audio, **turn)
+        trace.record_result(result, audio_in_seconds=audio.duration)
+    state.metrics.observe_turn_result(result, audio_in_seconds=audio.duration)
+    cost = state.ledger.record_turn(request_id or "-", result, audio_in_seconds=audio.duration)
+    return dataclasses.replace(result, cost_usd=round(cost.total, 8))
 
 
 async def _stop(task: asyncio.Task[TurnResult]) -> None:

@@ -294,6 +294,7 @@ class TurnResponse(BaseModel):
     backends: BackendsOut
     fallbacks: list[FallbackOut] = []
     usage: TurnUsage
+    cost_usd: float | None = None
     audio: TurnAudio
 
 
@@ -305,6 +306,7 @@ def turn_json(result: TurnResult) -> dict[str, object]:
         "timings": {k: v for k, v in asdict(result.timings).items() if v is not None},
         "backends": asdict(result.backends),
         "fallbacks": fallbacks_json(result.fallbacks),
+        "cost_usd": result.cost_usd,
         "audio": {
             "seconds": round(result.audio.duration, 3),
             "sample_rate": result.audio.sample_rate,

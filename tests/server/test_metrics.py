@@ -365,15 +365,16 @@ def test_the_dashboard_only_queries_exposed_metrics() -> None:
 
 
 @module_loop
-async def test_a_request_without_metrics_wiring_fails_loudly() -> None:
-    app = FastAPI()
-    app.state.voxline = AppState(make_settings(), None)
-    app.include_router(routes_metrics.router)
+async def test_the_app_factory_wires_metrics_and_request_counting() -> None:
+    from server.app import create_app
 
+    app = create_app(make_settings())  # no engines: the lifespan does not run here
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
     ) as client:
-        assert (await client.get("/metrics")).status_code == 500
+        assert (await client.get("/healthz")).status_code == 200
+        body = (await client.get("/metrics")).text
+    assert 'voxline_requests_total{code="200",route="/healthz"} 1.0' in body
 
 
 @module_loop

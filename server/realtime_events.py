@@ -1,0 +1,395 @@
+"""Session events -> server events of the OpenAI Realtime API (GA names and shapes).
+
+A ``Session`` speaks in one value per thing that happened (``pipeline.events``); a Realtime
+client expects the GA event sequence, in which one happening is often several events (a response
+starting is ``response.created``, ``response.output_item.added``, ``conversation.item.added`` and
+``response.content_part.added``). ``ServerEvents`` does that expansion for one connection, as
+JSON-ready dicts, checked in the tests against the official ``openai`` SDK's models.
+
+It keeps the little state the wire needs and the session does not: the partial transcript sent
+so far (the session reports the whole text, GA sends appended deltas), how long each user turn
+was (for the transcription's ``usage``), and which responses still owe their closing events (a
+cancelled response has no ``ResponseAudioDone``, but GA clients expect ``output_audio.done``,
+``output_item.done`` and ``conversation.item.done`` before ``response.done`` all the same).
+
+``response.done`` carries the turn's timings in a ``voxline`` object beside OpenAI's fields:
+``endpoint_ms``, ``stt_ms``, ``llm_ttft_ms``, ``first_phrase_ms``, ``tts_ttfb_ms``, ``v2v_ms``
+(ARCHITECTURE.md's vocabulary; ``null`` where a stage did not run), ``llm_total_ms``,
+``tts_total_ms``, ``total_ms`` and the ``backends`` that served each stage.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from pipeline.audio import to_pcm16
+from pipeline.events import (
+    ConversationItem,
+    ErrorEvent,
+    Event,
+    InputCleared,
+    InputCommitted,
+    ItemAdded,
+    ItemTruncated,
+    ResponseAudioDelta,
+    ResponseAudioDone,
+    ResponseCreated,
+    ResponseDone,
+    ResponseTranscriptDelta,
+    SessionUpdated,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptCompleted,
+    TranscriptFailed,
+    TranscriptPartial,
+)
+from pipeline.listener import new_id
+from pipeline.session_config import SessionConfig
+
+Wire = dict[str, Any]
+"""One server event, ready for ``json.dumps``."""
+
+
+def _pcm(rate: int | None) -> Wire:
+    return {"type": "audio/pcm", "rate": rate or 24_000}
+
+
+def error_body(error: ErrorEvent, event_id: str | None = None) -> Wire:
+    """The ``error`` object of OpenAI's error shape, with the client event at fault."""
+    return {
+        "type": error.type,
+        "code": error.code,
+        "message": error.message,
+        "param": error.param,
+        "event_id": event_id,
+    }
+
+
+def wire_event(kind: str, **fields: Any) -> Wire:
+    """A server event of type ``kind`` with a fresh ``event_id``."""
+    return {"type": kind, "event_id": new_id("event"), **fields}
+
+
+def error_event(error: ErrorEvent, event_id: str | None = None) -> Wire:
+    """An ``error`` event, echoing the ``event_id`` of the client event at fault."""
+    return wire_event("error", error=error_body(error, event_id))
+
+
+class ServerEvents:
+    """Builds one connection's server events.
+
+    Args:
+        model: The model the client asked for (``?model=``), echoed in the session.
+        config: The session's configuration at connect time.
+        transcription_model: The STT backend's name, shown as the transcription model.
+    """
+
+    def __init__(self, *, model: str, config: SessionConfig, transcription_model: str) -> None:
+        self.model = model
+        self.config = config
+        self.transcription_model = transcription_model
+        self.session_id = new_id("sess")
+        self.conversation_id = new_id("conv")
+        self.active_response: str | None = None
+        """The response in progress as the client has been told (``None``: none)."""
+        self._partials: dict[str, str] = {}  # item id -> partial transcript sent so far
+        self._speech_start: dict[str, int] = {}  # item id -> audio_start_ms
+        self._seconds: dict[str, float] = {}  # item id -> seconds of speech
+        self._open: set[str] = set()  # responses announced whose audio is not done
+
+    # ---------------------------------------------------------------- session
+
+    def session(self) -> Wire:
+        """The session object (GA ``RealtimeSessionCreateRequest`` shape) for ``config``."""
+        cfg = self.config
+        td = cfg.turn_detection
+        vad = None
+        if td is not None:
+            vad = {
+                "type": "server_vad",
+                "threshold": td.threshold,
+                "silence_duration_ms": td.silence_duration_ms,
+                "prefix_padding_ms": td.prefix_padding_ms,
+                "create_response": td.create_response,
+                "interrupt_response": td.interrupt_response,
+                "idle_timeout_ms": None,
+            }
+        max_tokens = cfg.params.max_tokens
+        return {
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": self.session_id,
+            "model": self.model,
+            "output_modalities": ["audio"],
+            "instructions": cfg.instructions,
+            "tools": [],
+            "tool_choice": "auto",
+            "max_output_tokens": max_tokens if max_tokens is not None else "inf",
+            "tracing": None,
+            "truncation": "auto",
+            "prompt": None,
+            "include": None,
+            "audio": {
+                "input": {
+                    "format": _pcm(cfg.input_sample_rate),
+                    "transcription": {
+                        "model": self.transcription_model,
+                        "language": cfg.language,
+                        "prompt": None,
+                    },
+                    "noise_reduction": None,
+                    "turn_detection": vad,
+                },
+                "output": {
+                    "format": _pcm(cfg.output_sample_rate),
+                    "voice": cfg.voice,
+                    "speed": cfg.speed,
+                },
+            },
+            "voxline": {"temperature": cfg.params.temperature, "top_p": cfg.params.top_p},
+        }
+
+    def session_created(self) -> Wire:
+        """``session.created``: the first event of every connection."""
+        return wire_event("session.created", session=self.session())
+
+    # ---------------------------------------------------------------- events
+
+    def map(self, event: Event, cause: str | None = None) -> list[Wire]:
+        """The server events for one session event, in order.
+
+        Args:
+            event: What the session said.
+            cause: For an ``ErrorEvent``: the ``event_id`` of the client event that caused it.
+        """
+        match event:
+            case ErrorEvent():
+                return [error_event(event, cause)]
+            case SessionUpdated(config=config):
+                self.config = config
+                return [wire_event("session.updated", session=self.session())]
+            case SpeechStarted(item_id=item_id, audio_start_ms=start):
+                self._speech_start[item_id] = start
+                return [
+                    wire_event(
+                        "input_audio_buffer.speech_started", item_id=item_id, audio_start_ms=start
+                    )
+                ]
+            case SpeechStopped(item_id=item_id, audio_end_ms=end):
+                start = self._speech_start.pop(item_id, end)
+                self._seconds[item_id] = max(0.0, (end - start) / 1000)
+                return [
+                    wire_event(
+                        "input_audio_buffer.speech_stopped", item_id=item_id, audio_end_ms=end
+                    )
+                ]
+            case InputCommitted(item_id=item_id, previous_item_id=previous):
+                return [
+                    wire_event(
+                        "input_audio_buffer.committed", item_id=item_id, previous_item_id=previous
+                    )
+                ]
+            case InputCleared():
+                return [wire_event("input_audio_buffer.cleared")]
+            case ItemAdded(item=item, previous_item_id=previous):
+                wire = _item(item, "completed")
+                return [
+                    wire_event("conversation.item.added", previous_item_id=previous, item=wire),
+                    wire_event("conversation.item.done", previous_item_id=previous, item=wire),
+                ]
+            case TranscriptPartial(item_id=item_id, text=text):
+                return [self._partial(item_id, text)]
+            case TranscriptCompleted():
+                return [self._completed(event)]
+            case TranscriptFailed(item_id=item_id, error=error):
+                self._partials.pop(item_id, None)
+                return [
+                    wire_event(
+                        "conversation.item.input_audio_transcription.failed",
+                        item_id=item_id,
+                        content_index=0,
+                        error=error_body(error),
+                    )
+                ]
+            case ResponseCreated():
+                return self._created(event)
+            case ResponseTranscriptDelta(response_id=rid, item_id=item_id, text=text):
+                return [
+                    self._part("response.output_audio_transcript.delta", rid, item_id, delta=text)
+                ]
+            case ResponseAudioDelta(response_id=rid, item_id=item_id, audio=audio):
+                pcm = to_pcm16(audio.samples).tobytes()
+                delta = base64.b64encode(pcm).decode("ascii")
+                return [self._part("response.output_audio.delta", rid, item_id, delta=delta)]
+            case ResponseAudioDone(response_id=rid, item_id=item_id, transcript=transcript):
+                self._open.discard(rid)
+                return self._closing(rid, item_id, transcript, "completed")
+            case ResponseDone():
+                return self._done(event)
+            case ItemTruncated(item_id=item_id, audio_end_ms=end):
+                return [
+                    wire_event(
+                        "conversation.item.truncated",
+                        item_id=item_id,
+                        content_index=0,
+                        audio_end_ms=end,
+                    )
+                ]
+        raise AssertionError(f"unmapped session event {type(event).__name__}")
+
+    def _partial(self, item_id: str, text: str) -> Wire:
+        # the session sends the whole transcript so far, GA appended deltas: send what was
+        # appended, and the whole text beside it since a later partial may revise an earlier one
+        sent = self._partials.get(item_id, "")
+        delta = text[len(sent) :] if text.startswith(sent) else ""
+        self._partials[item_id] = text
+        return wire_event(
+            "conversation.item.input_audio_transcription.delta",
+            item_id=item_id,
+            content_index=0,
+            delta=delta,
+            voxline={"transcript": text},
+        )
+
+    def _completed(self, event: TranscriptCompleted) -> Wire:
+        self._partials.pop(event.item_id, None)
+        seconds = self._seconds.pop(event.item_id, 0.0)
+        return wire_event(
+            "conversation.item.input_audio_transcription.completed",
+            item_id=event.item_id,
+            content_index=0,
+            transcript=event.text,
+            usage={"type": "duration", "seconds": round(seconds, 3)},
+            voxline={
+                "language": event.language,
+                "speculative": event.speculative,
+                "stt_compute_ms": event.compute_ms,
+            },
+        )
+
+    def _created(self, event: ResponseCreated) -> list[Wire]:
+        rid, item_id = event.response_id, event.item_id
+        self.active_response = rid
+        self._open.add(rid)
+        item = _assistant(item_id, "in_progress", None)
+        return [
+            wire_event("response.created", response=self._response(rid, "in_progress", [])),
+            wire_event("response.output_item.added", response_id=rid, output_index=0, item=item),
+            wire_event(
+                "conversation.item.added", previous_item_id=event.previous_item_id, item=item
+            ),
+            self._part("response.content_part.added", rid, item_id, part=_audio_part("")),
+        ]
+
+    def _closing(self, rid: str, item_id: str, transcript: str, status: str) -> list[Wire]:
+        item = _assistant(item_id, status, transcript)
+        return [
+            self._part("response.output_audio.done", rid, item_id),
+            self._part(
+                "response.output_audio_transcript.done", rid, item_id, transcript=transcript
+            ),
+            self._part("response.content_part.done", rid, item_id, part=_audio_part(transcript)),
+            wire_event("response.output_item.done", response_id=rid, output_index=0, item=item),
+            wire_event("conversation.item.done", item=item),
+        ]
+
+    def _done(self, event: ResponseDone) -> list[Wire]:
+        rid, item_id = event.response_id, event.item_id
+        if self.active_response == rid:
+            self.active_response = None
+        item_status = "completed" if event.status == "completed" else "incomplete"
+        out: list[Wire] = []
+        if rid in self._open:  # cancelled or failed: its audio never finished
+            self._open.discard(rid)
+            out = self._closing(rid, item_id, event.transcript, item_status)
+        details = None
+        if event.status != "completed":
+            details = {
+                "type": event.status,
+                "reason": event.reason,
+                "error": error_body(event.error) if event.error is not None else None,
+            }
+        t, usage = event.timings, event.usage
+        response = self._response(
+            rid, event.status, [_assistant(item_id, item_status, event.transcript)]
+        )
+        response["status_details"] = details
+        response["usage"] = {
+            "input_tokens": usage.prompt_tokens,
+            "output_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "input_token_details": {"text_tokens": usage.prompt_tokens, "audio_tokens": 0},
+            "output_token_details": {"text_tokens": usage.completion_tokens, "audio_tokens": 0},
+        }
+        response["voxline"] = {
+            "endpoint_ms": t.endpoint_ms,
+            "stt_ms": t.stt_ms,
+            "llm_ttft_ms": t.llm_ttft_ms,
+            "first_phrase_ms": t.llm_first_phrase_ms,
+            "tts_ttfb_ms": t.tts_ttfb_ms,
+            "v2v_ms": t.v2v_ms,
+            "llm_total_ms": t.llm_total_ms,
+            "tts_total_ms": t.tts_total_ms,
+            "total_ms": t.total_ms,
+            "backends": {
+                "stt": event.backends.stt,
+                "llm": event.backends.llm,
+                "tts": event.backends.tts,
+            },
+        }
+        out.append(wire_event("response.done", response=response))
+        return out
+
+    def _response(self, rid: str, status: str, output: list[Wire]) -> Wire:
+        cfg = self.config
+        max_tokens = cfg.params.max_tokens
+        return {
+            "id": rid,
+            "object": "realtime.response",
+            "status": status,
+            "status_details": None,
+            "output": output,
+            "conversation_id": self.conversation_id,
+            "output_modalities": ["audio"],
+            "max_output_tokens": max_tokens if max_tokens is not None else "inf",
+            "audio": {"output": {"format": _pcm(cfg.output_sample_rate), "voice": cfg.voice}},
+            "usage": None,
+            "metadata": None,
+        }
+
+    def _part(self, kind: str, rid: str, item_id: str, **fields: Any) -> Wire:
+        return wire_event(
+            kind, response_id=rid, item_id=item_id, output_index=0, content_index=0, **fields
+        )
+
+
+def _audio_part(transcript: str) -> Wire:
+    return {"type": "audio", "transcript": transcript}
+
+
+def _assistant(item_id: str, status: str, transcript: str | None) -> Wire:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [{"type": "output_audio", "transcript": transcript}],
+    }
+
+
+def _item(item: ConversationItem, status: str) -> Wire:
+    content = (
+        {"type": "input_audio", "transcript": item.text}
+        if item.audio
+        else {"type": "input_text", "text": item.text}
+    )
+    return {
+        "id": item.item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": item.role,
+        "status": status,
+        "content": [content],
+    }

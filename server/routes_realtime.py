@@ -1,0 +1,277 @@
+"""``/v1/realtime``: OpenAI's Realtime API over a WebSocket, served by a pipeline ``Session``.
+
+The official ``openai`` SDK connects with only its base URL changed (``?model=`` is accepted and
+echoed). What the wire looks like is decided in ``server.realtime_protocol`` (client events) and
+``server.realtime_events`` (server events); this module is about concurrency and lifetimes. Each
+connection runs four small tasks, so that neither direction ever waits for the other:
+
+- the *reader* drains the socket, parses each event and queues the command (or the refusal
+  of a bad event: the client hears about its events in the order it sent them);
+- the *applier* applies the commands to the session, one at a time, in order, and answers a
+  refusal with an ``error`` event (the session stays open);
+- the *pump* turns session events into server events as fast as the session emits them;
+- the *sender* writes them to the socket.
+
+The reader does not wait for the session, so a client that sends audio faster than the session
+consumes it meets an explicit bound, the input backlog (``settings.audio.max_bytes`` of audio not
+yet consumed): past it, appends are refused with an ``error`` event instead of piling up in the
+server's buffers. One append is capped too (``settings.audio.max_bytes``, and at most 8 MiB, whose
+base64 still fits uvicorn's default 16 MiB frame limit; a larger frame is refused by uvicorn
+itself, which closes the socket with 1009).
+
+An error caused by a client event carries that event's ``event_id``. The session reports its
+refusals as events, not exceptions, so the pump tags each ``invalid_request_error`` the session
+emits while a command is being applied with that command's ``event_id`` (the applier yields once
+after each command so the pump, which never waits on I/O, has drained them by then).
+
+When the client goes away, ``session.aclose()`` cancels the response in flight, which stops the
+engines' worker threads within a frame of work. Until the engines are warm, a connection gets an
+``error`` (``engines_not_ready``) and is closed with 1013 (try again later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import suppress
+from typing import Annotated
+
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+
+from pipeline.audio import decode_pcm16
+from pipeline.errors import InvalidInput, VoxlineError
+from pipeline.events import ErrorEvent
+from pipeline.session import Session
+from pipeline.session_config import SessionConfig, TurnDetection
+from server.app import AppState
+from server.realtime_events import ServerEvents, Wire, error_event
+from server.realtime_protocol import (
+    AddUserText,
+    AppendAudio,
+    BadClientEvent,
+    CancelResponse,
+    ClearAudio,
+    ClientEventParser,
+    Command,
+    CommitAudio,
+    CreateResponse,
+    TruncateItem,
+    UpdateSession,
+)
+
+log = logging.getLogger("voxline.server.realtime")
+
+router = APIRouter()
+
+MAX_APPEND_BYTES = 8 * 1024 * 1024
+"""Most decoded audio in one append (about 3 minutes of 24 kHz pcm16)."""
+
+_INBOX_COMMANDS = 256  # beyond this many queued commands the reader waits (TCP backpressure)
+_TRY_AGAIN_LATER = 1013  # WebSocket close code: the server cannot serve this yet
+
+
+@router.websocket("/v1/realtime")
+async def realtime(
+    websocket: WebSocket,
+    model: Annotated[str | None, Query(max_length=256)] = None,
+) -> None:
+    """A realtime voice conversation (OpenAI Realtime API, GA events)."""
+    state = websocket.app.state.voxline
+    assert isinstance(state, AppState)
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
+    engines, vad = state.engines, None
+    reason = state.startup_error or "the engines are still loading: try again shortly"
+    if engines is not None:
+        try:
+            vad = await state.load_vad()
+        except VoxlineError as exc:
+            reason = str(exc)
+    if engines is None or vad is None:
+        error = ErrorEvent(reason, "server_error", code="engines_not_ready")
+        with suppress(WebSocketDisconnect, RuntimeError):
+            await websocket.send_text(json.dumps(error_event(error)))
+            await websocket.close(code=_TRY_AGAIN_LATER, reason="engines not ready")
+        return
+    settings = state.settings
+    config = SessionConfig.from_settings(settings)
+    session = Session(
+        engines.stt, engines.llm, engines.tts, vad.fork(), config=config, settings=settings.session
+    )
+    events = ServerEvents(
+        model=model or "voxline", config=config, transcription_model=engines.stt.name
+    )
+    parser = ClientEventParser(
+        max_append_bytes=min(settings.audio.max_bytes, MAX_APPEND_BYTES),
+        voices=lambda: engines.tts.capabilities.voices,
+    )
+    connection = _Connection(
+        websocket,
+        session,
+        events,
+        parser,
+        backlog_bytes=settings.audio.max_bytes,
+        default_vad=TurnDetection.from_settings(settings.session),
+    )
+    log.info("realtime session %s opened (model %s)", events.session_id, events.model)
+    try:
+        await connection.run()
+    finally:
+        log.info("realtime session %s closed", events.session_id)
+
+
+class _Connection:
+    """One client's connection to its session (see the module docstring for the four tasks)."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        session: Session,
+        events: ServerEvents,
+        parser: ClientEventParser,
+        *,
+        backlog_bytes: int,
+        default_vad: TurnDetection,
+    ) -> None:
+        self._ws = websocket
+        self._session = session
+        self._events = events
+        self._parser = parser
+        self._backlog_limit = backlog_bytes
+        self._backlog = 0  # bytes of audio read from the socket, not yet given to the session
+        self._default_vad = default_vad
+        # commands in order, and the refusals of bad events in their place among them
+        self._inbox: asyncio.Queue[tuple[str | None, Command | InvalidInput]] = asyncio.Queue(
+            _INBOX_COMMANDS
+        )
+        self._outbox: asyncio.Queue[list[Wire]] = asyncio.Queue()
+        self._cause: str | None = None  # event_id of the command being applied
+
+    async def run(self) -> None:
+        """Serve until the client goes away; then stop the session's work."""
+        self._outbox.put_nowait([self._events.session_created()])
+        inbound = [
+            asyncio.create_task(self._read(), name="realtime-reader"),
+            asyncio.create_task(self._apply(), name="realtime-applier"),
+        ]
+        outbound = [
+            asyncio.create_task(self._pump(), name="realtime-pump"),
+            asyncio.create_task(self._send(), name="realtime-sender"),
+        ]
+        try:
+            done, _ = await asyncio.wait([*inbound, *outbound], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and (exc := task.exception()) is not None:
+                    log.error("realtime %s failed", task.get_name(), exc_info=exc)
+        finally:
+            # nothing more from the client; then the session, whose closing stops the engines'
+            # threads; then what it had left to say
+            for task in inbound:
+                task.cancel()
+            await asyncio.gather(*inbound, return_exceptions=True)
+            await self._session.aclose()
+            for task in outbound:
+                task.cancel()
+            await asyncio.gather(*outbound, return_exceptions=True)
+            with suppress(RuntimeError, WebSocketDisconnect):
+                await self._ws.close()
+
+    # ---------------------------------------------------------------- client -> session
+
+    async def _read(self) -> None:
+        while True:
+            message = await self._ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text, data = message.get("text"), message.get("bytes")
+            item: Command | InvalidInput
+            try:
+                event_id, item = self._parser.parse(text if text is not None else data or b"")
+            except BadClientEvent as exc:
+                event_id, item = exc.event_id, exc.error
+            if isinstance(item, AppendAudio):
+                if self._backlog + len(item.pcm) > self._backlog_limit:
+                    item = InvalidInput(
+                        "the server is behind on this connection's audio: appended audio "
+                        "was dropped (send it in real time)",
+                        param="audio",
+                        code="input_audio_buffer_overflow",
+                    )
+                else:
+                    self._backlog += len(item.pcm)
+            # refusals queue up too, so that the client hears about its events in order
+            await self._inbox.put((event_id, item))
+
+    async def _apply(self) -> None:
+        while True:
+            event_id, item = await self._inbox.get()
+            self._cause = event_id
+            try:
+                if isinstance(item, InvalidInput):
+                    raise item
+                await self._execute(item)
+            except InvalidInput as exc:
+                self._reply_error(exc, event_id)
+            except Exception:  # a bug must not end the conversation: report it, go on
+                log.exception("realtime command %s failed", type(item).__name__)
+                internal = ErrorEvent("internal server error", "server_error", code="internal")
+                self._outbox.put_nowait([error_event(internal, event_id)])
+            finally:
+                if isinstance(item, AppendAudio):
+                    self._backlog -= len(item.pcm)
+            await asyncio.sleep(0)  # the pump tags the errors this command caused (see _pump)
+            self._cause = None
+
+    async def _execute(self, command: Command) -> None:
+        session = self._session
+        match command:
+            case AppendAudio(pcm=pcm):
+                if pcm:
+                    await session.append_audio(decode_pcm16(pcm, session.config.input_sample_rate))
+            case UpdateSession():
+                await session.update(**command.changes(session.config, self._default_vad))
+            case CommitAudio():
+                await session.commit()
+            case ClearAudio():
+                await session.clear()
+            case AddUserText(text=text):
+                await session.add_user_text(text)
+            case CreateResponse():
+                await session.create_response()
+            case CancelResponse(response_id=rid):
+                if rid is not None and rid != self._events.active_response:
+                    raise InvalidInput(
+                        f"response {rid[:64]!r} is not in progress",
+                        param="response_id",
+                        code="response_cancel_not_active",
+                    )
+                await session.cancel_response()
+            case TruncateItem(item_id=item_id, audio_end_ms=end):
+                await session.truncate(item_id, end)
+
+    def _reply_error(self, error: InvalidInput, event_id: str | None) -> None:
+        self._outbox.put_nowait([error_event(ErrorEvent.from_exception(error), event_id)])
+
+    # ---------------------------------------------------------------- session -> client
+
+    async def _pump(self) -> None:
+        # Never waits on anything but the session: so after each command the applier's one
+        # yield is enough for the pump to have drained what that command emitted.
+        async for event in self._session:
+            cause = None
+            if isinstance(event, ErrorEvent) and event.type == "invalid_request_error":
+                cause = self._cause
+            try:
+                self._outbox.put_nowait(self._events.map(event, cause))
+            except Exception:  # a bug in one event's mapping must not silence the others
+                log.exception("realtime event %s could not be sent", type(event).__name__)
+
+    async def _send(self) -> None:
+        while True:
+            batch = await self._outbox.get()
+            for wire in batch:
+                try:
+                    await self._ws.send_text(json.dumps(wire))
+                except (WebSocketDisconnect, RuntimeError, OSError):
+                    return  # the client is gone; the reader sees it too
