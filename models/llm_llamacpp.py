@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from models._lazy import LazyModel
 from models.weights import resolve
 from pipeline.errors import (
     EngineOverloaded,
@@ -87,15 +88,13 @@ class LlamaCppLLM(LLM):
         self.settings = settings
         self.capabilities = LLMCapabilities(streaming=True, context_tokens=settings.context_tokens)
         self.load_seconds: float | None = None
-        self._loaded: _Loaded | None = None
-        self._load_lock = threading.Lock()
+        self._model = LazyModel(self._load, stage="llm", backend=self.name)
         self._generate_lock = threading.Lock()
-        self._closed = False
 
     @property
     def loaded(self) -> bool:
         """Whether the model is in memory."""
-        return self._loaded is not None
+        return self._model.loaded
 
     def load(self) -> None:
         """Blocking: load the GGUF file (idempotent, thread-safe).
@@ -106,7 +105,7 @@ class LlamaCppLLM(LLM):
             ModelLoadError: the reference is not an existing ``.gguf`` file, the file does not
                 load, or it carries no chat template.
         """
-        self._ensure_loaded()
+        self._model.get()
 
     def warmup(self) -> None:
         """Blocking: load the model and generate two tokens."""
@@ -119,15 +118,14 @@ class LlamaCppLLM(LLM):
 
         For history trimming against ``capabilities.context_tokens``; loads the model if needed.
         """
-        return len(self._prompt(self._ensure_loaded(), messages)[0])
+        return len(self._prompt(self._model.get(), messages)[0])
 
     async def aclose(self) -> None:
         """Free the model now, or when the reply still using it ends.
 
         A closed engine does not load again: later calls raise ``EngineUnavailable``.
         """
-        self._closed = True
-        loaded, self._loaded = self._loaded, None
+        loaded = self._model.close()
         # Freeing the model under a running decode would crash the process; when a reply holds
         # the lock, the last reference to the Llama object goes with it and its __del__ frees it.
         if loaded is not None and self._generate_lock.acquire(blocking=False):
@@ -137,20 +135,6 @@ class LlamaCppLLM(LLM):
                 self._generate_lock.release()
 
     # -- loading ---------------------------------------------------------------------------
-
-    def _ensure_loaded(self) -> _Loaded:
-        loaded = self._loaded
-        if loaded is not None:
-            return loaded
-        with self._load_lock:
-            if self._closed:
-                raise EngineUnavailable("the engine is closed", stage="llm", backend=self.name)
-            if self._loaded is None:
-                self._loaded = self._load()
-                if self._closed:  # aclose() ran while we were loading
-                    self._loaded = None
-                    raise EngineUnavailable("the engine is closed", stage="llm", backend=self.name)
-            return self._loaded
 
     def _load(self) -> _Loaded:
         llama_cpp = _import_llama_cpp()
@@ -252,7 +236,7 @@ class LlamaCppLLM(LLM):
         """Worker-thread side: yield text pieces, then the usage delta."""
         from llama_cpp import StoppingCriteriaList
 
-        loaded = self._ensure_loaded()
+        loaded = self._model.get()
         prompt, template_stops = self._prompt(loaded, messages)
         room = loaded.context_tokens - len(prompt)
         if room < 1:

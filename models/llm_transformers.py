@@ -31,6 +31,7 @@ from typing import Any, Literal
 from safetensors import SafetensorError
 
 from models._gguf_cache import load_gguf
+from models._lazy import LazyModel
 from models.weights import ResolvedModel, hub_error, resolve
 from pipeline.errors import (
     EngineOverloaded,
@@ -102,15 +103,13 @@ class TransformersLLM(LLM):
         self.capabilities = LLMCapabilities(streaming=True, context_tokens=settings.context_tokens)
         self.load_seconds: float | None = None
         self.loaded_from_cache: bool | None = None
-        self._loaded: _Loaded | None = None
-        self._load_lock = threading.Lock()
+        self._model = LazyModel(self._load, stage="llm", backend=self.name)
         self._generate_lock = threading.Lock()
-        self._closed = False
 
     @property
     def loaded(self) -> bool:
         """Whether the model is in memory."""
-        return self._loaded is not None
+        return self._model.loaded
 
     def load(self) -> None:
         """Blocking: load the model and tokenizer (idempotent, thread-safe).
@@ -122,7 +121,7 @@ class TransformersLLM(LLM):
                 is closed.
             EngineOverloaded: out of memory while loading.
         """
-        self._ensure_loaded()
+        self._model.get()
 
     def warmup(self) -> None:
         """Blocking: load the model and generate two tokens (first-call allocations, kernels)."""
@@ -135,35 +134,20 @@ class TransformersLLM(LLM):
 
         For history trimming against ``capabilities.context_tokens``; loads the model if needed.
         """
-        return len(self._prompt_ids(self._ensure_loaded(), messages))
+        return len(self._prompt_ids(self._model.get(), messages))
 
     async def aclose(self) -> None:
         """Drop the model; a reply still running keeps it alive until it ends.
 
         A closed engine does not load again: later calls raise ``EngineUnavailable``.
         """
-        self._closed = True
-        self._loaded = None
+        self._model.close()
         if self.device == "cuda":
             import torch
 
             torch.cuda.empty_cache()
 
     # -- loading ---------------------------------------------------------------------------
-
-    def _ensure_loaded(self) -> _Loaded:
-        loaded = self._loaded
-        if loaded is not None:
-            return loaded
-        with self._load_lock:
-            if self._closed:
-                raise EngineUnavailable("the engine is closed", stage="llm", backend=self.name)
-            if self._loaded is None:
-                self._loaded = self._load()
-                if self._closed:  # aclose() ran while we were loading
-                    self._loaded = None
-                    raise EngineUnavailable("the engine is closed", stage="llm", backend=self.name)
-            return self._loaded
 
     def _load(self) -> _Loaded:
         import torch
@@ -278,7 +262,7 @@ class TransformersLLM(LLM):
         """Worker-thread side: yield text pieces, then the usage delta."""
         import torch
 
-        loaded = self._ensure_loaded()
+        loaded = self._model.get()
         prompt_ids = self._prompt_ids(loaded, messages)
         room = loaded.context_tokens - len(prompt_ids)
         if room < 1:

@@ -46,6 +46,7 @@ from pipeline.events import (
 )
 from pipeline.listener import new_id
 from pipeline.session_config import SessionConfig
+from server.schemas import fallbacks_json
 
 Wire = dict[str, Any]
 """One server event, ready for ``json.dumps``."""
@@ -337,6 +338,7 @@ class ServerEvents:
                 "llm": event.backends.llm,
                 "tts": event.backends.tts,
             },
+            "fallbacks": fallbacks_json(event.fallbacks),
         }
         out.append(wire_event("response.done", response=response))
         return out

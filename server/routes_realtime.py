@@ -32,8 +32,10 @@ engines' worker threads within a frame of work. Until the engines are warm, a co
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Annotated
 
@@ -41,10 +43,11 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from pipeline.audio import decode_pcm16
 from pipeline.errors import InvalidInput, VoxlineError
-from pipeline.events import ErrorEvent
+from pipeline.events import ErrorEvent, ResponseDone
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
 from server.app import AppState
+from server.logging_setup import bind
 from server.realtime_events import ServerEvents, Wire, error_event
 from server.realtime_protocol import (
     AddUserText,
@@ -113,12 +116,39 @@ async def realtime(
         parser,
         backlog_bytes=settings.audio.max_bytes,
         default_vad=TurnDetection.from_settings(settings.session),
+        account=functools.partial(_account, state),
     )
     log.info("realtime session %s opened (model %s)", events.session_id, events.model)
     try:
-        await connection.run()
+        with state.metrics.session(), bind(session_id=events.session_id):
+            await connection.run()
     finally:
         log.info("realtime session %s closed", events.session_id)
+
+
+def _account(state: AppState, done: ResponseDone) -> float:
+    """Metrics and the cost ledger for one finished response; returns its cost in USD."""
+    t, backends, usage = done.timings, done.backends, done.usage
+    state.metrics.observe_turn(t)
+    state.metrics.count_tokens(usage, backends.llm)
+    ledger, rid = state.ledger, done.response_id
+    cost = ledger.record(rid, backends.stt, "stt", engine_seconds=(t.stt_ms or 0.0) / 1000)
+    cost += ledger.record(
+        rid,
+        backends.llm,
+        "llm",
+        tokens_in=usage.prompt_tokens,
+        tokens_out=usage.completion_tokens,
+        engine_seconds=(t.llm_total_ms or 0.0) / 1000,
+    )
+    cost += ledger.record(
+        rid,
+        backends.tts,
+        "tts",
+        chars=len(done.transcript),
+        engine_seconds=(t.tts_total_ms or 0.0) / 1000,
+    )
+    return cost
 
 
 class _Connection:
@@ -133,8 +163,10 @@ class _Connection:
         *,
         backlog_bytes: int,
         default_vad: TurnDetection,
+        account: Callable[[ResponseDone], float] | None = None,
     ) -> None:
         self._ws = websocket
+        self._account = account
         self._session = session
         self._events = events
         self._parser = parser
@@ -263,7 +295,14 @@ class _Connection:
             if isinstance(event, ErrorEvent) and event.type == "invalid_request_error":
                 cause = self._cause
             try:
-                self._outbox.put_nowait(self._events.map(event, cause))
+                wires = self._events.map(event, cause)
+                if isinstance(event, ResponseDone) and self._account is not None:
+                    cost = self._account(event)
+                    for wire in wires:  # the cost rides in response.done's usage
+                        if wire["type"] == "response.done":
+                            usage = wire["response"].setdefault("usage", {})
+                            usage["cost_usd"] = round(cost, 8)
+                self._outbox.put_nowait(wires)
             except Exception:  # a bug in one event's mapping must not silence the others
                 log.exception("realtime event %s could not be sent", type(event).__name__)
 

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -197,6 +198,9 @@ async def test_spoken_question_gets_spoken_answer_streamed_before_the_llm_is_don
             mic.say(QUESTION)
             done = await client.wait_for("response.done")
             await mic.aclose()
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            billed = (await http.get("/v1/usage")).json()
+            metrics = (await http.get("/metrics")).text
     kinds = [e["type"] for _, e in client.events]
     assert not client.of("error"), client.of("error")
     order = [
@@ -248,6 +252,11 @@ async def test_spoken_question_gets_spoken_answer_streamed_before_the_llm_is_don
     assert t["v2v_ms"] - 50 <= client_v2v <= t["v2v_ms"] + 300, (client_v2v, t)
     usage = response["usage"]
     assert usage["output_tokens"] > 10 and usage["total_tokens"] > usage["output_tokens"]
+    # the cost ledger priced this response, and it is the only one this app has seen
+    assert usage["cost_usd"] > 0
+    assert billed["total"]["cost_usd"] == pytest.approx(usage["cost_usd"], rel=1e-6)
+    assert billed["total"]["tokens_out"] == usage["output_tokens"]
+    assert "voxline_v2v_seconds_count 1.0" in metrics
 
 
 async def test_openai_sdk_realtime_client_connects_unchanged(engines: Engines) -> None:
