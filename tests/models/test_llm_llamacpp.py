@@ -76,7 +76,7 @@ async def test_usage_matches_llama_cpp_python(engine: LlamaCppLLM) -> None:
     """Our streamed usage against the library's own non-streamed chat completion."""
     for max_tokens in (24, 4):  # one reply that ends itself, one cut at the limit
         deltas = await _collect(engine, QUESTION, max_tokens=max_tokens, temperature=0.0)
-        reference = engine._loaded.llama.create_chat_completion(  # type: ignore[union-attr]
+        reference = engine._model.get().llama.create_chat_completion(
             [{"role": m.role, "content": m.content} for m in QUESTION],
             max_tokens=max_tokens,
             temperature=0.0,
@@ -121,7 +121,7 @@ async def test_stop_string_ends_the_reply_before_it(engine: LlamaCppLLM) -> None
 
 
 async def test_cancel_stops_the_worker(engine: LlamaCppLLM) -> None:
-    llama = engine._loaded.llama  # type: ignore[union-attr]
+    llama = engine._model.get().llama
     prompt_tokens = engine.count_tokens(STORY)
     stream = engine.stream(STORY, GenerationParams(max_tokens=200, temperature=0.0))
     async for delta in stream:

@@ -138,7 +138,7 @@ async def test_stop_string_ends_the_reply_before_it(engine: TransformersLLM) -> 
 
 async def test_cancel_stops_the_worker(engine: TransformersLLM) -> None:
     forward_calls: list[int] = []
-    model = engine._loaded.model  # type: ignore[union-attr]
+    model = engine._model.get().model
     hook = model.register_forward_hook(lambda *_: forward_calls.append(1))
     try:
         stream = engine.stream(STORY, GenerationParams(max_tokens=200, temperature=0.0))

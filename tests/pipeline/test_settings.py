@@ -43,7 +43,7 @@ def test_defaults_without_environment() -> None:
     s = settings()
 
     assert s.stt.engine == "whisper"
-    assert s.llm.engine == "transformers"
+    assert s.llm.engine == "auto"  # llama.cpp when installed, else transformers
     assert s.tts.engine == "piper"
     assert s.stt.hosted.base_url is None
     assert s.tts.gpt_sovits.voices == {}

@@ -38,8 +38,9 @@ def server(engines: Engines) -> Iterator[LiveServer]:
 
     settings = make_settings(
         demo_enabled=True,
-        llm=LLMSettings(max_tokens=24),
-        session=SessionSettings(partial_interval_ms=800),
+        llm=LLMSettings(engine="transformers", max_tokens=24),
+        # a longer end-of-turn silence: the comma pause of "Please tell me," must not end it
+        session=SessionSettings(partial_interval_ms=800, silence_duration_ms=700),
     )
     with LiveServer(create_app(settings, engines=engines)) as live:
         yield live
@@ -75,9 +76,10 @@ async def test_a_spoken_clip_becomes_a_timed_turn(server: LiveServer, engines: E
     assert you.role == "user" and "capital" in you.text.lower() and "france" in you.text.lower()
     assert last.partial == you.text
     assert assistant.role == "assistant" and len(assistant.text.split()) >= 2
-    # the reply audio streamed: it came in several pieces, before the turn was over
+    # the reply audio streamed: it reached the page before the turn was over (a reply of one
+    # short phrase is one piece, so the number of pieces is not asserted)
     pieces = [v.audio for v in views if v.audio.size]
-    assert len(pieces) >= 2 and any(v.audio.size for v in views[:-1])
+    assert pieces and any(v.audio.size for v in views[:-1])
     audio_s = sum(p.size for p in pieces) / SAMPLE_RATE
     assert audio_s > 0.5
     assert np.abs(np.concatenate(pieces)).max() > 1000  # speech, not silence

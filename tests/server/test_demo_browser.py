@@ -59,7 +59,9 @@ def server(engines: Engines) -> Iterator[LiveServer]:
     """The app with the demo on, served by uvicorn on a loopback port."""
     from server.app import create_app
 
-    settings = make_settings(demo_enabled=True, llm=LLMSettings(max_tokens=24))
+    settings = make_settings(
+        demo_enabled=True, llm=LLMSettings(engine="transformers", max_tokens=24)
+    )
     with LiveServer(create_app(settings, engines=engines)) as live:
         yield live
 
