@@ -33,14 +33,11 @@ from server.schemas import (
     Choice,
     ChunkChoice,
     ChunkDelta,
-    EventStream,
     FinishReason,
-    cancel_on_disconnect,
-    client_gone,
     completion_id,
     now,
-    sse,
 )
+from server.streaming import EventStream, cancel_on_disconnect, client_gone, sse
 
 log = logging.getLogger("voxline.server.chat")
 

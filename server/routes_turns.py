@@ -35,13 +35,10 @@ from server.app import AppState, engines_of, state_of
 from server.errors import body_of, error_body
 from server.logging_setup import current_request_id
 from server.schemas import (
-    EventStream,
-    cancel_on_disconnect,
-    client_gone,
-    sse,
     turn_json,
     turn_response,
 )
+from server.streaming import EventStream, cancel_on_disconnect, client_gone, sse
 
 log = logging.getLogger("voxline.server.turns")
 
