@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator
 
 from fastapi import APIRouter, Request
@@ -21,9 +22,10 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from pipeline.errors import VoxlineError
-from pipeline.types import TextDelta
-from server.app import engines_of, state_of
+from pipeline.types import TextDelta, Usage
+from server.app import AppState, engines_of, state_of
 from server.errors import body_of, error_body
+from server.logging_setup import current_request_id
 from server.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -70,7 +72,7 @@ async def chat_completions(
     messages, params = body.to_pipeline()
     engines = engines_of(request)
     model = body.model or state_of(request).settings.llm.model
-    deltas = engines.llm.stream(messages, params)
+    deltas = _metered(state_of(request), engines.llm.name, engines.llm.stream(messages, params))
     if not body.stream:
         try:
             return await cancel_on_disconnect(request, _complete(deltas, model))
@@ -85,6 +87,28 @@ async def chat_completions(
         raise
     chunks = _chunks(first, deltas, model, include_usage=body.include_usage)
     return EventStream(chunks, on_close=deltas.aclose)
+
+
+async def _metered(
+    state: AppState, backend: str, deltas: AsyncGenerator[TextDelta, None]
+) -> AsyncGenerator[TextDelta, None]:
+    """``deltas``, passed through; a finished reply's tokens go to the metrics and the ledger."""
+    start = time.perf_counter()
+    usage: Usage | None = None
+    async with contextlib.aclosing(deltas):
+        async for delta in deltas:
+            usage = delta.usage or usage
+            yield delta
+    if usage is not None:
+        state.metrics.count_tokens(usage, backend)
+        state.ledger.record(
+            current_request_id() or completion_id(),
+            backend,
+            "llm",
+            tokens_in=usage.prompt_tokens,
+            tokens_out=usage.completion_tokens,
+            engine_seconds=time.perf_counter() - start,
+        )
 
 
 async def _complete(deltas: AsyncGenerator[TextDelta, None], model: str) -> ChatCompletion:

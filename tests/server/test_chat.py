@@ -319,3 +319,28 @@ async def test_client_gone_before_a_plain_completion_stops_the_llm(
         assert await wait_threads_gone(LLM_THREAD, timeout_s=1.0) == []
         [llm_call] = await wait_for_calls(engine_calls, "llm", timeout_s=1.0)
     assert llm_call.outputs < 100  # of 600 tokens
+
+
+async def test_completions_are_priced_in_the_ledger_and_counted(app: FastAPI) -> None:
+    async with openai_client(app) as client:
+        plain = await client.chat.completions.create(
+            model="x", messages=[{"role": "user", "content": "Hi."}], max_tokens=4
+        )
+        stream = await client.chat.completions.create(
+            model="x",
+            messages=[{"role": "user", "content": "Hi."}],
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        streamed = [c async for c in stream][-1].usage
+    async with http_client(app) as http:
+        billed = (await http.get("/v1/usage")).json()
+        metrics = (await http.get("/metrics")).text
+    assert plain.usage is not None and streamed is not None
+    total = billed["total"]
+    assert total["charges"] == 2
+    assert total["tokens_out"] == plain.usage.completion_tokens + streamed.completion_tokens
+    assert total["tokens_in"] == plain.usage.prompt_tokens + streamed.prompt_tokens
+    assert total["cost_usd"] > 0
+    assert 'voxline_llm_tokens_total{backend="' in metrics
