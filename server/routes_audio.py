@@ -43,6 +43,7 @@ from pipeline.audio_stream import StreamEncoder
 from pipeline.errors import InvalidInput, VoxlineError
 from pipeline.stages import STT
 from pipeline.types import AudioChunk, Transcript
+from server.accounting import metered
 from server.app import AppState, engines_of, state_of
 from server.audio_schemas import (
     SPEECH_MEDIA_TYPES,
@@ -54,6 +55,7 @@ from server.audio_schemas import (
     to_vtt,
 )
 from server.errors import body_of
+from server.logging_setup import current_request_id
 
 log = logging.getLogger("voxline.server.audio")
 router = APIRouter()
@@ -151,7 +153,14 @@ async def create_transcription(
         decode_audio, data, sample_rate=stt.sample_rate, limits=state.settings.audio
     )
     del data  # up to max_bytes of upload: not kept alive while the model works
-    transcripts = stt.transcribe(audio, language=code, prompt=prompt or None)
+    seconds_in = audio.duration
+
+    def charge(_: list[Transcript], seconds: float) -> None:
+        state.metrics.count_audio(seconds_in, "in", stt.name)
+        rid = current_request_id() or "-"
+        state.ledger.record(rid, stt.name, "stt", audio_seconds=seconds_in, engine_seconds=seconds)
+
+    transcripts = metered(stt.transcribe(audio, language=code, prompt=prompt or None), charge)
     if stream:
         try:
             first = await anext(transcripts)
@@ -213,12 +222,22 @@ async def _transcript_events(
 
 @router.post("/v1/audio/speech", response_model=None)
 async def create_speech(
-    request: SpeechRequest, engines: Annotated[Engines, Depends(engines_of)]
+    request: SpeechRequest,
+    engines: Annotated[Engines, Depends(engines_of)],
+    state: Annotated[AppState, Depends(state_of)],
 ) -> Response:
     """Speak ``input`` (OpenAI's ``audio.speech.create``), streamed as phrases are synthesized."""
     encoder = StreamEncoder(request.response_format, sample_rate=SPEECH_SAMPLE_RATE)
+    tts = engines.tts
+
+    def charge(audio: list[AudioChunk], seconds: float) -> None:
+        spoken = sum(chunk.duration for chunk in audio)
+        state.metrics.count_audio(spoken, "out", tts.name)
+        rid = current_request_id() or "-"
+        state.ledger.record(rid, tts.name, "tts", chars=len(request.input), engine_seconds=seconds)
+
     # The stage validates input, voice and speed before its engine runs.
-    chunks = engines.tts.synthesize(request.input, request.voice_name, speed=request.speed)
+    chunks = metered(tts.synthesize(request.input, request.voice_name, speed=request.speed), charge)
     try:
         first = await anext(chunks, None)
     except BaseException:

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from pipeline.errors import VoxlineError
-from pipeline.types import TextDelta, Usage
+from pipeline.types import TextDelta
+from server.accounting import metered
 from server.app import AppState, engines_of, state_of
 from server.errors import body_of, error_body
 from server.logging_setup import current_request_id
@@ -72,7 +72,8 @@ async def chat_completions(
     messages, params = body.to_pipeline()
     engines = engines_of(request)
     model = body.model or state_of(request).settings.llm.model
-    deltas = _metered(state_of(request), engines.llm.name, engines.llm.stream(messages, params))
+    charge = _charge(state_of(request), engines.llm.name)
+    deltas = metered(engines.llm.stream(messages, params), charge)
     if not body.stream:
         try:
             return await cancel_on_disconnect(request, _complete(deltas, model))
@@ -89,17 +90,11 @@ async def chat_completions(
     return EventStream(chunks, on_close=deltas.aclose)
 
 
-async def _metered(
-    state: AppState, backend: str, deltas: AsyncGenerator[TextDelta, None]
-) -> AsyncGenerator[TextDelta, None]:
-    """``deltas``, passed through; a finished reply's tokens go to the metrics and the ledger."""
-    start = time.perf_counter()
-    usage: Usage | None = None
-    async with contextlib.aclosing(deltas):
-        async for delta in deltas:
-            usage = delta.usage or usage
-            yield delta
-    if usage is not None:
+def _charge(state: AppState, backend: str) -> Callable[[list[TextDelta], float], None]:
+    def charge(deltas: list[TextDelta], seconds: float) -> None:
+        usage = next((d.usage for d in reversed(deltas) if d.usage is not None), None)
+        if usage is None:
+            return
         state.metrics.count_tokens(usage, backend)
         state.ledger.record(
             current_request_id() or completion_id(),
@@ -107,8 +102,10 @@ async def _metered(
             "llm",
             tokens_in=usage.prompt_tokens,
             tokens_out=usage.completion_tokens,
-            engine_seconds=time.perf_counter() - start,
+            engine_seconds=seconds,
         )
+
+    return charge
 
 
 async def _complete(deltas: AsyncGenerator[TextDelta, None], model: str) -> ChatCompletion:

@@ -498,3 +498,28 @@ async def test_stream_encoder_close_and_bad_format():
     with pytest.raises(InvalidInput) as info:
         StreamEncoder("ogg", sample_rate=24_000)
     assert info.value.param == "response_format"
+
+
+async def test_transcription_and_speech_are_priced_in_the_ledger(app: Any) -> None:
+    async with openai_client(app) as client:
+        await client.audio.transcriptions.create(
+            model="whisper-1", file=("q.wav", spoken_wav(SENTENCE), "audio/wav")
+        )
+        speech = await client.audio.speech.create(
+            model="tts-1", voice="alloy", input=SENTENCE, response_format="wav"
+        )
+    spoken = decode_audio(speech.content, sample_rate=16_000, limits=AudioLimits()).duration
+    async with http_client(app) as http:
+        billed = (await http.get("/v1/usage")).json()
+        metrics = (await http.get("/metrics")).text
+    total = billed["total"]
+    assert total["charges"] == 2
+    assert total["chars"] == len(SENTENCE)
+    assert total["audio_seconds"] == pytest.approx(spoken_wav_seconds(), abs=0.01)
+    assert total["cost_usd"] > 0 and total["engine_seconds"] > 0
+    assert 'voxline_audio_seconds_total{backend="' in metrics and 'direction="out"' in metrics
+    assert spoken > 1.0
+
+
+def spoken_wav_seconds() -> float:
+    return decode_audio(spoken_wav(SENTENCE), sample_rate=16_000, limits=AudioLimits()).duration
