@@ -7,8 +7,9 @@ closed flag that make those three meet safely.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from pipeline.errors import EngineUnavailable, Stage
@@ -65,3 +66,17 @@ class LazyModel(Generic[T]):
 
     def _closed_error(self) -> EngineUnavailable:
         return EngineUnavailable("the engine is closed", stage=self._stage, backend=self._backend)
+
+
+@contextlib.contextmanager
+def decoding_slot(lock: threading.Lock, stop: threading.Event) -> Iterator[bool]:
+    """Hold an engine's one decoding slot (its model decodes one reply at a time); yields
+    ``False`` instead if ``stop`` is set while waiting for it (the consumer went away)."""
+    while not lock.acquire(timeout=0.05):
+        if stop.is_set():
+            yield False
+            return
+    try:
+        yield True
+    finally:
+        lock.release()

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from models._lazy import LazyModel
+from models._lazy import LazyModel, decoding_slot
 from models.weights import resolve
 from pipeline.errors import (
     EngineOverloaded,
@@ -256,7 +256,7 @@ class LlamaCppLLM(LLM):
             seen = max(seen, len(ids))
             return stop.is_set()  # True ends llama.cpp's decode loop before the next token
 
-        with self._turn(stop) as ours:
+        with decoding_slot(self._generate_lock, stop) as ours:
             if not ours:
                 return
             chunks = loaded.llama.create_completion(
@@ -298,18 +298,6 @@ class LlamaCppLLM(LLM):
             completion = sampled - 1 if finish == "stop" and not stops.stopped else sampled
             usage = Usage(prompt_tokens=len(prompt), completion_tokens=max(completion, 0))
             yield TextDelta("", usage=usage, finish_reason=finish)
-
-    @contextlib.contextmanager
-    def _turn(self, stop: threading.Event) -> Iterator[bool]:
-        """Hold the engine's one decoding slot; ``False`` if cancelled while waiting for it."""
-        while not self._generate_lock.acquire(timeout=0.05):
-            if stop.is_set():
-                yield False
-                return
-        try:
-            yield True
-        finally:
-            self._generate_lock.release()
 
     def _translate(self, exc: Exception) -> StageError:
         if isinstance(exc, MemoryError):

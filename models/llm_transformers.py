@@ -31,7 +31,7 @@ from typing import Any, Literal
 from safetensors import SafetensorError
 
 from models._gguf_cache import load_gguf
-from models._lazy import LazyModel
+from models._lazy import LazyModel, decoding_slot
 from models.weights import ResolvedModel, hub_error, resolve
 from pipeline.errors import (
     EngineOverloaded,
@@ -277,7 +277,7 @@ class TransformersLLM(LLM):
         temperature = cfg.temperature if params.temperature is None else params.temperature
         top_p = cfg.top_p if params.top_p is None else params.top_p
         rng = None if params.seed is None else torch.Generator(self.device).manual_seed(params.seed)
-        with self._turn(stop) as ours, torch.inference_mode():
+        with decoding_slot(self._generate_lock, stop) as ours, torch.inference_mode():
             if not ours:
                 return
             inputs = torch.tensor([prompt_ids], device=self.device)
@@ -316,18 +316,6 @@ class TransformersLLM(LLM):
                     yield TextDelta(piece)
             usage = Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(generated))
             yield TextDelta("", usage=usage, finish_reason=finish)
-
-    @contextlib.contextmanager
-    def _turn(self, stop: threading.Event) -> Iterator[bool]:
-        """Hold the engine's one decoding slot; ``False`` if cancelled while waiting for it."""
-        while not self._generate_lock.acquire(timeout=0.05):
-            if stop.is_set():
-                yield False
-                return
-        try:
-            yield True
-        finally:
-            self._generate_lock.release()
 
     def _translate(self, exc: Exception) -> StageError:
         import torch
