@@ -124,20 +124,21 @@ class History:
         return [Message("system", system_prompt), *reversed(kept)]
 
     def _trim(self) -> None:
-        # Keep what messages() could still send, plus items still waiting for text (their
-        # position in the conversation must survive until the transcript arrives).
-        budget = self.max_tokens
-        keep_from = len(self._items)
-        kept_text = False
-        for index in range(len(self._items) - 1, -1, -1):
-            text = self._items[index].text
-            if text:
-                cost = self.tokens(text)
-                if kept_text and cost > budget:
-                    break
-                budget -= cost
-                kept_text = True
-            keep_from = index
+        # Once over budget, drop the oldest items down to *half* the budget rather than just
+        # under it: the conversation's start then stays the same for the next few turns, so an
+        # LLM's prompt cache (llama.cpp keeps the previous prompt's KV) is reused instead of the
+        # whole conversation being read again on every turn once the budget is reached.
+        # Items still waiting for text keep their place (they are the newest).
+        costs = [self.tokens(item.text) if item.text else 0 for item in self._items]
+        total = sum(costs)
+        if total <= self.max_tokens:
+            return
+        texts = [index for index, item in enumerate(self._items) if item.text]
+        newest_text = texts[-1] if texts else len(self._items)
+        keep_from = 0
+        while total > self.max_tokens // 2 and keep_from < newest_text:
+            total -= costs[keep_from]
+            keep_from += 1
         del self._items[:keep_from]
 
 
