@@ -14,10 +14,12 @@ it plays in real time from the first delta; the client's ``truncate`` refines th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from pipeline.errors import VoxlineError
@@ -85,7 +87,9 @@ class Responder:
         emit: Callable[[Event], None],
         wait_turns: Callable[[], Awaitable[None]],
         clock: Callable[[], float] = time.perf_counter,
+        scope: Callable[[str], AbstractContextManager[object]] | None = None,
     ) -> None:
+        self._scope = scope or _no_scope
         self._history = history
         self._make_reply = make_reply
         self._messages = messages
@@ -160,8 +164,9 @@ class Responder:
         resp.task.add_done_callback(self._tasks.discard)
 
     async def _run(self, resp: Response) -> None:
-        # the reply's LLM and TTS tasks are created in here, so they inherit the collector
-        with collect_reports() as resp.reports:
+        # the reply's LLM and TTS tasks are created in here, so they inherit the collector and
+        # whatever the scope sets up (the server opens the response's trace there)
+        with self._scope(resp.response_id), collect_reports() as resp.reports:
             await self._respond(resp)
 
     async def _respond(self, resp: Response) -> None:
@@ -267,6 +272,10 @@ class Responder:
                 resp.reports.switches() if resp.reports is not None else (),
             )
         )
+
+
+def _no_scope(_: str) -> AbstractContextManager[object]:
+    return contextlib.nullcontext()
 
 
 def _ms(start: float | None, end: float | None) -> float | None:

@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractContextManager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
@@ -99,6 +100,8 @@ class Session:
         settings: Server-side policy (history budget, partials, speculation, limits).
         phrase_policy: Where replies are cut into phrases.
         clock: Monotonic time source of every timing (injectable for tests).
+        response_scope: Entered around each response with its id (the tasks of its LLM and
+            TTS calls run inside it): the server opens the response's trace there.
 
     Operations never raise for the client's mistakes or a stage's failure: they emit an
     ``ErrorEvent`` and the session stays usable. Once ``aclose()`` has run, they do nothing.
@@ -115,6 +118,7 @@ class Session:
         settings: SessionSettings | None = None,
         phrase_policy: PhrasePolicy | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        response_scope: Callable[[str], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.stt, self.llm, self.tts = stt, llm, tts
         self.settings = settings = settings or SessionSettings()
@@ -148,6 +152,7 @@ class Session:
             emit=self._emit,
             wait_turns=self._wait_turns,
             clock=clock,
+            scope=response_scope,
         )
 
     @property

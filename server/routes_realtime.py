@@ -32,10 +32,12 @@ engines' worker threads within a frame of work. Until the engines are warm, a co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import Annotated
 
@@ -43,9 +45,10 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from pipeline.audio import decode_pcm16
 from pipeline.errors import InvalidInput, VoxlineError
-from pipeline.events import ErrorEvent, ResponseDone
+from pipeline.events import ErrorEvent, ResponseDone, TranscriptCompleted
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
+from pipeline.stages import CallRecord
 from server.app import AppState
 from server.logging_setup import bind
 from server.realtime_events import ServerEvents, Wire, error_event
@@ -99,11 +102,18 @@ async def realtime(
         return
     settings = state.settings
     config = SessionConfig.from_settings(settings)
-    session = Session(
-        engines.stt, engines.llm, engines.tts, vad.fork(), config=config, settings=settings.session
-    )
     events = ServerEvents(
         model=model or "voxline", config=config, transcription_model=engines.stt.name
+    )
+    heard = _LastTranscription(engines.stt.name)
+    session = Session(
+        engines.stt,
+        engines.llm,
+        engines.tts,
+        vad.fork(),
+        config=config,
+        settings=settings.session,
+        response_scope=functools.partial(_traced, state, events.session_id, heard),
     )
     parser = ClientEventParser(
         max_append_bytes=min(settings.audio.max_bytes, MAX_APPEND_BYTES),
@@ -117,6 +127,7 @@ async def realtime(
         backlog_bytes=settings.audio.max_bytes,
         default_vad=TurnDetection.from_settings(settings.session),
         account=functools.partial(_account, state),
+        heard=heard,
     )
     log.info("realtime session %s opened (model %s)", events.session_id, events.model)
     try:
@@ -124,6 +135,32 @@ async def realtime(
             await connection.run()
     finally:
         log.info("realtime session %s closed", events.session_id)
+
+
+class _LastTranscription:
+    """The session's last final transcription, for the trace of the response that answers it
+    (the STT runs in the session's listener, before the response and outside its scope)."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.compute_ms: float | None = None
+        self.end_ns = 0
+
+    def heard(self, done: TranscriptCompleted) -> None:
+        self.compute_ms, self.end_ns = done.compute_ms, time.time_ns()
+
+
+@contextlib.contextmanager
+def _traced(
+    state: AppState, session_id: str, heard: _LastTranscription, response_id: str
+) -> Iterator[None]:
+    """A response's trace: the turn span, with the LLM and TTS calls made inside it and the
+    transcription that the response answers."""
+    with state.tracing.turn(request_id=response_id, session_id=session_id) as trace:
+        if heard.compute_ms is not None:
+            stt = CallRecord("stt", heard.backend, heard.compute_ms, heard.compute_ms, 1)
+            trace.add_call(stt, end_ns=heard.end_ns)
+        yield
 
 
 def _account(state: AppState, done: ResponseDone) -> float:
@@ -164,9 +201,11 @@ class _Connection:
         backlog_bytes: int,
         default_vad: TurnDetection,
         account: Callable[[ResponseDone], float] | None = None,
+        heard: _LastTranscription | None = None,
     ) -> None:
         self._ws = websocket
         self._account = account
+        self._heard = heard
         self._session = session
         self._events = events
         self._parser = parser
@@ -294,6 +333,8 @@ class _Connection:
             cause = None
             if isinstance(event, ErrorEvent) and event.type == "invalid_request_error":
                 cause = self._cause
+            if isinstance(event, TranscriptCompleted) and self._heard is not None:
+                self._heard.heard(event)
             try:
                 wires = self._events.map(event, cause)
                 if isinstance(event, ResponseDone) and self._account is not None:

@@ -83,9 +83,10 @@ class TurnTrace:
         self._models = models
         self._stages: dict[str, _StageCalls] = {}
 
-    def add_call(self, record: CallRecord) -> None:
-        """Account one finished stage call (``observe_call`` does this for you)."""
-        end = time.time_ns()
+    def add_call(self, record: CallRecord, *, end_ns: int | None = None) -> None:
+        """Account one finished stage call (``observe_call`` does this for you); ``end_ns``:
+        when it ended, for a call accounted after the fact (default: now)."""
+        end = time.time_ns() if end_ns is None else end_ns
         start = end - int(record.total_ms * 1e6)
         calls = self._stages.get(record.stage)
         if calls is None:
@@ -177,7 +178,7 @@ class _NoTurnTrace(TurnTrace):
     def __init__(self) -> None:
         super().__init__(NoOpTracer(), trace.INVALID_SPAN, {})
 
-    def add_call(self, record: CallRecord) -> None:
+    def add_call(self, record: CallRecord, *, end_ns: int | None = None) -> None:
         pass
 
     def set_stage(self, stage: str, **_: int | float | None) -> None:

@@ -495,3 +495,37 @@ async def test_engines_not_ready_closes_with_try_again_later(vad: SileroVAD) -> 
     assert event["type"] == "error"
     assert (event["error"]["type"], event["error"]["code"]) == ("server_error", "engines_not_ready")
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+
+
+async def test_each_realtime_response_is_traced_with_a_span_per_stage(
+    engines: Engines, vad: SileroVAD
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from server.tracing import Tracing, models_of
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = create_app(make_settings(), engines=engines, vad=vad)
+    app.state.voxline.tracing = Tracing(provider, models=models_of(make_settings()))
+    with LiveServer(app) as server:
+        async with client_of(server) as client:
+            await client.send(long_answers(16))
+            await client.wait_for("session.updated")
+            mic = Microphone(client)
+            mic.say(QUESTION)
+            done = await client.wait_for("response.done")
+            await mic.aclose()
+    provider.shutdown()
+    spans = exporter.get_finished_spans()
+    (turn,) = [s for s in spans if s.name == "voxline.turn"]
+    assert turn.attributes is not None
+    assert turn.attributes["voxline.request_id"] == done["response"]["id"]
+    children = {s.name: s for s in spans if s.parent and s.parent.span_id == turn.context.span_id}
+    assert set(children) == {"voxline.stt", "voxline.llm", "voxline.tts"}
+    stt = children["voxline.stt"]
+    assert stt.end_time is not None and stt.start_time is not None
+    assert stt.end_time - stt.start_time > 0  # the transcription's own duration
