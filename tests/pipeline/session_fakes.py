@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +36,7 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None  # ran to the end
     closed_early: bool = False  # its iterator was closed (or cancelled) before the end
+    outputs: int = 0  # text deltas (LLM) or audio chunks (TTS) yielded
 
 
 class FakeSTT(STT):
@@ -107,6 +108,10 @@ class FakeLLM(LLM):
         self.fail_times = fail_times
         self.calls: list[Call] = []
 
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """This fake's prompt length: a token per 4 characters."""
+        return sum(len(m.content) for m in messages) // 4
+
     async def _stream(
         self, messages: list[Message], params: GenerationParams
     ) -> AsyncIterator[TextDelta]:
@@ -119,9 +124,9 @@ class FakeLLM(LLM):
                 await asyncio.sleep(self.token_delay)
                 if index == self.fail_at and failing:
                     raise self.error
+                call.outputs += 1
                 yield TextDelta(token)
-            usage = Usage(prompt_tokens=sum(len(m.content) for m in messages) // 4,
-                          completion_tokens=len(tokens))  # fmt: skip
+            usage = Usage(self.count_tokens(messages), completion_tokens=len(tokens))
             call.finished = time.perf_counter()
             yield TextDelta("", usage=usage, finish_reason="stop")
         finally:
