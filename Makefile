@@ -29,8 +29,8 @@ bench: $(STAMP)
 	$(BIN)/voxline bench --out bench-results
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline models server benchmarks tests
-	$(BIN)/ruff format --check pipeline models server benchmarks tests
+	$(BIN)/ruff check pipeline models server benchmarks store tests
+	$(BIN)/ruff format --check pipeline models server benchmarks store tests
 	$(BIN)/mypy
 
 clean:

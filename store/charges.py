@@ -157,9 +157,7 @@ class Charges:
         speculative: bool | None = None,
     ) -> dict[str, dict[str, Totals]]:
         """Totals per UTC day (oldest first), then per backend."""
-        rows = self._grouped(
-            (charges.c.day, charges.c.backend), key_id, since, until, speculative
-        )
+        rows = self._grouped((charges.c.day, charges.c.backend), key_id, since, until, speculative)
         out: dict[str, dict[str, Totals]] = {}
         for row in rows:
             out.setdefault(row.day, {})[row.backend] = _totals(row)

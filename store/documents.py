@@ -16,7 +16,7 @@ of one status to another atomically, so two workers never claim the same job (Po
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,7 +175,7 @@ class Documents:
 
     def _change(
         self,
-        where: list[sa.ColumnElement[bool]],
+        where: Sequence[sa.ColumnElement[bool]],
         payload: Mapping[str, Any] | None,
         status: str | None,
         conn: sa.Connection | None = None,

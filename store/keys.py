@@ -166,9 +166,7 @@ class ApiKeys:
         self._db = db
         self._clock = clock
 
-    def create(
-        self, name: str, scopes: Iterable[str], limits: KeyLimits | None = None
-    ) -> NewKey:
+    def create(self, name: str, scopes: Iterable[str], limits: KeyLimits | None = None) -> NewKey:
         """A new key; its secret is in the result and nowhere else, ever.
 
         Raises:
@@ -269,9 +267,7 @@ class ClientSecrets:
         clock: Unix time source.
     """
 
-    def __init__(
-        self, db: Database, keys: ApiKeys, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, db: Database, keys: ApiKeys, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._keys = keys
         self._clock = clock

@@ -104,9 +104,7 @@ class Leases:
         """Give a lease up; ``False`` if it was not held."""
         t = leases
         with self._db.write() as conn:
-            done = conn.execute(
-                t.delete().where(t.c.scope == scope, t.c.holder == holder)
-            ).rowcount
+            done = conn.execute(t.delete().where(t.c.scope == scope, t.c.holder == holder)).rowcount
         return bool(done)
 
     def holders(self, scope: str) -> list[Lease]:

@@ -120,5 +120,7 @@ class RateLimiter:
         """Delete scopes whose bucket is full again (a missing row means the same)."""
         with self._db.write() as conn:
             return int(
-                conn.execute(rate_limits.delete().where(rate_limits.c.tat <= self._clock())).rowcount
+                conn.execute(
+                    rate_limits.delete().where(rate_limits.c.tat <= self._clock())
+                ).rowcount
             )

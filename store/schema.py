@@ -150,6 +150,8 @@ vectors = sa.Table(  # store.vectors
         index=True,
     ),
     sa.Column("owner", sa.String(100), nullable=False, index=True),
+    # the collection's dimension again: Postgres's HNSW indexes are partial, one per dimension
+    sa.Column("dim", sa.Integer, nullable=False),
     # pgvector's type without a fixed dimension (collections differ); float32 bytes on SQLite
     sa.Column("embedding", VECTOR().with_variant(sa.LargeBinary(), "sqlite"), nullable=False),
     sa.Column("meta", _json, nullable=False),

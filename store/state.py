@@ -47,7 +47,7 @@ class Store:
         """The cost ledger's charges (:mod:`store.charges`)."""
         self.blobs = Blobs(db, clock)
         """Binary payloads (:mod:`store.blobs`)."""
-        self.vectors = Vectors(db, clock)
+        self.vectors = Vectors(db)
         """Embeddings and cosine search (:mod:`store.vectors`)."""
 
     @classmethod

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from store.database import Database
 from store.schema import vector_collections, vectors
@@ -41,16 +42,20 @@ class MatrixCache:
         self._matrices: dict[str, _Matrix] = {}
 
     def top_k(
-        self, query: npt.NDArray[np.float32], names: list[str], k: int
+        self, conn: Connection, query: npt.NDArray[np.float32], names: list[str], k: int
     ) -> list[tuple[int, float]]:
-        """The ``k`` best ``(id, cosine similarity)`` over ``names``, best first."""
+        """The ``k`` best ``(id, cosine similarity)`` over ``names``, best first (``conn``: the
+        search's read transaction, where the versions are checked)."""
         unit = query / np.linalg.norm(query)
         ids: list[npt.NDArray[np.int64]] = []
         scores: list[npt.NDArray[np.float32]] = []
-        for matrix in self._current(names):
+        for matrix in self._current(conn, names):
             if len(matrix.ids):
                 ids.append(matrix.ids)
-                scores.append(matrix.rows @ unit)
+                # einsum's own single-threaded loop, not BLAS: a multi-threaded gemv waits
+                # for a descheduled thread whenever the engines keep the cores busy (here:
+                # p50 0.1 ms but p95 22 ms under load, against einsum's 0.3 / 4.9 ms)
+                scores.append(np.einsum("ij,j->i", matrix.rows, unit))
         if not ids:
             return []
         all_ids = np.concatenate(ids)
@@ -63,15 +68,14 @@ class MatrixCache:
         order = best[np.lexsort((all_ids[best], -all_scores[best]))]
         return [(int(all_ids[i]), float(all_scores[i])) for i in order]
 
-    def _current(self, names: list[str]) -> list[_Matrix]:
-        with self._db.read() as conn:
-            versions: dict[str, int] = dict(
-                conn.execute(
-                    sa.select(vector_collections.c.id, vector_collections.c.version).where(
-                        vector_collections.c.id.in_(names)
-                    )
-                ).all()
-            )
+    def _current(self, conn: Connection, names: list[str]) -> list[_Matrix]:
+        versions: dict[str, int] = dict(
+            conn.execute(
+                sa.select(vector_collections.c.id, vector_collections.c.version).where(
+                    vector_collections.c.id.in_(names)
+                )
+            ).all()
+        )
         out = []
         for name in names:
             if name not in versions:
@@ -81,23 +85,20 @@ class MatrixCache:
             with self._lock:
                 cached = self._matrices.get(name)
             if cached is None or cached.version != versions[name]:
-                cached = self._load(name)
+                cached = self._load(conn, name, versions[name])
                 with self._lock:
                     self._matrices[name] = cached
             out.append(cached)
         return out
 
-    def _load(self, name: str) -> _Matrix:
-        # version and rows read in one snapshot: the pair is consistent
-        with self._db.read() as conn:
-            version = conn.execute(
-                sa.select(vector_collections.c.version).where(vector_collections.c.id == name)
-            ).scalar_one()
-            rows = conn.execute(
-                sa.select(vectors.c.id, vectors.c.embedding)
-                .where(vectors.c.collection == name)
-                .order_by(vectors.c.id)
-            ).all()
+    @staticmethod
+    def _load(conn: Connection, name: str, version: int) -> _Matrix:
+        # the rows are read in the snapshot that read ``version``: the pair is consistent
+        rows = conn.execute(
+            sa.select(vectors.c.id, vectors.c.embedding)
+            .where(vectors.c.collection == name)
+            .order_by(vectors.c.id)
+        ).all()
         if not rows:
             return _Matrix(version, np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))

@@ -3,13 +3,11 @@
 The primitive the knowledge base builds on: a *collection* (a vector store) holds float32
 embeddings of one dimension, each with an *owner* (the file its chunk came from, so deleting
 a file deletes its chunks) and JSON metadata (the chunk's text, its position...). Search
-returns the top ``k`` by cosine similarity over a set of collections, exactly (no approximate
-index: a filtered approximate search can return fewer than ``k`` hits for a small collection,
-and at the sizes of a voice product's documents exact search is fast enough, see below).
+returns the top ``k`` by cosine similarity over a set of collections, exactly by default.
 
-- **Postgres**: pgvector's ``vector`` column and its cosine distance operator ``<=>``, with a
-  B-tree index on the collection, which is pgvector's documented way to search exactly within
-  a filter.
+- **Postgres**: pgvector's ``vector`` column and its cosine distance operator ``<=>``: exact
+  search within the B-tree-indexed collections, or (``approximate=True``) a walk of a
+  per-dimension HNSW index (:mod:`store.vector_pgvector`).
 - **SQLite**: the embeddings are float32 BLOBs; search multiplies the query by an in-memory
   matrix of each collection's normalized rows (:mod:`store.vector_matrix`), loaded once and
   reloaded when the collection's version (bumped by every change, in the same transaction)
@@ -20,8 +18,7 @@ and at the sizes of a voice product's documents exact search is fast enough, see
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +27,7 @@ import numpy.typing as npt
 import sqlalchemy as sa
 
 from pipeline.errors import InvalidInput
+from store import vector_pgvector
 from store.database import Database
 from store.schema import vector_collections, vectors
 from store.vector_matrix import MatrixCache
@@ -67,10 +65,9 @@ class Vectors:
 
     Args:
         db: The database.
-        clock: Unix time source (unused today; kept for the repository pattern).
     """
 
-    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
         self._cache = MatrixCache(db) if db.dialect == "sqlite" else None
 
@@ -94,7 +91,13 @@ class Vectors:
         dim = int(array.shape[1])
         with self._db.write() as conn:
             stored = self._db.upsert(vector_collections).values(id=collection, dim=dim, version=0)
-            conn.execute(stored.on_conflict_do_nothing(index_elements=["id"]))
+            created = conn.execute(
+                stored.on_conflict_do_nothing(index_elements=["id"]).returning(
+                    vector_collections.c.id
+                )
+            ).first()
+            if created is not None and self._cache is None:
+                vector_pgvector.ensure_index(conn, self._db, dim)
             have = conn.execute(
                 vector_collections.update()
                 .where(vector_collections.c.id == collection)
@@ -110,6 +113,7 @@ class Vectors:
                 {
                     "collection": collection,
                     "owner": owner,
+                    "dim": dim,
                     "embedding": row.tobytes() if self._cache else row,
                     "meta": dict(meta),
                 }
@@ -157,6 +161,7 @@ class Vectors:
         k: int = 5,
         *,
         min_score: float | None = None,
+        approximate: bool = False,
     ) -> list[VectorHit]:
         """The ``k`` embeddings most similar to ``query`` in ``collections``, best first.
 
@@ -165,6 +170,8 @@ class Vectors:
             collections: Collection ids to search (unknown ones hold nothing).
             k: How many hits at most.
             min_score: Drop hits whose cosine similarity is below this.
+            approximate: Postgres: walk the HNSW index (fast on large tables, may miss a
+                true neighbour); SQLite's scan is always exact.
 
         Raises:
             InvalidInput: A malformed query, ``k < 1``, or a dimension that differs from a
@@ -178,6 +185,7 @@ class Vectors:
         names = sorted(set(collections))
         if not names:
             return []
+        # one transaction (one pooled connection, one snapshot) for the whole search
         with self._db.read() as conn:
             dims: dict[str, int] = dict(
                 conn.execute(
@@ -186,39 +194,33 @@ class Vectors:
                     )
                 ).all()
             )
-        wrong = {name: dim for name, dim in dims.items() if dim != vector.shape[1]}
-        if wrong:
-            raise InvalidInput(
-                f"the query has {vector.shape[1]} dimensions; collections {wrong} differ",
-                code="bad_embedding",
-            )
-        if not dims:
-            return []
-        if self._cache is not None:
-            found = self._cache.top_k(vector[0], sorted(dims), k)
-        else:
-            found = self._pgvector_top_k(vector[0], sorted(dims), k)
-        hits = [(i, s) for i, s in found if min_score is None or s >= min_score]
-        return self._with_rows(hits)
+            wrong = {name: dim for name, dim in dims.items() if dim != vector.shape[1]}
+            if wrong:
+                raise InvalidInput(
+                    f"the query has {vector.shape[1]} dimensions; collections {wrong} differ",
+                    code="bad_embedding",
+                )
+            if not dims:
+                return []
+            if self._cache is None:
+                rows = vector_pgvector.top_k(
+                    conn, vectors, vector[0], sorted(dims), k, approximate=approximate
+                )
+                hits = [
+                    VectorHit(r.id, r.collection, r.owner, float(r.score), r.meta) for r in rows
+                ]
+            else:
+                found = self._cache.top_k(conn, vector[0], sorted(dims), k)
+                hits = self._with_rows(conn, found)
+        return [h for h in hits if min_score is None or h.score >= min_score]
 
-    def _pgvector_top_k(self, query: Embedding, names: list[str], k: int) -> list[tuple[int, float]]:
-        distance = vectors.c.embedding.cosine_distance(query)
-        statement = (
-            sa.select(vectors.c.id, (1 - distance).label("score"))
-            .where(vectors.c.collection.in_(names))
-            .order_by(distance)
-            .limit(k)
-        )
-        with self._db.read() as conn:
-            return [(int(i), float(s)) for i, s in conn.execute(statement).tuples()]
-
-    def _with_rows(self, hits: list[tuple[int, float]]) -> list[VectorHit]:
+    @staticmethod
+    def _with_rows(conn: sa.Connection, hits: list[tuple[int, float]]) -> list[VectorHit]:
         if not hits:
             return []
         ids = [i for i, _ in hits]
         columns = (vectors.c.id, vectors.c.collection, vectors.c.owner, vectors.c.meta)
-        with self._db.read() as conn:
-            rows = {r.id: r for r in conn.execute(sa.select(*columns).where(vectors.c.id.in_(ids)))}
+        rows = {r.id: r for r in conn.execute(sa.select(*columns).where(vectors.c.id.in_(ids)))}
         # a row deleted since the matrix was read is dropped, not reported
         return [
             VectorHit(i, rows[i].collection, rows[i].owner, score, rows[i].meta)

@@ -25,9 +25,7 @@ def test_a_scope_holds_at_most_its_limit(store: Store, clock: Clock) -> None:
     assert store.leases.acquire("sessions:k", "c", ttl_s=30, limit=2) is not None
 
 
-def test_acquire_again_renews_rather_than_taking_a_second_slot(
-    store: Store, clock: Clock
-) -> None:
+def test_acquire_again_renews_rather_than_taking_a_second_slot(store: Store, clock: Clock) -> None:
     first = store.leases.acquire("job:1", "w1", ttl_s=10)
     clock.advance(5)
     again = store.leases.acquire("job:1", "w1", ttl_s=10)

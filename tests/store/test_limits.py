@@ -14,9 +14,7 @@ from tests.store.conftest import Clock
 from tests.store.worker import spawn
 
 
-def test_a_burst_of_the_limit_passes_then_one_more_is_refused(
-    store: Store, clock: Clock
-) -> None:
+def test_a_burst_of_the_limit_passes_then_one_more_is_refused(store: Store, clock: Clock) -> None:
     decisions = [store.rate_limits.hit("rpm:k", 3) for _ in range(4)]
     assert [d.allowed for d in decisions] == [True, True, True, False]
     assert [d.remaining for d in decisions] == [2, 1, 0, 0]

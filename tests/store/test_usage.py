@@ -64,7 +64,9 @@ def test_concurrent_additions_are_all_counted_and_quotas_hold(store: Store) -> N
     def work() -> None:
         for _ in range(10):
             store.usage.add("all", UsageAmounts(requests=1, tokens=1))
-            admitted.append(store.usage.add_within("capped", UsageAmounts(tokens=1), limits).allowed)
+            admitted.append(
+                store.usage.add_within("capped", UsageAmounts(tokens=1), limits).allowed
+            )
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:

@@ -23,7 +23,6 @@ from pipeline.ledger import Charge
 from store import Store
 from store.migrations import LATEST
 
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
