@@ -75,6 +75,7 @@ def create_app(
             yield
         finally:
             state.ledger.close()
+            await asyncio.to_thread(state.store.close)
             await asyncio.to_thread(state.tracing.shutdown)
             if state.warming is not None and not state.warming.done():
                 state.warming.cancel()

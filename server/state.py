@@ -23,6 +23,7 @@ from server.accounting import Accounting
 from server.logging_setup import log_call
 from server.metrics import Metrics
 from server.tracing import Tracing
+from store import Store
 
 log = logging.getLogger("voxline.server")
 
@@ -31,13 +32,22 @@ class AppState:
     """What the routes share: settings, engines once warm, and why they are not (if so).
 
     ``vad`` is the one loaded VAD model; each realtime session ``fork()`` s it (its own state,
-    the same weights).
+    the same weights). ``store`` is the durable state (``VOXLINE_STATE__URL``), opened here (its
+    schema migrated) and closed by the app's lifespan.
     """
 
-    def __init__(self, settings: Settings, engines: Engines | None, vad: VAD | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engines: Engines | None,
+        vad: VAD | None = None,
+        *,
+        store: Store | None = None,
+    ) -> None:
         self.settings = settings
         self.engines = engines
         self.vad = vad
+        self.store = store or Store.open(settings.state)
         self.startup_error: str | None = None
         self.warming: asyncio.Task[Engines] | None = None
         self.metrics = Metrics()

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -42,7 +44,7 @@ from fastapi import FastAPI
 
 from models.registry import Engines, start_engines
 from pipeline.audio import encode_wav
-from pipeline.settings import Settings
+from pipeline.settings import Settings, StateSettings
 from pipeline.stages import CallRecord
 from server.app import create_app
 from tests.conftest import speak
@@ -55,6 +57,8 @@ def make_settings(**sections: Any) -> Settings:
     Environment variables still apply (``VOXLINE_...``), as for the server itself.
     """
     sections.setdefault("demo_enabled", False)  # mounting gradio costs ~0.3 s per app
+    # a state store of its own (an empty SQLite file), never the user's data directory
+    sections.setdefault("state", StateSettings(data_dir=Path(tempfile.mkdtemp(prefix="vx-state-"))))
     return Settings(_env_file=None, **sections)  # type: ignore[call-arg]  # pydantic-settings kw
 
 
