@@ -57,7 +57,12 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 class _Stage(abc.ABC):
-    """What every stage object exposes: ``name``, ``device``, ``aclose()`` and call listeners."""
+    """What every stage object exposes: ``name``, ``device``, ``aclose()`` and call listeners.
+
+    Attributes:
+        clock: Monotonic seconds that time each call's ``CallRecord`` (tests put it on the event
+            loop's virtual clock).
+    """
 
     stage: Stage
 
@@ -65,6 +70,7 @@ class _Stage(abc.ABC):
         self.name = name
         self.device = device
         self.listeners: list[Listener] = []
+        self.clock: Callable[[], float] = time.perf_counter
 
     def load(self) -> None:  # noqa: B027  # optional hook: engines without weights load nothing
         """Blocking: load weights. Construction stays cheap; ``start()`` calls this off the loop."""
@@ -92,7 +98,8 @@ class _Stage(abc.ABC):
         )
 
     async def _timed(self, source: AsyncIterator[object]) -> AsyncGenerator[object, None]:
-        start = time.perf_counter()
+        clock = self.clock
+        start = clock()
         first: float | None = None
         outputs = 0
         error: str | None = None
@@ -101,7 +108,7 @@ class _Stage(abc.ABC):
                 if isinstance(item, AudioChunk) and len(item.samples) == 0:
                     continue  # nothing to hear: not an output, and not the first byte either
                 if first is None:
-                    first = (time.perf_counter() - start) * 1000
+                    first = (clock() - start) * 1000
                 outputs += 1
                 yield item
         except VoxlineError as exc:
@@ -118,7 +125,7 @@ class _Stage(abc.ABC):
                 stage=self.stage,
                 backend=self.name,
                 first_output_ms=first,
-                total_ms=(time.perf_counter() - start) * 1000,
+                total_ms=(clock() - start) * 1000,
                 outputs=outputs,
                 error=error,
             )
