@@ -23,7 +23,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -125,12 +125,19 @@ class RealtimeSession:
         url: the server (any form ``realtime_url`` accepts).
         sample_rate: input and output pcm16 rate asked for in ``session.update``.
         connect_timeout_s: seconds to connect and receive ``session.created``.
+        clock: seconds of the client's own clock (tests pass the event loop's virtual one).
     """
 
     def __init__(
-        self, url: str, *, sample_rate: int = 24_000, connect_timeout_s: float = 10.0
+        self,
+        url: str,
+        *,
+        sample_rate: int = 24_000,
+        connect_timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.url = realtime_url(url)
+        self._clock = clock
         self.sample_rate = sample_rate
         self.connect_timeout_s = connect_timeout_s
         self._ws: Any = None
@@ -204,11 +211,11 @@ class RealtimeSession:
         last_voiced = min(len(frames) - 1, max(0, math.ceil(speech_end_s * 1000 / FRAME_MS) - 1))
         silence = bytes(frame_bytes)
         turn = self._turn = _Turn()
-        start = time.perf_counter()
+        start = self._clock()
         deadline: float | None = None
         i = 0
         while not (turn.done.is_set() or self._closed):
-            await asyncio.sleep(max(0.0, start + i * FRAME_MS / 1000 - time.perf_counter()))
+            await asyncio.sleep(max(0.0, start + i * FRAME_MS / 1000 - self._clock()))
             frame = frames[i] if i < len(frames) else silence
             try:
                 await self._send({"type": "input_audio_buffer.append", "audio": _b64(frame)})
@@ -216,9 +223,9 @@ class RealtimeSession:
                 self._closed = True
                 break
             if i == last_voiced:
-                turn.speech_end_t = time.perf_counter()
+                turn.speech_end_t = self._clock()
                 deadline = turn.speech_end_t + timeout_s
-            if deadline is not None and time.perf_counter() > deadline:
+            if deadline is not None and self._clock() > deadline:
                 break
             i += 1
         if self._closed:
@@ -251,7 +258,7 @@ class RealtimeSession:
 
     async def _read_events(self) -> None:
         async for message in self._ws:
-            now = time.perf_counter()
+            now = self._clock()
             try:
                 event = json.loads(message)
             except ValueError:
