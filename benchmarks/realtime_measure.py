@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from client.realtime import RealtimeClient, Received, audio_seconds, error_message
@@ -96,6 +97,8 @@ class RealtimeSession:
         api_key: Sent as ``Authorization: Bearer``.
         sample_rate: Input and output pcm16 rate asked for in ``session.update``.
         connect_timeout_s: Seconds to connect and receive ``session.created``.
+        clock: Seconds of the client's own clock: pacing and arrival times (tests pass the
+            event loop's virtual one).
 
     Raises:
         EngineUnavailable: (on entering) the session could not be opened.
@@ -108,9 +111,14 @@ class RealtimeSession:
         api_key: str | None = None,
         sample_rate: int = 24_000,
         connect_timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.client = RealtimeClient(
-            url, api_key=api_key, sample_rate=sample_rate, connect_timeout_s=connect_timeout_s
+            url,
+            api_key=api_key,
+            sample_rate=sample_rate,
+            connect_timeout_s=connect_timeout_s,
+            clock=clock,
         )
         self.session_errors: list[str] = []
         """``error`` events that arrived outside a turn."""

@@ -79,7 +79,12 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 class _Stage(abc.ABC):
-    """What every stage object exposes: ``name``, ``device``, ``aclose()`` and call listeners."""
+    """What every stage object exposes: ``name``, ``device``, ``aclose()`` and call listeners.
+
+    Attributes:
+        clock: Monotonic seconds that time each call's ``CallRecord`` (tests put it on the event
+            loop's virtual clock).
+    """
 
     stage: Stage
     metered = True
@@ -90,6 +95,7 @@ class _Stage(abc.ABC):
         self.name = name
         self.device = device
         self.listeners: list[Listener] = []
+        self.clock: Callable[[], float] = time.perf_counter
 
     def load(self) -> None:  # noqa: B027  # optional hook: engines without weights load nothing
         """Blocking: load weights. Construction stays cheap; ``start()`` calls this off the loop."""
@@ -124,7 +130,8 @@ class _Stage(abc.ABC):
         chars: int = 0,
         prompt_tokens: Callable[[], int | None] | None = None,
     ) -> AsyncGenerator[object, None]:
-        start = time.perf_counter()
+        clock = self.clock
+        start = clock()
         first: float | None = None
         outputs = 0
         error: str | None = None
@@ -141,7 +148,7 @@ class _Stage(abc.ABC):
                     usage = item.usage or usage
                     text_deltas += 1 if item.text else 0
                 if first is None:
-                    first = (time.perf_counter() - start) * 1000
+                    first = (clock() - start) * 1000
                 outputs += 1
                 yield item
         except VoxlineError as exc:
@@ -162,7 +169,7 @@ class _Stage(abc.ABC):
                 stage=self.stage,
                 backend=self.name,
                 first_output_ms=first,
-                total_ms=(time.perf_counter() - start) * 1000,
+                total_ms=(clock() - start) * 1000,
                 outputs=outputs,
                 error=error,
                 audio_in_seconds=audio_in_seconds,

@@ -13,13 +13,15 @@ from pipeline.errors import EngineUnavailable
 from pipeline.fallback import FallbackLLM
 from pipeline.metering import Meter, current
 from pipeline.types import AudioChunk, Message
-from tests.pipeline.session_fakes import FakeLLM, FakeSTT, FakeTTS
+from tests.fakes import ScriptedLLM, ScriptedSTT, ScriptedTTS
+
+PARIS = ("Paris", " is", " the", " capital", ".")
 
 MESSAGES = [Message("system", "Be brief."), Message("user", "What is the capital of France?")]
 
 
 async def test_a_meter_collects_the_calls_of_its_context_and_of_tasks_created_in_it() -> None:
-    stt, llm, tts = FakeSTT(delay=0.0), FakeLLM(token_delay=0.0), FakeTTS(delay=0.0)
+    stt, llm, tts = ScriptedSTT(), ScriptedLLM(reply=PARIS), ScriptedTTS()
     audio = AudioChunk(np.full(32_000, 0.1, np.float32), 16_000)
 
     async def speak() -> None:
@@ -41,32 +43,31 @@ async def test_a_meter_collects_the_calls_of_its_context_and_of_tasks_created_in
     assert current() is None and outside.calls == ()
     stt_call, llm_call, tts_call = meter.calls
     assert (stt_call.stage, stt_call.audio_in_seconds) == ("stt", pytest.approx(2.0))
-    assert (llm_call.tokens_in, llm_call.tokens_out) == (llm.count_tokens(MESSAGES), 7)
+    assert (llm_call.tokens_in, llm_call.tokens_out) == (llm.count_tokens(MESSAGES), len(PARIS))
     assert tts_call.chars == len("Paris is the capital.")
-    samples = tts.samples_for("Paris is the capital.")
+    samples = len(tts.render("Paris is the capital."))
     assert tts_call.audio_out_seconds == pytest.approx(samples / tts.capabilities.sample_rate)
     assert all(call.error is None and call.total_ms >= 0 for call in meter.calls)
     assert meter.take() == (stt_call, llm_call, tts_call) and meter.calls == ()
 
 
 async def test_a_chain_reports_each_backend_call_and_not_its_own() -> None:
-    broken = FakeLLM(token_delay=0.0, fail_at=0)
-    broken.name = "broken"
-    spare = FakeLLM(token_delay=0.0)
-    spare.name = "spare"
+    down = EngineUnavailable("scripted: down", stage="llm", backend="broken")
+    broken = ScriptedLLM("broken", reply=PARIS, fail_times=1, error=down)
+    spare = ScriptedLLM("spare", reply=PARIS)
     chain = FallbackLLM([broken, spare])
     with Meter().bind() as meter:
         text = "".join([d.text async for d in chain.stream(MESSAGES)])
     await chain.aclose()
 
-    assert text == "Paris is the capital of France."
+    assert text == "Paris is the capital."
     failed, served = meter.calls
     assert (failed.backend, failed.error) == ("broken", EngineUnavailable.__name__)
-    assert (served.backend, served.error, served.tokens_out) == ("spare", None, 7)
+    assert (served.backend, served.error, served.tokens_out) == ("spare", None, len(PARIS))
 
 
 async def test_a_call_cut_short_counts_what_the_engine_did() -> None:
-    llm = FakeLLM(token_delay=0.0)
+    llm = ScriptedLLM(reply=PARIS)
     with Meter().bind() as meter:
         stream = llm.stream(MESSAGES)
         async with contextlib.aclosing(stream):

@@ -10,7 +10,9 @@ import pytest
 from pipeline.errors import EngineUnavailable, InvalidInput
 from pipeline.turn import ReplyAudio, ReplyText, TranscriptReady, TurnEvent, run_turn
 from pipeline.types import AudioChunk
-from tests.pipeline.session_fakes import FakeLLM, FakeSTT, FakeTTS
+from tests.fakes import ScriptedLLM, ScriptedSTT, ScriptedTTS
+
+pytestmark = pytest.mark.looptime  # the scripted engines' delays cost no real time
 
 QUESTION = AudioChunk(np.full(16_000 * 2, 0.1, np.float32), 16_000)
 REPLY = ["Paris", ".", " It", " is", " in", " France", "."]
@@ -29,7 +31,7 @@ class Ticks:
 
 async def test_phrases_are_announced_before_their_audio_and_timed_like_realtime() -> None:
     events: list[TurnEvent] = []
-    stt, llm, tts = FakeSTT(delay=0.0), FakeLLM(REPLY, token_delay=0.0), FakeTTS(delay=0.0)
+    stt, llm, tts = ScriptedSTT(), ScriptedLLM(reply=REPLY), ScriptedTTS()
     result = await run_turn(
         QUESTION, stt=stt, llm=llm, tts=tts, system_prompt="Be brief.", on_event=events.append
     )
@@ -50,6 +52,7 @@ async def test_phrases_are_announced_before_their_audio_and_timed_like_realtime(
     assert t.v2v_ms >= t.stt_ms  # the first audio comes after the transcript
     assert t.total_ms is not None and t.total_ms >= t.v2v_ms
     assert result.usage.completion_tokens == len(REPLY)
+    assert stt.calls and tts.calls
     assert result.backends.tts == tts.name
 
 
@@ -57,9 +60,9 @@ async def test_timings_follow_the_one_definition_on_a_controlled_clock() -> None
     clock = Ticks()
     result = await run_turn(
         QUESTION,
-        stt=FakeSTT(delay=0.0),
-        llm=FakeLLM(["Paris", "."], token_delay=0.0),
-        tts=FakeTTS(delay=0.0),
+        stt=ScriptedSTT(),
+        llm=ScriptedLLM(reply=["Paris", "."]),
+        tts=ScriptedTTS(),
         system_prompt="Be brief.",
         clock=clock,
     )
@@ -72,29 +75,31 @@ async def test_timings_follow_the_one_definition_on_a_controlled_clock() -> None
 
 
 async def test_speed_and_output_rate_reach_the_voice() -> None:
-    tts = FakeTTS(delay=0.0, sample_rate=22_050)
+    tts = ScriptedTTS(sample_rate=22_050)
     slow = await run_turn(
         QUESTION,
-        stt=FakeSTT(delay=0.0),
-        llm=FakeLLM(["Paris", "."], token_delay=0.0),
+        stt=ScriptedSTT(),
+        llm=ScriptedLLM(reply=["Paris", "."]),
         tts=tts,
         system_prompt="Be brief.",
         speed=0.5,
         output_rate=24_000,
     )
     assert slow.audio.sample_rate == 24_000
-    assert slow.audio.duration == pytest.approx(tts.samples_for("Paris.") / 22_050, abs=0.01)
+    assert tts.calls[0].speed == 0.5
+    assert slow.audio.duration == pytest.approx(len(tts.render("Paris.", 0.5)) / 22_050, abs=0.01)
 
 
 async def test_a_tts_failure_stops_the_llm_at_once() -> None:
     words = [f" word{i}" for i in range(40)]
-    llm = FakeLLM(["Paris", ".", *words, "."], token_delay=0.02)
+    llm = ScriptedLLM(reply=["Paris", ".", *words, "."], token_s=0.02)
+    down = EngineUnavailable("scripted: down", stage="tts", backend="fake-tts")
     with pytest.raises(EngineUnavailable):
         await run_turn(
             QUESTION,
-            stt=FakeSTT(delay=0.0),
+            stt=ScriptedSTT(),
             llm=llm,
-            tts=FakeTTS(delay=0.0, fail_on="Paris"),
+            tts=ScriptedTTS(fail_times=1, error=down),
             system_prompt="Be brief.",
         )
     [call] = llm.calls
@@ -102,13 +107,13 @@ async def test_a_tts_failure_stops_the_llm_at_once() -> None:
 
 
 async def test_silence_is_refused_before_any_engine_runs() -> None:
-    stt = FakeSTT()
+    stt = ScriptedSTT()
     with pytest.raises(InvalidInput) as info:
         await run_turn(
             AudioChunk(np.zeros(16_000, np.float32), 16_000),
             stt=stt,
-            llm=FakeLLM(),
-            tts=FakeTTS(),
+            llm=ScriptedLLM(),
+            tts=ScriptedTTS(),
             system_prompt="x",
         )
     assert info.value.code == "no_speech" and stt.calls == []
