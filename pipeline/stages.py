@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline import metering
 from pipeline.errors import EngineOverloaded, InvalidInput, Stage, StageError, VoxlineError
+from pipeline.scheduler import EngineScheduler
 from pipeline.types import (
     AudioChunk,
     GenerationParams,
@@ -84,6 +85,9 @@ class _Stage(abc.ABC):
     Attributes:
         clock: Monotonic seconds that time each call's ``CallRecord`` (tests put it on the event
             loop's virtual clock).
+        scheduler: The engine's slots and wait queue (``pipeline.scheduler``), taken by the
+            fallback chain before each call; ``None``: calls are not admitted (the registry
+            gives every engine one, from its capacity setting).
     """
 
     stage: Stage
@@ -96,6 +100,7 @@ class _Stage(abc.ABC):
         self.device = device
         self.listeners: list[Listener] = []
         self.clock: Callable[[], float] = time.perf_counter
+        self.scheduler: EngineScheduler | None = None
 
     def load(self) -> None:  # noqa: B027  # optional hook: engines without weights load nothing
         """Blocking: load weights. Construction stays cheap; ``start()`` calls this off the loop."""

@@ -27,6 +27,7 @@ from tests.fakes.stages import (
     ScriptedSTT,
     ScriptedTTS,
     loop_time,
+    scheduled,
     tone,
 )
 
@@ -44,5 +45,6 @@ __all__ = [
     "ScriptedSTT",
     "ScriptedTTS",
     "loop_time",
+    "scheduled",
     "tone",
 ]
