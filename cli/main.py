@@ -173,19 +173,25 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
 ) -> None:
-    """Run the streaming voice server (realtime WebSocket + OpenAI-compatible HTTP)."""
-    import uvicorn
-
+    """Run the streaming voice server (realtime WebSocket + OpenAI-compatible HTTP); SIGTERM
+    drains it gracefully (``VOXLINE_LIMITS__DRAIN_TIMEOUT_S``)."""
     from server.app import create_app
     from server.logging_setup import configure_logging
+    from server.serving import serve as serve_app
 
     settings = Settings()
     logging.getLogger().handlers.clear()  # the CLI's plain handler: the server logs JSON lines
     configure_logging(settings.observability)
     # our JSON handler takes uvicorn's logs too; its access log (raw paths and query strings)
     # is replaced by one line per request from the request-context middleware
-    uvicorn.run(
-        create_app(settings), host=host, port=port, ws="auto", log_config=None, access_log=False
+    serve_app(
+        create_app(settings),
+        host=host,
+        port=port,
+        limits=settings.limits,
+        ws="auto",
+        log_config=None,
+        access_log=False,
     )
 
 

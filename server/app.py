@@ -30,6 +30,7 @@ from server import (
     routes_usage,
 )
 from server.accounting import MeterMiddleware
+from server.admission import AdmissionMiddleware
 from server.errors import install_error_handlers
 from server.limits import BodyLimitMiddleware
 from server.logging_setup import RequestContextMiddleware
@@ -87,6 +88,8 @@ def create_app(
     app.state.voxline = state
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.audio.max_bytes + 1024 * 1024)
     app.add_middleware(MeterMiddleware)  # a meter per request: server.accounting
+    # refusals while draining, requests in flight, stalled readers: server.admission
+    app.add_middleware(AdmissionMiddleware, admission=state.admission)
     # added last = outermost: every request is counted and carries a request id
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     app.add_middleware(RequestContextMiddleware)

@@ -20,6 +20,7 @@ from pipeline.ledger import Ledger
 from pipeline.settings import Settings
 from pipeline.vad import VAD
 from server.accounting import Accounting
+from server.admission import Admission
 from server.logging_setup import log_call
 from server.metrics import Metrics
 from server.tracing import Tracing
@@ -33,7 +34,8 @@ class AppState:
 
     ``vad`` is the one loaded VAD model; each realtime session ``fork()`` s it (its own state,
     the same weights). ``store`` is the durable state (``VOXLINE_STATE__URL``), opened here (its
-    schema migrated) and closed by the app's lifespan.
+    schema migrated) and closed by the app's lifespan. ``admission`` is what the server serves
+    now and whether it takes more (sessions, requests in flight, the drain).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class AppState:
         self.vad = vad
         self.store = store or Store.open(settings.state)
         self.startup_error: str | None = None
+        self.admission = Admission(settings.limits)
         self.warming: asyncio.Task[Engines] | None = None
         self.metrics = Metrics()
         self.ledger = Ledger.from_settings(settings.pricing)
