@@ -63,10 +63,8 @@ class Accounting:
         self.metrics = metrics
         self.store = store
         # store writes leave the event loop; one thread keeps them in order and off the pool
-        # the engines' own blocking work shares
-        self._writer = (
-            ThreadPoolExecutor(1, thread_name_prefix="voxline-accounting") if store else None
-        )
+        # the engines' own blocking work shares (started on first use, again after close())
+        self._writer: ThreadPoolExecutor | None = None
 
     def charge(
         self,
@@ -105,8 +103,9 @@ class Accounting:
 
     def close(self) -> None:
         """Wait for the writes in flight, then stop the writer (the app's lifespan calls it)."""
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.shutdown(wait=True)
 
     def bill(
         self,
@@ -126,8 +125,10 @@ class Accounting:
             charges.append(self.ledger.charge_call(request_id, call, speculative=speculative))
             self.metrics.count_usage(call)
         cost = sum(c.cost_usd for c in charges)
-        if self._writer is None or (not charges and not requests):
+        if self.store is None or (not charges and not requests):
             return cost, None
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="voxline-accounting")
         key_id = payer.key_id if payer is not None else None
         written = self._writer.submit(self._store, charges, key_id, speculative, requests)
         return cost, written

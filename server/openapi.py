@@ -51,7 +51,8 @@ _WHY = {
     "504": "An engine timed out.",
 }
 
-_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+# events are JSON objects, and a chat stream ends with "[DONE]": any event data
+_STREAM: dict[str, Any] = {"text/event-stream": {"schema": {}}}
 _TEXT = {"schema": {"type": "string"}}
 _CONTENT: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/v1/audio/speech"): {

@@ -27,6 +27,7 @@ from pipeline.settings import Settings
 from server import identity
 from server.realtime_events import ServerEvents
 from server.realtime_protocol import BadClientEvent, ClientEventParser, UpdateSession
+from server.schemas import JsonInt
 from server.state import AppState, state_of
 
 router = APIRouter()
@@ -38,14 +39,16 @@ SCOPES = ("realtime",)
 class ExpiresAfter(BaseModel):
     """When the secret expires, counted from its creation."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     anchor: Literal["created_at"] = "created_at"
-    seconds: int = Field(default=600, ge=10, le=7200)
+    seconds: JsonInt = Field(default=600, ge=10, le=7200)
 
 
 class ClientSecretRequest(BaseModel):
     """OpenAI's ``ClientSecretCreateParams``."""
+
+    model_config = ConfigDict(strict=True)
 
     expires_after: ExpiresAfter | None = None
     session: dict[str, Any] | None = Field(
