@@ -58,7 +58,7 @@ _SECRETS = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
     re.compile(r"()\bsk-[A-Za-z0-9._-]{8,}"),
     # our own API keys and client secrets (store.keys), and a browser's realtime subprotocol
-    re.compile(r"()\b(?:vx-|ek_)[A-Za-z0-9_-]{8,}"),
+    re.compile(r"()\b(?:vx-|ek_)[A-Za-z0-9._-]{8,}"),
     re.compile(r"(openai-insecure-api-key\.)[^\s\"',;]+"),
 )
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")

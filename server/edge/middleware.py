@@ -174,7 +174,8 @@ class EdgeMiddleware:
         who = decision.who
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and extra:
+            # the handshake's 101 carries them too (ASGI's accept takes headers)
+            if message["type"] in ("http.response.start", "websocket.accept") and extra:
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 

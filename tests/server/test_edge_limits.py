@@ -151,6 +151,8 @@ async def test_realtime_reports_rate_limits_and_refuses_a_spent_quota(served: Se
     key = served.key(["realtime"], rpm=100, tokens_per_day=5)
     auth = {"Authorization": f"Bearer {key.secret}"}
     async with connect(served.ws_url, additional_headers=auth) as ws:
+        assert ws.response is not None  # the handshake's answer has the headers too
+        assert ws.response.headers["x-ratelimit-remaining-requests"] == "99"
         assert json.loads(await ws.recv())["type"] == "session.created"
         update = {"type": "session.update", "session": {"type": "realtime", "max_output_tokens": 8}}
         await ws.send(json.dumps(update))
