@@ -132,6 +132,8 @@ def _finish(
         passed = verdict.passed
         for failure in verdict.failures:
             console.print(f"[bold red]regression:[/] {escape(gate.describe(failure))}")
+        for warning in verdict.warnings:
+            console.print(f"[yellow]warning:[/] {escape(warning)}")
     for name, suite in card["suites"].items():
         if suite["status"] == "error":
             passed = False

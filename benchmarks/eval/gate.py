@@ -50,10 +50,12 @@ class MetricDiff:
 
 @dataclass(frozen=True, slots=True)
 class GateResult:
-    """The gate's verdict: the failures (regressions and missing metrics) and the full diff."""
+    """The gate's verdict: the failures (regressions and missing metrics), the full diff, and
+    warnings that do not fail it (the golden data differ)."""
 
     failures: tuple[MetricDiff, ...]
     diffs: tuple[MetricDiff, ...]
+    warnings: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -148,7 +150,14 @@ def check(current: dict[str, Any], baseline: dict[str, Any]) -> GateResult:
         for d in diffs
         if d.verdict == "regressed" or (d.verdict == "missing" and d.name.split(".")[0] in ran)
     )
-    return GateResult(failures, diffs)
+    warnings = []
+    old, new = (c.get("golden", {}).get("sha256") for c in (baseline, current))
+    if old != new:
+        warnings.append(
+            f"the golden data differ (sha256 {str(old)[:12]} vs {str(new)[:12]}): the metrics "
+            "were computed on different items; rerun the baseline on these"
+        )
+    return GateResult(failures, diffs, tuple(warnings))
 
 
 def describe(d: MetricDiff) -> str:
@@ -169,6 +178,7 @@ def as_json(result: GateResult, baseline: str) -> dict[str, Any]:
         "baseline": baseline,
         "passed": result.passed,
         "failures": [asdict(d) for d in result.failures],
+        "warnings": list(result.warnings),
         "compared": sum(d.verdict not in ("missing", "new") for d in result.diffs),
         "diff": [asdict(d) for d in result.diffs],
     }
@@ -179,6 +189,7 @@ def gate_lines(gate: dict[str, Any]) -> list[str]:
     verdict = "passed" if gate["passed"] else "FAILED"
     lines = [
         f"Against `{gate['baseline']}`: **{verdict}** ({gate['compared']} metrics compared).",
+        *(f"\nWarning: {w}." for w in gate.get("warnings", [])),
         "",
         "| metric | baseline | now | change | verdict |",
         "|---|---:|---:|---:|---|",

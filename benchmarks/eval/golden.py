@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.errors import InvalidInput
 from pipeline.types import AudioChunk
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
 """The golden sets shipped in the repository."""
+
+T = TypeVar("T")
 
 _DATA_SUFFIXES = frozenset({".jsonl", ".json", ".flac", ".ogg", ".md", ".txt", ".html", ".pdf"})
 
@@ -112,20 +114,29 @@ class KbQuestion:
         return (self.answer, *self.aliases) if self.answer else ()
 
 
-def _lines(path: Path) -> Iterator[dict[str, Any]]:
+def _load(path: Path, build: Callable[[dict[str, Any]], T]) -> list[T]:
+    """``build(row)`` for every JSON line of ``path``.
+
+    Raises:
+        InvalidInput: the file cannot be read, a line is not a JSON object, or lacks a field.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidInput(f"{path}: cannot read the golden set: {exc}", param="golden") from exc
+    items = []
     for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise InvalidInput(f"{path}:{number}: not JSON: {exc}", param="golden") from exc
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
             if not isinstance(row, dict):
-                raise InvalidInput(f"{path}:{number}: not a JSON object", param="golden")
-            yield row
+                raise ValueError("not a JSON object")
+            items.append(build(row))
+        except (ValueError, KeyError, TypeError) as exc:
+            problem = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise InvalidInput(f"{path}:{number}: {problem}", param="golden") from exc
+    return items
 
 
 def _pick(rows: list[Any], quick: bool) -> list[Any]:
@@ -140,24 +151,24 @@ class Golden:
 
     def stt(self, quick: bool = False) -> list[SttClip]:
         """The STT clips (``stt/manifest.jsonl``)."""
-        rows = [
-            SttClip(
+        rows = _load(
+            self.root / "stt" / "manifest.jsonl",
+            lambda r: SttClip(
                 r["id"],
                 self.root / r["audio"],
                 r["text"],
                 tuple(r["conditions"]),
                 bool(r.get("quick")),
-            )
-            for r in _lines(self.root / "stt" / "manifest.jsonl")
-        ]
+            ),
+        )
         return _pick(rows, quick)
 
     def tts(self, quick: bool = False) -> list[Sentence]:
         """The TTS sentences (``tts/sentences.jsonl``)."""
-        rows = [
-            Sentence(r["id"], r["text"], bool(r.get("quick")))
-            for r in _lines(self.root / "tts" / "sentences.jsonl")
-        ]
+        rows = _load(
+            self.root / "tts" / "sentences.jsonl",
+            lambda r: Sentence(r["id"], r["text"], bool(r.get("quick"))),
+        )
         return _pick(rows, quick)
 
     def tts_checks(self) -> dict[str, Any]:
@@ -166,17 +177,17 @@ class Golden:
 
     def answers(self, quick: bool = False) -> list[QAPair]:
         """The question/answer pairs (``answers/qa.jsonl``)."""
-        rows = [
-            QAPair(
+        rows = _load(
+            self.root / "answers" / "qa.jsonl",
+            lambda r: QAPair(
                 r["id"],
                 r["question"],
                 r["answer"],
                 tuple(r.get("aliases", ())),
                 r["reference"],
                 bool(r.get("quick")),
-            )
-            for r in _lines(self.root / "answers" / "qa.jsonl")
-        ]
+            ),
+        )
         return _pick(rows, quick)
 
     @property
@@ -186,8 +197,9 @@ class Golden:
 
     def kb_questions(self, quick: bool = False) -> list[KbQuestion]:
         """The spoken questions about the corpus (``kb/questions.jsonl``)."""
-        rows = [
-            KbQuestion(
+        rows = _load(
+            self.root / "kb" / "questions.jsonl",
+            lambda r: KbQuestion(
                 r["id"],
                 r["question"],
                 bool(r["answerable"]),
@@ -197,9 +209,8 @@ class Golden:
                 tuple(Support(s["file"], s["quote"]) for s in r.get("support", ())),
                 self.root / r["audio"],
                 bool(r.get("quick")),
-            )
-            for r in _lines(self.root / "kb" / "questions.jsonl")
-        ]
+            ),
+        )
         return _pick(rows, quick)
 
     def latency_budgets(self) -> dict[str, Any]:

@@ -78,8 +78,8 @@ QUICK_SENTENCES = (1, 6)
 """Sentences of the quick subset, in every condition."""
 
 POCKETSPHINX = "pocketsphinx==5.1.1"
-CMU_LICENSE = "CMU ARCTIC license (free for any use; keep the notice): LICENSES.md"
-SPHINX_LICENSE = "CMU Sphinx BSD-style license (pocketsphinx 5.1.1 LICENSE): LICENSES.md"
+CMU_LICENSE = "CMU ARCTIC license (free for any use; keep the notice): stt/real/LICENSES.md"
+SPHINX_LICENSE = "CMU Sphinx BSD-style license (pocketsphinx 5.1.1): stt/real/LICENSES.md"
 LIBRIVOX_LICENSE = "public domain (LibriVox recording of a public-domain text)"
 
 
@@ -195,7 +195,7 @@ def _synthetic_row(
         speed=speed,
         noise=noise,
         seconds=round(audio.duration, 2),
-        license="CC0 (made by make_stt.py; Piper joe voice data CC0, espeak-ng GPL-3.0 output)",
+        license="CC0-1.0 (synthesized by make_stt.py)",
         **extra,
     )
 
