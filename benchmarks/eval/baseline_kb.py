@@ -24,7 +24,7 @@ from benchmarks.eval.suites.rag import Citation, GroundedAnswer
 from pipeline.embedding import Embedder, Float32Matrix
 from pipeline.settings import Settings
 
-THRESHOLD = 0.45
+THRESHOLD = 0.4
 """Best-paragraph cosine similarity below which the baseline says it does not know."""
 
 MIN_WORDS = 12

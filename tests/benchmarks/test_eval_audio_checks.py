@@ -27,7 +27,8 @@ def test_a_real_piper_clip_passes(clip: AudioChunk, limits: ClipLimits) -> None:
     check = check_clip(clip, TEXT, limits)
     assert check.passed, check
     assert limits.seconds_per_char_min < check.seconds_per_char < limits.seconds_per_char_max
-    assert check.voiced_fraction > 0.6 and check.clipped_fraction == 0.0
+    assert check.voiced_fraction > 0.6
+    assert check.clipped_fraction < limits.max_clipped_fraction  # Piper peaks at full scale
 
 
 def test_a_clipped_clip_fails_clipping(clip: AudioChunk, limits: ClipLimits) -> None:
