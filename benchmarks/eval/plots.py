@@ -90,7 +90,7 @@ def answers_similarity(card: dict[str, Any], path: Path) -> Path | None:
     items = suite["details"]["items"]
     threshold = suite["details"]["semantic_threshold"]
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(items) + 2), 4.0))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.25 * len(items) + 2), 4.0))
     xs = list(range(len(items)))
     colors = ["tab:green" if i["contains"] else "tab:gray" for i in items]
     ax.bar(xs, [i["similarity"] for i in items], color=colors)
@@ -98,7 +98,9 @@ def answers_similarity(card: dict[str, Any], path: Path) -> Path | None:
     ax.set_xticks(xs, [i["id"] for i in items], rotation=90, fontsize="x-small")
     ax.set_ylim(0, 1)
     ax.set_ylabel("cosine similarity to the reference")
-    ax.set_title("answers: semantic similarity (green: the reply contains the answer)")
+    ax.set_title(
+        "answer-focused similarity (green: the reply contains the answer)", fontsize="medium"
+    )
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
