@@ -74,6 +74,9 @@ class STTGpuSettings(BaseModel):
     """Model reference (hub id or faster-whisper size, or a local CTranslate2 directory)."""
     compute_type: str = "float16"
     """CTranslate2 compute type on the GPU."""
+    window_floor_ms: int = Field(default=30_000, ge=1000, le=30_000)
+    """Shortest encoder window on the GPU (see ``stt.window_floor_ms``): the full 30 s until the
+    short window is measured on large-v3-turbo; a GPU encodes 30 s in milliseconds anyway."""
 
 
 class LLMGpuSettings(BaseModel):

@@ -235,3 +235,14 @@ async def test_the_chain_passes_realtime_through_to_whisper(
         assert wer(reference, final.text) <= 0.25, final.text
     await chain.aclose()
     assert seen == [True, False]
+
+
+def test_the_gpu_backend_keeps_the_full_window_until_measured_there() -> None:
+    from models.registry import _stt_backend
+    from pipeline.settings import Settings
+
+    settings = Settings()
+    gpu, cpu = _stt_backend("gpu", settings), _stt_backend("cpu", settings)
+    assert isinstance(gpu, WhisperSTT) and isinstance(cpu, WhisperSTT)
+    assert gpu.decode_options(realtime=True).window.floor_frames == FULL_WINDOW
+    assert cpu.decode_options(realtime=True).window.floor_frames < FULL_WINDOW
