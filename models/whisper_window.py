@@ -88,7 +88,9 @@ class DecodeOptions:
             (repetitive or improbable); ``(0.0,)`` is greedy/beam only, deterministic.
         tokens_per_second: Cap on decoded tokens per second of a window's audio.
         silence_dbfs: A window whose loudest 30 ms frame is quieter than this is skipped.
-        deadline: ``time.perf_counter()`` value after which no new window nor fallback starts
+        deadline: ``time.perf_counter()`` value after which no window is decoded a second
+            time (no retry, no fallback); every window is still decoded once, within its token
+            budget, so the words are all there and the work stays proportional to the audio
             (``None``: no deadline).
         vad_filter: Drop non-speech with Silero VAD before decoding (faster-whisper's own).
     """
@@ -146,8 +148,7 @@ def transcribe_windows(
     """Decode ``samples`` (16 kHz mono) window by window with a faster-whisper ``WhisperModel``.
 
     Yields the language once (when the first window is decoded; nothing for silent audio), then
-    each non-empty segment in order. Returns early, without an error, when ``stop`` is set or
-    the deadline passes (the segments so far are the transcript).
+    each non-empty segment in order. Returns early, without an error, when ``stop`` is set.
     """
     from faster_whisper.vad import SpeechTimestampsMap, VadOptions, get_speech_timestamps
 
@@ -215,10 +216,6 @@ def transcribe_windows(
         if attempt.temperature > _PROMPT_RESET_TEMPERATURE:
             reset_at = len(history)  # a hot decode's text is a poor prompt for the next window
         seek += advance
-        if seek < content and options.overdue():
-            left = (content - seek) * _FRAME_SECONDS
-            log.warning("transcription past its deadline: %.1f s of audio left undecoded", left)
-            return
 
 
 def _tokenizer(model: Any, language: str) -> tuple[Any, list[int]]:
@@ -307,6 +304,7 @@ def _decode(
         if attempts and stop.is_set():
             return None  # nobody wants the result: a decode here would only delay the stop
         if attempts and options.overdue():
+            log.info("STT past its deadline: a failed decode is kept, not retried")
             break
         if temperature > 0:
             search: dict[str, Any] = {

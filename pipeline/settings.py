@@ -144,9 +144,10 @@ class STTSettings(BaseModel):
     """Whisper's temperature fallback for file transcriptions (``/v1/audio/transcriptions``): a
     window that decodes as a loop or improbably is decoded again at higher temperatures.
     Realtime transcriptions never use it (deterministic and bounded)."""
-    realtime_deadline_ms: int = Field(default=3000, ge=100)
-    """A realtime transcription starts no further window after this long; the text so far is
-    its transcript (only utterances over 30 s have several windows)."""
+    realtime_deadline_ms: int = Field(default=1000, ge=0)
+    """After this long a realtime transcription retries nothing (a window that looped is kept
+    as decoded); every window is still decoded once within its token budget, so no words are
+    dropped and the time stays proportional to the audio."""
     hosted: HostedSettings = HostedSettings()
     """The ``hosted`` backend: an OpenAI-compatible endpoint."""
     chain: list[BackendName] | None = None
