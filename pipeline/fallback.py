@@ -181,17 +181,21 @@ class _LLMCall(StageCall[LLM, TextDelta]):
 class _TTSCall(StageCall[TTS, AudioChunk]):
     """A phrase: the next backend speaks it again, and the audio already sent is skipped."""
 
-    def __init__(self, text: str, voice: str | None, speed: float, sample_rate: int) -> None:
-        self.text, self.voice, self.speed = text, voice, speed
+    def __init__(
+        self, text: str, voice: str | None, speed: float, language: str | None, sample_rate: int
+    ) -> None:
+        self.text, self.voice, self.speed, self.language = text, voice, speed, language
         self.splice = AudioSplice(sample_rate)
 
     def begin(self, backend: TTS) -> AsyncGenerator[AudioChunk, None]:
         self.splice.restart()
-        known = backend.capabilities.voices
-        # A backend that lacks the voice speaks in its own default: an answer in another voice
-        # beats no answer.
+        caps = backend.capabilities
+        known = caps.voices
+        # A backend that lacks the voice (or the language) speaks in its own default: an answer
+        # in another voice beats no answer.
         voice = self.voice if self.voice is None or not known or self.voice in known else None
-        return backend.synthesize(self.text, voice, speed=self.speed)
+        language = self.language if self.language in caps.languages else None
+        return backend.synthesize(self.text, voice, speed=self.speed, language=language)
 
     def accept(self, item: AudioChunk) -> list[AudioChunk]:
         if not np.isfinite(item.samples).all():
@@ -305,15 +309,20 @@ class FallbackTTS(Chain[TTS], TTS):
         caps = [b.capabilities for b in self.backends]
         voices = () if any(not c.voices for c in caps) else _union(c.voices for c in caps)
         self.capabilities = TTSCapabilities(
-            sample_rate=caps[0].sample_rate,
+            # the first backend that can serve: a GPU engine that did not start must not set
+            # the rate every other backend's audio is resampled to
+            sample_rate=self.serving_backends()[0].capabilities.sample_rate,
             streaming=all(c.streaming for c in caps),
             voices=voices,
             max_input_chars=min(c.max_input_chars for c in caps),
+            languages=_union(c.languages for c in caps),
         )
 
-    def _synthesize(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
+    def _synthesize(
+        self, text: str, voice: str | None, speed: float, language: str | None = None
+    ) -> AsyncIterator[AudioChunk]:
         rate = self.capabilities.sample_rate
-        return self._drive(_TTSCall(text, voice, speed, rate))
+        return self._drive(_TTSCall(text, voice, speed, language, rate))
 
 
 def _union(groups: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
