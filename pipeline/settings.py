@@ -248,7 +248,8 @@ class GptSovitsSettings(BaseModel):
     request_timeout_s: float = 60.0
     """Seconds to the first chunk, and between chunks, before the worker is declared hung."""
     threads: int = Field(default=0, ge=0)
-    """torch threads per worker (0: the cores divided between the ``pool_size`` workers)."""
+    """torch threads per worker (0: the cores divided between the ``pool_size`` workers, or, for
+    a pool sized by memory, between one worker per two cores)."""
     extra_pythonpath: list[Path] = []
     """Folders put before the checkout on the workers' PYTHONPATH (e.g. a torchaudio stand-in
     on a CPU host where no torchaudio build matches torch)."""
