@@ -25,12 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from models.machine_checks import Check, gpu_free_mib, machine_checks
 from pipeline.errors import VoxlineError
 from pipeline.settings import Settings
 from pipeline.stages import LLM, STT, TTS
@@ -49,15 +46,6 @@ from pipeline.types import AudioChunk, GenerationParams, Message
 
 QUESTION = "What is the capital of France?"
 _MAX_TOKENS = 32
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One fact about the machine. ``ok`` is ``None`` for information that decides nothing."""
-
-    name: str
-    ok: bool | None
-    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,67 +86,7 @@ class DoctorReport:
         return {**asdict(self), "ok": self.ok}
 
 
-# -- the machine --------------------------------------------------------------------------------
-
-
-def _library(name: str) -> bool:
-    try:
-        ctypes.CDLL(name)
-    except OSError:
-        return False
-    return True
-
-
-def machine_checks(gpu: bool) -> list[Check]:
-    """Driver, CUDA, cuDNN and what CTranslate2 needs. Without ``gpu`` CUDA is information."""
-    need = True if gpu else None
-    checks = [Check("python", None, f"{platform.python_version()} on {platform.machine()}")]
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        query = "--query-gpu=name,driver_version,memory.total"
-        out = subprocess.run(
-            [smi, query, "--format=csv,noheader"], capture_output=True, text=True, check=False
-        )
-        checks.append(Check("driver", need if out.returncode else True, out.stdout.strip()))
-    else:
-        checks.append(Check("driver", False if gpu else None, "nvidia-smi not found"))
-    try:
-        import torch
-    except ImportError as exc:
-        checks.append(Check("torch", False, f"not importable: {exc}"))
-    else:
-        cuda = torch.cuda.is_available()
-        build = f"torch {torch.__version__}, built for CUDA {torch.version.cuda}"
-        where = f"; {torch.cuda.get_device_name(0)}" if cuda else "; no CUDA device usable"
-        checks.append(Check("torch CUDA", cuda if gpu else None, build + where))
-        version: Any = torch.backends.cudnn.version  # untyped in torch's stubs
-        cudnn = version() if cuda else None
-        checks.append(Check("cuDNN (torch)", bool(cudnn) if gpu else None, f"version {cudnn}"))
-    try:
-        import ctranslate2
-    except ImportError as exc:
-        checks.append(Check("CTranslate2", False, f"not importable: {exc}"))
-    else:
-        count = ctranslate2.get_cuda_device_count()
-        types_ = sorted(ctranslate2.get_supported_compute_types("cuda")) if count else []
-        detail = f"{ctranslate2.__version__}: {count} CUDA device(s), compute types {types_}"
-        checks.append(Check("CTranslate2 CUDA", count > 0 if gpu else None, detail))
-        # CTranslate2's CUDA wheels link cuBLAS 12 at run time (it is opened on first use)
-        cublas = _library("libcublas.so.12")
-        checks.append(Check("cuBLAS 12 (CTranslate2)", cublas if gpu else None, str(cublas)))
-        checks.append(Check("cuDNN 9 on the library path", None, str(_library("libcudnn.so.9"))))
-    return checks
-
-
-def _gpu_free_mib() -> float | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    free, _ = torch.cuda.mem_get_info()
-    return float(free) / 2**20
+# -- PyAV ---------------------------------------------------------------------------------------
 
 
 def _placeholder_pyav() -> bool:
@@ -209,7 +137,7 @@ def doctor_settings(base: Settings, *, gpu: bool, models: tuple[Path, Path] | No
 
 
 async def _start(stage: str, build: Callable[[], Any], report: DoctorReport) -> Any | None:
-    before = _gpu_free_mib()
+    before = gpu_free_mib()
     started = time.perf_counter()
     chain = build()
     error = None
@@ -218,7 +146,7 @@ async def _start(stage: str, build: Callable[[], Any], report: DoctorReport) -> 
         await chain.warm()
     except (VoxlineError, OSError, ImportError) as exc:
         error = f"{type(exc).__name__}: {exc}"
-    after = _gpu_free_mib()
+    after = gpu_free_mib()
     used = None if before is None or after is None else round(before - after, 1)
     states = [
         {"name": s.name, "started": s.started, "error": s.start_error}
@@ -332,14 +260,14 @@ async def run_doctor(
                 f"random-weight models built in {time.perf_counter() - started:.1f} s"
             )
         s = doctor_settings(settings, gpu=gpu, models=models)
-        free_at_start = _gpu_free_mib()
+        free_at_start = gpu_free_mib()
         stt = await _start("stt", lambda: build_stt(s), report)
         llm = await _start("llm", lambda: build_llm(s), report)
         tts = await _start("tts", lambda: build_tts(s), report)
         try:
             if stt is not None and llm is not None:
                 await _turns(turns, stt, llm, tts, s, report)
-            if free_at_start is not None and (free := _gpu_free_mib()) is not None:
+            if free_at_start is not None and (free := gpu_free_mib()) is not None:
                 report.gpu_memory = {"free_at_start_mib": free_at_start, "free_after_mib": free}
         finally:
             for engine in (stt, llm, tts):

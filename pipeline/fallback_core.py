@@ -215,6 +215,11 @@ class Chain(Generic[B]):
             except Exception as exc:  # closing the others matters more than this error
                 log.warning("%s: closing %s failed: %s", self.name, entry.backend.name, exc)
 
+    def refresh_capabilities(self) -> None:
+        """Derive the chain's capabilities from its backends' again: call it after changing a
+        backend's (a GPT-SoVITS voice added or removed at run time)."""
+        self._refresh_capabilities()
+
     def _refresh_capabilities(self) -> None:
         """Derive the chain's capabilities from its backends' (some know theirs after a load)."""
 

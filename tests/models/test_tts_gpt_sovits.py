@@ -33,6 +33,7 @@ from pipeline.errors import (
     ModelLoadError,
     StageError,
 )
+from pipeline.fallback import FallbackTTS
 from pipeline.settings import GptSovitsSettings, GptSovitsVoice
 from pipeline.types import AudioChunk
 from tests.models.gpt_sovits_stub import make_stub_checkout, read_log
@@ -732,3 +733,19 @@ def test_constructing_checks_nothing(tmp_path: Path) -> None:
     )
     tts = GptSovitsTTS(settings, environ={})
     assert tts.capabilities.sample_rate == 32_000 and tts.pool_size == 0
+
+
+async def test_a_chain_serves_a_voice_added_at_run_time_once_refreshed(
+    checkout: Path, clips: dict[str, Path], log_path: Path
+) -> None:
+    async with running(checkout, clips, log_path) as tts:
+        chain = FallbackTTS([tts])
+        await chain.start()
+        tts.add_voice("erin", voice(clips["other"]))
+        with pytest.raises(InvalidInput, match="unknown voice"):
+            await collect(chain.synthesize("Hi.", "erin"))  # the chain's list is stale
+        chain.refresh_capabilities()
+        chunks = await collect(chain.synthesize("Hi.", "erin"))
+    assert chunks and requests(log_path)[-1]["inputs"]["ref_audio_path"] == str(
+        clips["other"].resolve()
+    )
