@@ -738,14 +738,17 @@ def test_constructing_checks_nothing(tmp_path: Path) -> None:
 async def test_a_chain_serves_a_voice_added_at_run_time_once_refreshed(
     checkout: Path, clips: dict[str, Path], log_path: Path
 ) -> None:
-    async with running(checkout, clips, log_path) as tts:
-        chain = FallbackTTS([tts])
-        await chain.start()
+    tts = GptSovitsTTS(make_settings(checkout, clips), env={"STUB_LOG": str(log_path)})
+    chain = FallbackTTS([tts])
+    await chain.start()
+    try:
         tts.add_voice("erin", voice(clips["other"]))
         with pytest.raises(InvalidInput, match="unknown voice"):
             await collect(chain.synthesize("Hi.", "erin"))  # the chain's list is stale
         chain.refresh_capabilities()
         chunks = await collect(chain.synthesize("Hi.", "erin"))
+    finally:
+        await chain.aclose()
     assert chunks and requests(log_path)[-1]["inputs"]["ref_audio_path"] == str(
         clips["other"].resolve()
     )
