@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
@@ -104,6 +105,7 @@ class Chain(Generic[B]):
     name: str
     stage: Stage
     device: str
+    metered = False  # its backends' calls are metered, each where it ran (pipeline.metering)
 
     def _setup(self, backends: Sequence[B], policy: FallbackPolicy | None) -> None:
         names = [b.name for b in backends]
@@ -118,13 +120,16 @@ class Chain(Generic[B]):
             _Entry(
                 b,
                 CircuitBreaker(
-                    threshold=policy.failure_threshold, retry_after_s=policy.trial_interval_s
+                    threshold=policy.failure_threshold,
+                    retry_after_s=policy.trial_interval_s,
+                    clock=_loop_time,
                 ),
                 LatencyWindow(
                     budget_s=policy.first_output_budget_s,
                     size=policy.latency_window,
                     min_samples=policy.latency_min_samples,
                     demote_for_s=policy.trial_interval_s,
+                    clock=_loop_time,
                 ),
             )
             for b in backends
@@ -409,6 +414,17 @@ def _start_error(exc: BaseException) -> str:
     library or weights file, never a user's text, so its message is shown."""
     message = str(exc).strip()
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _loop_time() -> float:
+    # Breakers and demotions share the event loop's clock with the deadlines and latency samples
+    # (one clock for the whole chain, which tests can make virtual); it is time.monotonic()
+    # unless a loop brings its own, and a read with no loop running (a sync caller of
+    # backend_states()) falls back to that.
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
 
 
 def _error_name(exc: BaseException) -> str:

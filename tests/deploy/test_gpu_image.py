@@ -217,7 +217,7 @@ def _closure(entry: str) -> tuple[set[str], set[str]]:
 def test_every_module_the_entrypoint_imports_is_installed_by_the_image(
     voxline_set: dict[str, Any],
 ) -> None:
-    modules, third_party = _closure("server.cli")
+    modules, third_party = _closure("cli.main")
     assert {"server.app", "models.stt_whisper", "models.tts_gpt_sovits"} <= modules
     providers = importlib.metadata.packages_distributions()
     installed = set(_pins(voxline_set))

@@ -74,7 +74,7 @@ def test_the_doctor_uses_the_chosen_backends_and_random_models(tmp_path: Path) -
 
 def test_the_device_entry_point_runs_without_the_server_and_without_pyav(tmp_path: Path) -> None:
     # What a GPU lease has: the pipeline and models packages and a few carried wheels, no PyAV
-    # (hidden here by an import hook), nothing of server/ (no FastAPI needed).
+    # (hidden here by an import hook), nothing of server/ or cli/ (no FastAPI, no typer).
     script = textwrap.dedent(
         """
         import importlib.abc, json, sys
@@ -89,7 +89,7 @@ def test_the_device_entry_point_runs_without_the_server_and_without_pyav(tmp_pat
         from models.doctor import main
 
         code = main(["--turns", "1", "--json"])
-        server = any(m.startswith("server") for m in sys.modules)
+        server = any(m.split(".")[0] in ("server", "cli") for m in sys.modules)
         print(json.dumps({"code": code, "server": server}))
         """
     )
@@ -112,7 +112,7 @@ def test_the_device_entry_point_runs_without_the_server_and_without_pyav(tmp_pat
 def test_voxline_doctor_is_a_cli_command(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VOXLINE_LLM__ENGINE": "transformers"}
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "doctor", "--turns", "1"],
+        [sys.executable, "-m", "cli", "doctor", "--turns", "1"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

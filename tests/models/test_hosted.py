@@ -99,14 +99,11 @@ async def test_chat_streams_deltas_then_usage_and_sends_the_key(
         defaults=GenerationParams(max_tokens=32, temperature=0.5),
     )
     async with opened(llm):
-        start = time.perf_counter()
-        deltas, first_at, finished_at_first = [], None, None
+        deltas, finished_at_first = [], None
         async for delta in llm.stream(QUESTION, GenerationParams(temperature=0.0, seed=7)):
-            if first_at is None:
-                first_at = time.perf_counter() - start
+            if finished_at_first is None:
                 finished_at_first = peer.requests[0].finished.is_set()
             deltas.append(delta)
-        total = time.perf_counter() - start
 
     assert "".join(d.text for d in deltas) == "Hello, world."
     assert [d.text for d in deltas[:-1]] == peer.reply  # one TextDelta per content delta
@@ -115,7 +112,7 @@ async def test_chat_streams_deltas_then_usage_and_sends_the_key(
     assert final.usage is not None and final.usage.completion_tokens == 4
     assert final.usage.prompt_tokens == 7
     # Streaming really streams: the first delta came while the peer was still sending.
-    assert finished_at_first is False and first_at is not None and first_at < total - 0.3
+    assert finished_at_first is False and peer.requests[0].finished.is_set()
 
     (request,) = peer.requests
     assert request.headers["authorization"] == f"Bearer {SECRET}"
@@ -155,24 +152,24 @@ async def test_a_4xx_for_our_request_is_not_retried_but_lets_a_fallback_try(
 
 
 async def test_hang_longer_than_the_timeout_is_an_engine_timeout(peer: OpenAIPeer) -> None:
-    peer.plans.append(PeerPlan(delay_s=3.0))
+    peer.plans.append(PeerPlan(delay_s=60.0))  # a hang: only our deadline can end the call
     llm = HostedLLM(hosted(peer.base_url, timeout_s=0.3, max_retries=2))
     async with opened(llm):
-        start = time.perf_counter()
-        with pytest.raises(EngineTimeout):
+        with pytest.raises(EngineTimeout) as caught:
             _ = [d async for d in llm.stream(QUESTION)]
-        elapsed = time.perf_counter() - start
-    assert 0.25 < elapsed < 1.0
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)  # our read deadline ended it
+    assert not peer.requests[0].finished.is_set()  # while the peer was still hanging
     assert len(peer.requests) == 1  # a spent deadline is not spent again
 
 
 async def test_nothing_listening_is_unavailable_quickly() -> None:
     llm = HostedLLM(hosted(f"http://127.0.0.1:{closed_port()}/v1", max_retries=1))
     async with opened(llm):
-        start = time.perf_counter()
         with pytest.raises(EngineUnavailable) as caught:
             _ = [d async for d in llm.stream(QUESTION)]
-        assert time.perf_counter() - start < 1.0
+        # refused at once: a connection error, not a connect timeout waited out
+        assert isinstance(caught.value.__cause__, httpx.ConnectError)
+        assert not isinstance(caught.value.__cause__, httpx.TimeoutException)
         assert caught.value.retryable and caught.value.stage == "llm"
         with pytest.raises(EngineUnavailable):
             await llm.probe()
@@ -188,10 +185,9 @@ async def test_429_is_overloaded_retried_only_within_retry_after_limit(peer: Ope
 
         peer.reset()
         peer.plans.append(PeerPlan(status=429, retry_after="30"))
-        start = time.perf_counter()
-        with pytest.raises(EngineOverloaded) as caught:
+        with pytest.raises(EngineOverloaded) as caught:  # failed over instead of waiting 30 s
             _ = [d async for d in llm.stream(QUESTION)]
-        assert time.perf_counter() - start < 0.5 and len(peer.requests) == 1
+        assert len(peer.requests) == 1
     assert caught.value.retryable
 
 
@@ -334,15 +330,15 @@ async def test_speech_drop_before_output_is_retried_after_output_is_not(peer: Op
 
 
 async def test_speech_gap_longer_than_the_timeout_after_output(peer: OpenAIPeer) -> None:
-    peer.plans.append(PeerPlan(gap_s=2.0))
+    peer.plans.append(PeerPlan(gap_s=60.0))  # a hang after the first piece
     tts = HostedTTS(hosted(peer.base_url, timeout_s=0.3, max_retries=2))
     received = []
     async with opened(tts):
-        start = time.perf_counter()
-        with pytest.raises(EngineTimeout):
+        with pytest.raises(EngineTimeout) as caught:
             async for chunk in tts.synthesize("Hi."):
                 received.append(chunk)
-        assert time.perf_counter() - start < 1.0
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)  # our read deadline ended it
+    assert not peer.requests[0].finished.is_set()  # while the peer was still hanging
     assert len(received) == 1 and len(peer.requests) == 1
 
 

@@ -1,9 +1,10 @@
 """GptSovitsTTS against a stub checkout: the real worker script, pipe protocol and pool.
 
 Upstream GPT-SoVITS cannot run here in seconds (its own venv, gigabytes of weights), so the model
-is the stub from ``gpt_sovits_stub.py``; everything else is the real thing: worker processes
-started with an interpreter inside a checkout, frames over their stdin/stdout, cancel, crash and
-hang handling, and the pool. The opt-in ``gpt_sovits`` tests run the real upstream.
+is the stand-in checkout from ``tests/fakes/gpt_sovits_checkout.py``; everything else is the real
+thing: worker processes started with an interpreter inside a checkout, frames over their
+stdin/stdout, cancel, crash and hang handling, and the pool. The opt-in ``gpt_sovits`` tests
+run the real upstream.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pipeline.errors import (
 from pipeline.fallback import FallbackTTS
 from pipeline.settings import GptSovitsSettings, GptSovitsVoice
 from pipeline.types import AudioChunk
-from tests.models.gpt_sovits_stub import make_stub_checkout, read_log
+from tests.fakes.gpt_sovits_checkout import make_stub_checkout, read_log
 
 CHUNK = 3200  # samples in one stub chunk: 100 ms at 32 kHz
 
@@ -227,15 +228,12 @@ async def test_closing_the_stream_cancels_upstream_and_frees_the_worker(
         async with contextlib.aclosing(tts.synthesize("A LONG answer.")) as stream:
             async for _ in stream:
                 break
-        started = time.perf_counter()
         async with contextlib.aclosing(tts.synthesize("Next one.")) as stream:
             first = await anext(stream)
-        waited = time.perf_counter() - started
     assert first.sample_rate == 32_000
-    assert waited < 2.0  # the cancelled request did not run on to its 10 s end
     order = [e["event"] for e in read_log(log_path) if e["event"] != "set_ref"]
-    # after the warm-up: stop(), then the generator closed, then the next request on the same
-    # worker
+    # after the warm-up: stop(), then the generator closed (it did not run on to its end: that
+    # logs no "closed"), then the next request on the same worker
     assert order[:6] == ["load", "run", "run", "stop", "closed", "run"]
     assert len({e["pid"] for e in read_log(log_path)}) == 1  # the same worker: no restart
 
@@ -255,11 +253,11 @@ async def test_a_cancelled_consumer_task_cancels_the_request(
         task.cancel()  # the user barged in
         with pytest.raises(asyncio.CancelledError):
             await task
-        started = time.perf_counter()
         chunks = await collect(tts.synthesize("Short."))
-        assert time.perf_counter() - started < 2.0
     assert len(chunks) == 5
-    assert events(log_path, "closed")  # upstream's generator was closed, not run to its end
+    order = [e["event"] for e in read_log(log_path)]
+    # upstream's generator was closed, not run to its end, before the next request ran
+    assert order[:5] == ["load", "run", "stop", "closed", "run"]
     assert len({e["pid"] for e in events(log_path, "run")}) == 1
 
 
@@ -284,12 +282,10 @@ async def test_a_hung_worker_times_out_and_is_replaced(
     checkout: Path, clips: dict[str, Path], log_path: Path
 ) -> None:
     async with running(checkout, clips, log_path, request_timeout_s=0.5) as tts:
-        started = time.perf_counter()
+        # the stub hangs forever: only the deadline can end the request
         with pytest.raises(EngineTimeout) as info:
             await collect(tts.synthesize("HANG here."))
-        elapsed = time.perf_counter() - started
         chunks = await collect(tts.synthesize("And now?"))
-    assert 0.4 < elapsed < 3.0
     assert info.value.retryable
     assert len(chunks) == 5
     first, _ = (e["pid"] for e in events(log_path, "load"))
@@ -344,10 +340,9 @@ async def test_requests_fail_fast_while_no_worker_can_restart_then_recover(
         fail.touch()  # from now on, upstream cannot load
         with pytest.raises(EngineUnavailable):
             await collect(tts.synthesize("CRASH it."))
-        started = time.perf_counter()
+        # failed with upstream's load error, rather than waiting for a worker (an EngineTimeout)
         with pytest.raises(EngineUnavailable, match="pretrained weights are missing") as info:
             await collect(tts.synthesize("Anyone there?"))
-        assert time.perf_counter() - started < 5.0  # failed, rather than waiting for a worker
         assert info.value.retryable  # another backend may serve it
         fail.unlink()  # the pool keeps retrying in the background
         for _ in range(100):
@@ -444,10 +439,8 @@ async def test_a_load_failure_is_a_model_load_error_with_upstreams_reason(
 async def test_a_slow_start_times_out(checkout: Path, clips: dict[str, Path]) -> None:
     settings = make_settings(checkout, clips, start_timeout_s=0.5)
     tts = GptSovitsTTS(settings, env={"STUB_LOAD_DELAY": "30"})
-    started = time.perf_counter()
-    with pytest.raises(EngineTimeout):
+    with pytest.raises(EngineTimeout):  # 0.5 s of the stub's 30 s load: only the deadline ends it
         await tts.start()
-    assert time.perf_counter() - started < 5.0
     await tts.aclose()
 
 

@@ -278,7 +278,7 @@ async def test_text_with_nothing_to_speak_is_invalid_input(tts: PiperTTS) -> Non
 
 
 async def test_audio_is_speech_of_plausible_length(tts: PiperTTS) -> None:
-    chunks, _, total = await synthesize(tts, SENTENCES)
+    chunks, _, _ = await synthesize(tts, SENTENCES)
     assert all(c.sample_rate == 22_050 and c.samples.dtype == np.float32 for c in chunks)
     samples = np.concatenate([c.samples for c in chunks])
     assert np.isfinite(samples).all() and np.abs(samples).max() <= 1.0
@@ -287,7 +287,6 @@ async def test_audio_is_speech_of_plausible_length(tts: PiperTTS) -> None:
     # at ~0.3 s a word plus a pause per sentence. Outside 0.2-0.7 the audio is not this text.
     per_word = duration(chunks) / len(SENTENCES.split())
     assert 0.2 < per_word < 0.7, per_word
-    assert total < duration(chunks)  # faster than real time, even on 2 shared cores
 
 
 async def test_multi_sentence_text_streams_several_chunks_first_before_the_rest(
@@ -338,33 +337,51 @@ async def test_named_and_aliased_voices_speak(tts: PiperTTS) -> None:
 # --- cancellation and shutdown -----------------------------------------------------------------
 
 
-async def wait_for_worker_to_end(limit_s: float) -> float:
-    start = time.perf_counter()
+async def wait_for_worker_to_end(guard_s: float = 60.0) -> None:
+    """Wait for the worker thread to end (``guard_s`` only guards against a hang: that it
+    stopped early is shown by the phrases it synthesized, not by how fast)."""
+    start = time.monotonic()
     # A thread's end signals no asyncio event, so we poll; the sleeps also let the loop run the
     # abandoned generators' finalizers, which is what stops the worker.
-    while worker_alive() and time.perf_counter() - start < limit_s:  # noqa: ASYNC110
+    while worker_alive() and time.monotonic() - start < guard_s:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
-    return time.perf_counter() - start
 
 
-async def test_breaking_out_after_the_first_chunk_stops_the_worker(tts: PiperTTS) -> None:
-    text = " ".join([SENTENCES] * 10)  # ~25 s of speech, ~4 s of compute
+def count_phrases(engine: PiperTTS, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A spy on the real voice: one entry per phrase it synthesizes."""
+    voice, phrases = engine._ensure_voice(), []
+    synthesize = voice.phoneme_ids_to_audio
+    monkeypatch.setattr(
+        voice, "phoneme_ids_to_audio", lambda *a: phrases.append(1) or synthesize(*a)
+    )
+    return phrases
+
+
+async def test_breaking_out_after_the_first_chunk_stops_the_worker(
+    tts: PiperTTS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = " ".join([SENTENCES] * 10)  # 30 sentences: ~25 s of speech, ~4 s of compute
+    phrases = count_phrases(tts, monkeypatch)
     async for _chunk in tts.synthesize(text):
         break
     assert worker_alive()  # it was still working on the rest
-    waited = await wait_for_worker_to_end(2.0)
+    await wait_for_worker_to_end()
     assert not worker_alive()
-    assert waited < 1.5, waited  # the phrase being synthesized (~0.3 s) plus slack for load
+    assert 1 <= len(phrases) < 10, phrases  # of 30: it stopped, it did not finish
 
 
-async def test_aclose_stops_in_flight_synthesis_and_refuses_new_work() -> None:
+async def test_aclose_stops_in_flight_synthesis_and_refuses_new_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     engine = PiperTTS(TTSSettings())
     engine.load()
+    phrases = count_phrases(engine, monkeypatch)
     stream = engine.synthesize(" ".join([SENTENCES] * 10))
     await anext(stream)
     await engine.aclose()  # the consumer still holds the stream open
-    waited = await wait_for_worker_to_end(2.0)
-    assert not worker_alive() and waited < 1.5, waited
+    await wait_for_worker_to_end()
+    assert not worker_alive()
+    assert 1 <= len(phrases) < 10, phrases  # of 30: it stopped, it did not finish
     await stream.aclose()
     with pytest.raises(EngineUnavailable):
         await synthesize(engine, "Hello.")

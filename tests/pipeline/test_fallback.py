@@ -1,17 +1,18 @@
 """Fallback chains driven by scripted engines: which backend serves, nothing said twice,
 deadlines, breakers and their recovery, concurrent reports, cancellation.
 
-The engines are fakes (tests/fakes.py) because the failures under test (an out-of-memory error
-halfway through a reply, a hung GPU worker, NaN audio) cannot be produced on demand by the real
-ones; the fakes are real STT/LLM/TTS subclasses, so the stage base classes' validation and error
-translation run as in production. Deadlines and probe intervals are tens of milliseconds.
+The engines are the scripted doubles (tests/fakes) because the failures under test (an
+out-of-memory error halfway through a reply, a hung GPU worker, NaN audio) cannot be produced on
+demand by the real ones; they are real STT/LLM/TTS subclasses, so the stage base classes'
+validation and error translation run as in production. Every test runs on the event loop's
+virtual clock (``looptime``): deadlines, probes and trial intervals are the production defaults
+or any other length, they cost no real time, and elapsed times are exact.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -37,9 +38,18 @@ from pipeline.fallback import (
     collect_reports,
 )
 from pipeline.types import AudioChunk, GenerationParams, Message, TextDelta, Transcript
-from tests.fakes import FlakyLLM, FlakyPlan, FlakySTT, FlakyTTS, OutOfMemoryError, tone
+from tests.fakes import (
+    OutOfMemoryError,
+    Plan,
+    ScriptedLLM,
+    ScriptedSTT,
+    ScriptedTTS,
+    loop_time,
+    tone,
+)
 
 T = TypeVar("T")
+pytestmark = pytest.mark.looptime
 
 FAST = FallbackPolicy(
     first_output_timeout_s=0.1, gap_timeout_s=0.1, failure_threshold=2, probe_interval_s=0.05
@@ -68,7 +78,7 @@ def _samples(chunks: list[AudioChunk]) -> np.ndarray:
 
 
 async def test_a_healthy_primary_serves_alone() -> None:
-    gpu, cpu = FlakySTT("gpu"), FlakySTT("cpu")
+    gpu, cpu = ScriptedSTT("gpu"), ScriptedSTT("cpu")
     chain = FallbackSTT([gpu, cpu], FAST)
     items, report = await _collect(chain.transcribe(AUDIO))
     assert [t.text for t in items] == ["hello", "hello there", "hello there world"]
@@ -78,19 +88,19 @@ async def test_a_healthy_primary_serves_alone() -> None:
 
 
 async def test_out_of_memory_before_output_moves_on_transparently() -> None:
-    gpu, cpu = FlakyLLM("gpu", fail_times=1, error=OutOfMemoryError), FlakyLLM("cpu")
+    gpu, cpu = ScriptedLLM("gpu", fail_times=1, error=OutOfMemoryError), ScriptedLLM("cpu")
     chain = FallbackLLM([gpu, cpu], FAST)
     deltas, report = await _collect(chain.stream(CHAT))
     assert _text(deltas) == REPLY
     assert deltas[-1].finish_reason == "stop" and deltas[-1].usage is not None
     assert report.served_by == "cpu"
     assert report.fallbacks == (Fallback("gpu", "cpu", "error", "EngineOverloaded", False),)
-    assert cpu.calls[0][0] == CHAT  # the same request, no continuation
+    assert cpu.calls[0].input == CHAT  # the same request, no continuation
 
 
 async def test_invalid_input_is_not_retried() -> None:
-    gpu = FlakySTT("gpu", plans=[FlakyPlan(error=InvalidInput("unsupported language"))])
-    cpu = FlakySTT("cpu")
+    gpu = ScriptedSTT("gpu", plans=[Plan(error=InvalidInput("unsupported language"))])
+    cpu = ScriptedSTT("cpu")
     chain = FallbackSTT([gpu, cpu], FAST)
     with collect_reports() as reports, pytest.raises(InvalidInput):
         await _collect(chain.transcribe(AUDIO))
@@ -100,7 +110,7 @@ async def test_invalid_input_is_not_retried() -> None:
 
 async def test_a_non_retryable_stage_error_is_raised_unchanged() -> None:
     refusal = StageError("refused", stage="tts", backend="gpu", retryable=False)
-    gpu, cpu = FlakyTTS("gpu", plans=[FlakyPlan(error=refusal)]), FlakyTTS("cpu")
+    gpu, cpu = ScriptedTTS("gpu", plans=[Plan(error=refusal)]), ScriptedTTS("cpu")
     with pytest.raises(StageError) as caught:
         await _collect(FallbackTTS([gpu, cpu], FAST).synthesize("Hi there."))
     assert caught.value is refusal and cpu.calls == []
@@ -108,7 +118,7 @@ async def test_a_non_retryable_stage_error_is_raised_unchanged() -> None:
 
 async def test_a_model_load_error_moves_on_and_opens_the_breaker_at_once() -> None:
     missing = ModelLoadError("no weights", stage="stt", backend="gpu", retryable=False)
-    gpu, cpu = FlakySTT("gpu", plans=[FlakyPlan(error=missing)]), FlakySTT("cpu")
+    gpu, cpu = ScriptedSTT("gpu", plans=[Plan(error=missing)]), ScriptedSTT("cpu")
     chain = FallbackSTT([gpu, cpu], FallbackPolicy(failure_threshold=3, probe_interval_s=60))
     _, report = await _collect(chain.transcribe(AUDIO))
     assert report.served_by == "cpu"
@@ -117,8 +127,8 @@ async def test_a_model_load_error_moves_on_and_opens_the_breaker_at_once() -> No
 
 
 async def test_when_every_backend_fails_the_last_error_is_raised() -> None:
-    gpu = FlakyLLM("gpu", fail_times=1, error=OutOfMemoryError)
-    cpu = FlakyLLM("cpu", fail_times=1, error=ConnectionResetError)
+    gpu = ScriptedLLM("gpu", fail_times=1, error=OutOfMemoryError)
+    cpu = ScriptedLLM("cpu", fail_times=1, error=ConnectionResetError)
     with collect_reports() as reports, pytest.raises(StageError) as caught:
         await _collect(FallbackLLM([gpu, cpu], FAST).stream(CHAT))
     assert caught.value.backend == "cpu"
@@ -135,13 +145,13 @@ async def test_when_every_backend_fails_the_last_error_is_raised() -> None:
 
 @pytest.mark.parametrize("continuation", ["restart", "resume"])
 async def test_llm_continues_after_partial_output_without_repeating(continuation: Any) -> None:
-    gpu = FlakyLLM("gpu", plans=[FlakyPlan(error=OutOfMemoryError, after=3)])  # "Hello, world"
-    cpu = FlakyLLM("cpu", continuation=continuation)
+    gpu = ScriptedLLM("gpu", plans=[Plan(error=OutOfMemoryError, after=3)])  # "Hello, world"
+    cpu = ScriptedLLM("cpu", continuation=continuation)
     chain = FallbackLLM([gpu, cpu], FAST)
     deltas, report = await _collect(chain.stream(CHAT, GenerationParams(max_tokens=20)))
     assert _text(deltas) == REPLY  # what one healthy backend says, exactly once
     assert report.fallbacks == (Fallback("gpu", "cpu", "error", "EngineOverloaded", True),)
-    messages, params = cpu.calls[0]
+    messages, params = cpu.calls[0].input, cpu.calls[0].params
     assert messages == [
         *CHAT,
         Message("assistant", "Hello, world"),
@@ -151,20 +161,20 @@ async def test_llm_continues_after_partial_output_without_repeating(continuation
 
 
 async def test_an_empty_reply_moves_on_and_is_passed_on_by_the_last_backend() -> None:
-    gpu, cpu = FlakyLLM("gpu", plans=[FlakyPlan(garbage=True)]), FlakyLLM("cpu")
+    gpu, cpu = ScriptedLLM("gpu", plans=[Plan(garbage=True)]), ScriptedLLM("cpu")
     deltas, report = await _collect(FallbackLLM([gpu, cpu], FAST).stream(CHAT))
     assert _text(deltas) == REPLY and report.served_by == "cpu"
     assert report.fallbacks[0].reason == "unusable_output"
-    cpu.plans.append(FlakyPlan(garbage=True))
-    alone = FallbackLLM([FlakyLLM("only", plans=[FlakyPlan(garbage=True)])], FAST)
+    cpu.plans.append(Plan(garbage=True))
+    alone = FallbackLLM([ScriptedLLM("only", plans=[Plan(garbage=True)])], FAST)
     deltas, report = await _collect(alone.stream(CHAT))
     assert [(d.text, d.finish_reason) for d in deltas] == [("", "stop")]
     assert report.served_by == "only"  # the call did not fail: it said nothing
 
 
 async def test_stt_after_partials_retries_the_clip_and_never_goes_backwards() -> None:
-    gpu = FlakySTT("gpu", plans=[FlakyPlan(error=RuntimeError, after=1)])  # sent "hello"
-    cpu = FlakySTT("cpu", text="hello their world")
+    gpu = ScriptedSTT("gpu", plans=[Plan(error=RuntimeError, after=1)])  # sent "hello"
+    cpu = ScriptedSTT("cpu", text="hello their world")
     items, report = await _collect(FallbackSTT([gpu, cpu], FAST).transcribe(AUDIO))
     # cpu's own "hello" would repeat, "hello their" extends what was shown: passed on
     assert [(t.text, t.final) for t in items] == [
@@ -173,14 +183,14 @@ async def test_stt_after_partials_retries_the_clip_and_never_goes_backwards() ->
         ("hello their world", True),
     ]
     assert report.served_by == "cpu" and report.fallbacks[0].after_output
-    assert np.array_equal(cpu.calls[0].samples, AUDIO.samples)  # the whole clip again
+    assert np.array_equal(cpu.calls[0].input.samples, AUDIO.samples)  # the whole clip again
 
 
 async def test_stt_empty_final_is_an_answer_but_no_final_is_not() -> None:
-    gpu, cpu = FlakySTT("gpu", text=""), FlakySTT("cpu")
+    gpu, cpu = ScriptedSTT("gpu", text=""), ScriptedSTT("cpu")
     items, report = await _collect(FallbackSTT([gpu, cpu], FAST).transcribe(AUDIO))
     assert [(t.text, t.final) for t in items] == [("", True)] and report.served_by == "gpu"
-    gpu = FlakySTT("gpu", plans=[FlakyPlan(garbage=True)])
+    gpu = ScriptedSTT("gpu", plans=[Plan(garbage=True)])
     items, report = await _collect(FallbackSTT([gpu, cpu], FAST).transcribe(AUDIO))
     assert items[-1] == Transcript("hello there world", True, audio_seconds=0.5)
     assert report.fallbacks[0].reason == "unusable_output"
@@ -188,8 +198,8 @@ async def test_stt_empty_final_is_an_answer_but_no_final_is_not() -> None:
 
 async def test_tts_resumes_the_phrase_where_the_audio_stopped() -> None:
     text = "A phrase of some length."
-    gpu = FlakyTTS("gpu", plans=[FlakyPlan(error=OutOfMemoryError, after=2)])
-    cpu = FlakyTTS("cpu", chunk_s=0.03)  # other chunk borders: skipping is by samples
+    gpu = ScriptedTTS("gpu", plans=[Plan(error=OutOfMemoryError, after=2)])
+    cpu = ScriptedTTS("cpu", chunk_s=0.03)  # other chunk borders: skipping is by samples
     chunks, report = await _collect(FallbackTTS([gpu, cpu], FAST).synthesize(text))
     assert np.array_equal(_samples(chunks), cpu.render(text))  # every sample once, in order
     assert report.fallbacks == (Fallback("gpu", "cpu", "error", "EngineOverloaded", True),)
@@ -197,8 +207,8 @@ async def test_tts_resumes_the_phrase_where_the_audio_stopped() -> None:
 
 async def test_tts_audio_stays_at_the_first_backends_rate() -> None:
     text = "A phrase of some length."
-    gpu = FlakyTTS("gpu", sample_rate=16_000, plans=[FlakyPlan(error=RuntimeError, after=2)])
-    hosted = FlakyTTS("hosted", sample_rate=24_000)
+    gpu = ScriptedTTS("gpu", sample_rate=16_000, plans=[Plan(error=RuntimeError, after=2)])
+    hosted = ScriptedTTS("hosted", sample_rate=24_000)
     chain = FallbackTTS([gpu, hosted], FAST)
     assert chain.capabilities.sample_rate == 16_000
     chunks, _ = await _collect(chain.synthesize(text))
@@ -209,91 +219,104 @@ async def test_tts_audio_stays_at_the_first_backends_rate() -> None:
     assert np.abs(joined[100:n] - reference[100:n]).max() < 0.01  # in phase, nothing repeated
 
 
-@pytest.mark.parametrize("plan", [FlakyPlan(garbage=True), FlakyPlan(garbage=True, after=2)])
-async def test_nan_audio_is_never_passed_on(plan: FlakyPlan) -> None:
-    gpu, cpu = FlakyTTS("gpu", plans=[plan]), FlakyTTS("cpu")
+@pytest.mark.parametrize("plan", [Plan(garbage=True), Plan(garbage=True, after=2)])
+async def test_nan_audio_is_never_passed_on(plan: Plan) -> None:
+    gpu, cpu = ScriptedTTS("gpu", plans=[plan]), ScriptedTTS("cpu")
     chunks, report = await _collect(FallbackTTS([gpu, cpu], FAST).synthesize("Some words."))
     assert np.isfinite(_samples(chunks)).all()
     assert np.array_equal(_samples(chunks), cpu.render("Some words."))
     assert report.fallbacks[0].reason == "unusable_output"
-    alone = FallbackTTS([FlakyTTS("only", plans=[FlakyPlan(garbage=True)])], FAST)
+    alone = FallbackTTS([ScriptedTTS("only", plans=[Plan(garbage=True)])], FAST)
     with pytest.raises(EngineUnavailable, match="unusable output"):
         await _collect(alone.synthesize("Some words."))
 
 
 async def test_silent_audio_moves_on_unless_nothing_else_is_left() -> None:
-    gpu, cpu = FlakyTTS("gpu", plans=[FlakyPlan(silent=True)]), FlakyTTS("cpu")
+    gpu, cpu = ScriptedTTS("gpu", plans=[Plan(silent=True)]), ScriptedTTS("cpu")
     chunks, report = await _collect(FallbackTTS([gpu, cpu], FAST).synthesize("Some words."))
     assert np.array_equal(_samples(chunks), cpu.render("Some words."))
     assert report.served_by == "cpu" and report.fallbacks[0].reason == "unusable_output"
-    alone = FallbackTTS([FlakyTTS("only", plans=[FlakyPlan(silent=True)])], FAST)
+    alone = FallbackTTS([ScriptedTTS("only", plans=[Plan(silent=True)])], FAST)
     chunks, report = await _collect(alone.synthesize("Some words."))
     assert not np.any(_samples(chunks)) and len(_samples(chunks)) == 0.11 * 16_000
     assert report.served_by == "only"
 
 
 async def test_a_voice_the_backend_lacks_becomes_its_default() -> None:
-    gpu = FlakyTTS("gpu", voices=["ana"], fail_times=1)
-    hosted = FlakyTTS("hosted", voices=())  # takes any name
-    chain = FallbackTTS([gpu, FlakyTTS("cpu", voices=["joe"]), hosted], FAST)
+    gpu = ScriptedTTS("gpu", voices=["ana"], fail_times=1)
+    hosted = ScriptedTTS("hosted", voices=())  # takes any name
+    chain = FallbackTTS([gpu, ScriptedTTS("cpu", voices=["joe"]), hosted], FAST)
     assert chain.capabilities.voices == ()
     await _collect(chain.synthesize("Hi.", "ana"))
-    assert gpu.calls[0][1] == "ana" and chain.backends[1].calls[0][1] is None  # type: ignore[attr-defined]
-    strict = FallbackTTS([FlakyTTS("a", voices=["ana"]), FlakyTTS("b", voices=["joe"])], FAST)
+    assert gpu.calls[0].voice == "ana" and chain.backends[1].calls[0].voice is None  # type: ignore[attr-defined]
+    strict = FallbackTTS([ScriptedTTS("a", voices=["ana"]), ScriptedTTS("b", voices=["joe"])], FAST)
     assert strict.capabilities.voices == ("ana", "joe")
     with pytest.raises(InvalidInput):
         await _collect(strict.synthesize("Hi.", "bob"))
 
 
-# -- deadlines -------------------------------------------------------------------------------------
+# -- deadlines (the production defaults: 10 s each, on the virtual clock) --------------------------
+
+DEFAULT = FallbackPolicy()
 
 
 async def test_a_hung_first_output_costs_one_deadline() -> None:
-    gpu, cpu = FlakyLLM("gpu", plans=[FlakyPlan(hang=True)]), FlakyLLM("cpu")
-    started = time.perf_counter()
-    deltas, report = await _collect(FallbackLLM([gpu, cpu], FAST).stream(CHAT))
-    elapsed = time.perf_counter() - started
-    assert _text(deltas) == REPLY and 0.1 <= elapsed < 0.3
+    gpu, cpu = ScriptedLLM("gpu", plans=[Plan(hang=True)]), ScriptedLLM("cpu")
+    started = loop_time()
+    deltas, report = await _collect(FallbackLLM([gpu, cpu], DEFAULT).stream(CHAT))
+    assert loop_time() - started == pytest.approx(DEFAULT.first_output_timeout_s)
+    assert _text(deltas) == REPLY
     assert report.fallbacks == (Fallback("gpu", "cpu", "first_output_timeout", "EngineTimeout"),)
     assert gpu.closed == 1  # the hung call was cancelled and closed
 
 
 async def test_a_hang_between_chunks_costs_one_gap_deadline() -> None:
-    gpu = FlakyTTS("gpu", plans=[FlakyPlan(hang=True, after=1)])
-    cpu = FlakyTTS("cpu")
-    started = time.perf_counter()
-    chunks, report = await _collect(FallbackTTS([gpu, cpu], FAST).synthesize("Some words."))
-    assert 0.1 <= time.perf_counter() - started < 0.3
+    gpu = ScriptedTTS("gpu", plans=[Plan(hang=True, after=1, first_delay_s=1.0)])
+    cpu = ScriptedTTS("cpu")
+    started = loop_time()
+    chunks, report = await _collect(FallbackTTS([gpu, cpu], DEFAULT).synthesize("Some words."))
+    assert loop_time() - started == pytest.approx(1.0 + DEFAULT.gap_timeout_s)
     assert np.array_equal(_samples(chunks), cpu.render("Some words."))
     assert report.fallbacks == (Fallback("gpu", "cpu", "gap_timeout", "EngineTimeout", True),)
 
 
 async def test_slow_but_in_time_is_not_a_failure() -> None:
-    gpu = FlakySTT("gpu", plans=[FlakyPlan(first_delay_s=0.05, gap_s=0.05)])
-    items, report = await _collect(FallbackSTT([gpu, FlakySTT("cpu")], FAST).transcribe(AUDIO))
+    just_in_time = DEFAULT.first_output_timeout_s - 0.001
+    gpu = ScriptedSTT("gpu", plans=[Plan(first_delay_s=just_in_time, gap_s=just_in_time)])
+    chain = FallbackSTT([gpu, ScriptedSTT("cpu")], DEFAULT)
+    started = loop_time()
+    items, report = await _collect(chain.transcribe(AUDIO))
     assert report.served_by == "gpu" and items[-1].final
+    assert loop_time() - started == pytest.approx(3 * just_in_time)  # 3 items, each just in time
 
 
 async def test_the_first_output_deadline_grows_with_the_audio() -> None:
-    policy = FallbackPolicy(first_output_timeout_s=0.05, first_output_timeout_per_audio_s=0.2)
-    gpu = FlakySTT("gpu", plans=[FlakyPlan(first_delay_s=0.1)])  # 0.1 < 0.05 + 0.2 * 0.5 s
-    _, report = await _collect(FallbackSTT([gpu, FlakySTT("cpu")], policy).transcribe(AUDIO))
+    policy = FallbackPolicy(first_output_timeout_s=1.0, first_output_timeout_per_audio_s=2.0)
+    in_time = Plan(first_delay_s=1.9)  # 1.9 < 1 + 2 * 0.5 s of audio
+    late = Plan(first_delay_s=2.1)
+    gpu = ScriptedSTT("gpu", plans=[in_time, late])
+    chain = FallbackSTT([gpu, ScriptedSTT("cpu")], policy)
+    _, report = await _collect(chain.transcribe(AUDIO))
     assert report.served_by == "gpu"
+    started = loop_time()
+    _, report = await _collect(chain.transcribe(AUDIO))
+    assert report.fallbacks == (Fallback("gpu", "cpu", "first_output_timeout", "EngineTimeout"),)
+    assert loop_time() - started == pytest.approx(2.0)  # the deadline for 0.5 s of audio
 
 
 async def test_the_last_backend_hanging_raises_a_timeout_in_time() -> None:
-    chain = FallbackSTT([FlakySTT("only", plans=[FlakyPlan(hang=True)])], FAST)
-    started = time.perf_counter()
+    chain = FallbackSTT([ScriptedSTT("only", plans=[Plan(hang=True)])], DEFAULT)
+    started = loop_time()
     with pytest.raises(EngineTimeout):
         await _collect(chain.transcribe(AUDIO))
-    assert time.perf_counter() - started < 0.3
+    assert loop_time() - started == pytest.approx(DEFAULT.first_output_timeout_s)
 
 
 # -- breaker and recovery --------------------------------------------------------------------------
 
 
 async def test_a_dead_primary_is_skipped_then_comes_back_by_itself() -> None:
-    gpu, cpu = FlakyLLM("gpu"), FlakyLLM("cpu")
+    gpu, cpu = ScriptedLLM("gpu"), ScriptedLLM("cpu")
     chain = FallbackLLM([gpu, cpu], FAST)
     gpu.down = True
     for _ in range(2):  # failure_threshold=2
@@ -316,23 +339,23 @@ async def test_a_dead_primary_is_skipped_then_comes_back_by_itself() -> None:
 
 
 async def test_skipping_an_open_breaker_does_not_wait_on_a_hung_backend() -> None:
-    gpu, cpu = FlakySTT("gpu"), FlakySTT("cpu")
-    gpu.plans.extend(FlakyPlan(hang=True) for _ in range(2))
+    gpu, cpu = ScriptedSTT("gpu"), ScriptedSTT("cpu")
+    gpu.plans.extend(Plan(hang=True) for _ in range(2))
     chain = FallbackSTT([gpu, cpu], dataclasses.replace(FAST, probe_interval_s=60))
     for _ in range(2):
         await _collect(chain.transcribe(AUDIO))
-    started = time.perf_counter()
+    started = loop_time()
     _, report = await _collect(chain.transcribe(AUDIO))
-    assert time.perf_counter() - started < 0.09 and report.served_by == "cpu"  # no deadline
+    assert loop_time() == started and report.served_by == "cpu"  # no deadline waited
     await chain.aclose()
 
 
 async def test_half_open_lets_one_real_call_try_the_primary() -> None:
-    class NoProbe(FlakyTTS):
+    class NoProbe(ScriptedTTS):
         async def warm(self) -> None:  # its health check never passes: only real calls tell
             raise ConnectionRefusedError
 
-    gpu, cpu = NoProbe("gpu", fail_times=2), FlakyTTS("cpu")
+    gpu, cpu = NoProbe("gpu", fail_times=2), ScriptedTTS("cpu")
     chain = FallbackTTS([gpu, cpu], dataclasses.replace(FAST, trial_interval_s=0.3))
     for _ in range(2):
         await _collect(chain.synthesize("Hi."))
@@ -347,7 +370,7 @@ async def test_half_open_lets_one_real_call_try_the_primary() -> None:
 
 
 async def test_a_backend_probe_is_preferred_to_a_warm_up() -> None:
-    class Hosted(FlakySTT):
+    class Hosted(ScriptedSTT):
         probes = 0
 
         async def probe(self) -> tuple[str, ...]:
@@ -355,7 +378,7 @@ async def test_a_backend_probe_is_preferred_to_a_warm_up() -> None:
             return ("whisper-1",)
 
     hosted = Hosted("hosted", fail_times=2)
-    chain = FallbackSTT([hosted, FlakySTT("cpu")], FAST)
+    chain = FallbackSTT([hosted, ScriptedSTT("cpu")], FAST)
     for _ in range(2):
         await _collect(chain.transcribe(AUDIO))
     await asyncio.sleep(0.1)
@@ -365,7 +388,7 @@ async def test_a_backend_probe_is_preferred_to_a_warm_up() -> None:
 
 
 async def test_when_every_breaker_is_open_the_backends_are_tried_anyway() -> None:
-    gpu, cpu = FlakySTT("gpu", fail_times=2), FlakySTT("cpu", fail_times=2)
+    gpu, cpu = ScriptedSTT("gpu", fail_times=2), ScriptedSTT("cpu", fail_times=2)
     chain = FallbackSTT([gpu, cpu], dataclasses.replace(FAST, probe_interval_s=60))
     for _ in range(2):
         with pytest.raises(StageError):
@@ -378,8 +401,8 @@ async def test_when_every_breaker_is_open_the_backends_are_tried_anyway() -> Non
 
 async def test_a_slow_primary_is_demoted_then_gets_another_chance() -> None:
     policy = FallbackPolicy(first_output_budget_s=0.02, latency_min_samples=2, trial_interval_s=0.3)
-    gpu = FlakySTT("gpu", plans=[FlakyPlan(first_delay_s=0.03) for _ in range(2)])
-    chain = FallbackSTT([gpu, FlakySTT("cpu")], policy)
+    gpu = ScriptedSTT("gpu", plans=[Plan(first_delay_s=0.03) for _ in range(2)])
+    chain = FallbackSTT([gpu, ScriptedSTT("cpu")], policy)
     for _ in range(2):
         _, report = await _collect(chain.transcribe(AUDIO))
         assert report.served_by == "gpu"
@@ -388,7 +411,7 @@ async def test_a_slow_primary_is_demoted_then_gets_another_chance() -> None:
     _, report = await _collect(chain.transcribe(AUDIO))
     assert report.served_by == "cpu"
     assert report.fallbacks == (Fallback("gpu", "cpu", "demoted"),)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.31)  # the demotion (trial_interval_s) has passed
     _, report = await _collect(chain.transcribe(AUDIO))
     assert report.served_by == "gpu"
 
@@ -397,7 +420,7 @@ async def test_a_slow_primary_is_demoted_then_gets_another_chance() -> None:
 
 
 async def test_start_skips_a_backend_that_cannot_start_and_probes_it() -> None:
-    class Broken(FlakyLLM):
+    class Broken(ScriptedLLM):
         starts = 0
 
         async def start(self) -> None:
@@ -405,7 +428,7 @@ async def test_start_skips_a_backend_that_cannot_start_and_probes_it() -> None:
             if self.starts == 1:
                 raise EngineUnavailable("no CUDA device", stage="llm", backend=self.name)
 
-    gpu, cpu = Broken("gpu", context_tokens=8192), FlakyLLM("cpu", context_tokens=2048)
+    gpu, cpu = Broken("gpu", context_tokens=8192), ScriptedLLM("cpu", context_tokens=2048)
     chain = FallbackLLM([gpu, cpu], FAST)
     assert chain.capabilities.context_tokens == 2048  # trimmed history fits either
     await chain.start()
@@ -423,7 +446,7 @@ async def test_start_skips_a_backend_that_cannot_start_and_probes_it() -> None:
 
 
 async def test_start_fails_only_when_no_backend_starts() -> None:
-    class Broken(FlakySTT):
+    class Broken(ScriptedSTT):
         async def start(self) -> None:
             raise ModelLoadError("weights missing", stage="stt", backend=self.name)
 
@@ -438,7 +461,7 @@ async def test_start_fails_only_when_no_backend_starts() -> None:
 async def test_aclose_stops_the_probes_and_closes_every_backend() -> None:
     closed: list[str] = []
 
-    class Closing(FlakySTT):
+    class Closing(ScriptedSTT):
         async def aclose(self) -> None:
             closed.append(self.name)
 
@@ -457,16 +480,16 @@ def test_policy_and_chain_arguments_are_checked() -> None:
     with pytest.raises(ValueError):
         FallbackSTT([], FAST)
     with pytest.raises(ValueError, match="unique"):
-        FallbackSTT([FlakySTT("cpu"), FlakySTT("cpu")], FAST)
+        FallbackSTT([ScriptedSTT("cpu"), ScriptedSTT("cpu")], FAST)
 
 
 # -- concurrency and cancellation ------------------------------------------------------------------
 
 
 async def test_concurrent_calls_get_their_own_reports() -> None:
-    oom_late = FlakyPlan(first_delay_s=0.02, error=OutOfMemoryError)
-    gpu = FlakyTTS("gpu", plans=[oom_late, FlakyPlan()])
-    chain = FallbackTTS([gpu, FlakyTTS("cpu")], FAST)
+    oom_late = Plan(first_delay_s=0.02, error=OutOfMemoryError)
+    gpu = ScriptedTTS("gpu", plans=[oom_late, Plan()])
+    chain = FallbackTTS([gpu, ScriptedTTS("cpu")], FAST)
 
     async def turn(text: str) -> tuple[tuple[str, ...], int]:
         with collect_reports() as reports:
@@ -484,7 +507,7 @@ async def _drain(stream: AsyncIterator[Any]) -> None:
 
 
 async def test_collectors_nest() -> None:
-    chain = FallbackSTT([FlakySTT("gpu")], FAST)
+    chain = FallbackSTT([ScriptedSTT("gpu")], FAST)
     with collect_reports() as outer:
         with collect_reports() as inner:
             await _drain(chain.transcribe(AUDIO))
@@ -497,8 +520,8 @@ async def test_collectors_nest() -> None:
 
 
 async def test_a_consumer_that_stops_closes_the_active_backend() -> None:
-    gpu = FlakyLLM("gpu", plans=[FlakyPlan(gap_s=0.02)])
-    chain = FallbackLLM([gpu, FlakyLLM("cpu")], FAST)
+    gpu = ScriptedLLM("gpu", plans=[Plan(gap_s=0.02)])
+    chain = FallbackLLM([gpu, ScriptedLLM("cpu")], FAST)
     with collect_reports() as reports:
         stream = chain.stream(CHAT)
         async for _ in stream:
@@ -510,7 +533,8 @@ async def test_a_consumer_that_stops_closes_the_active_backend() -> None:
 
 
 async def test_cancelling_the_task_closes_the_active_backend() -> None:
-    gpu, cpu = FlakyTTS("gpu", fail_times=1), FlakyTTS("cpu", plans=[FlakyPlan(hang=True, after=1)])
+    gpu = ScriptedTTS("gpu", fail_times=1)
+    cpu = ScriptedTTS("cpu", plans=[Plan(hang=True, after=1)])
     chain = FallbackTTS([gpu, cpu], FallbackPolicy(gap_timeout_s=10))
     first = asyncio.Event()
 
@@ -528,11 +552,11 @@ async def test_cancelling_the_task_closes_the_active_backend() -> None:
 
 
 async def test_a_cancelled_half_open_trial_is_given_back() -> None:
-    gpu, cpu = FlakySTT("gpu", fail_times=1), FlakySTT("cpu")
+    gpu, cpu = ScriptedSTT("gpu", fail_times=1), ScriptedSTT("cpu")
     policy = FallbackPolicy(failure_threshold=1, probe_interval_s=60, trial_interval_s=0.01)
     chain = FallbackSTT([gpu, cpu], policy)
     await _collect(chain.transcribe(AUDIO))
-    gpu.plans.append(FlakyPlan(hang=True))
+    gpu.plans.append(Plan(hang=True))
     await asyncio.sleep(0.02)  # the next call is a half-open trial
     task = asyncio.create_task(_drain(chain.transcribe(AUDIO)))
     await asyncio.sleep(0.02)

@@ -1,15 +1,19 @@
-"""The realtime session: real Silero VAD on real speech, scripted STT/LLM/TTS (session_fakes).
+"""The realtime session: real Silero VAD on real speech, scripted STT/LLM/TTS (tests/fakes).
 
-Audio is fed in 20 ms chunks at 24 kHz, in real time where a test measures latency and faster
-elsewhere (the session's decisions follow the audio, not the wall clock).
+Everything runs on the event loop's virtual clock (``looptime``), which is also the session's
+clock: audio is fed in 20 ms chunks paced on it, the scripted engines take the time measured for
+the CPU defaults on it (Whisper tiny ~0.35 s + 0.06 s per second of audio, SmolLM2 on llama.cpp
+0.11 s to the first token then 18 ms a token, Piper 0.12 s to first audio), and the VAD's
+inference, run inline, takes none of it. So timings are exact and the same on a loaded machine,
+and what overlaps with what (speculation, barge-in) is what happens with the real engines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,10 +48,39 @@ from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.settings import SessionSettings
 from pipeline.types import AudioChunk, GenerationParams
 from tests.conftest import speak
-from tests.pipeline.session_fakes import FakeLLM, FakeSTT, FakeTTS
+from tests.fakes import (
+    PIPER_PACE,
+    SMOLLM2_PACE,
+    WHISPER_TINY_PACE,
+    Plan,
+    ScriptedLLM,
+    ScriptedSTT,
+    ScriptedTTS,
+    loop_time,
+)
+
+pytestmark = pytest.mark.looptime
 
 RATE = 24_000
 QUESTION = "What is the capital of France?"
+PARIS = ("Paris", " is", " the", " capital", " of", " France", ".")
+
+
+def whisper_stt(**kwargs: Any) -> ScriptedSTT:
+    """Whisper tiny's pace; says the question (no partials of its own: the session makes them)."""
+    fields: dict[str, Any] = {"text": "what is the capital of france", "partials": False}
+    return ScriptedSTT(**(fields | WHISPER_TINY_PACE | kwargs))
+
+
+def smollm_llm(reply: tuple[str, ...] | list[str] = PARIS, **kwargs: Any) -> ScriptedLLM:
+    """SmolLM2 on llama.cpp's pace."""
+    return ScriptedLLM(reply=reply, **(SMOLLM2_PACE | kwargs))
+
+
+def piper_tts(**kwargs: Any) -> ScriptedTTS:
+    """Piper's pace, at natural speech length (60 ms a character), in 200 ms chunks."""
+    fields: dict[str, Any] = {"sample_rate": 22_050, "seconds_per_char": 0.06, "chunk_s": 0.2}
+    return ScriptedTTS(**(fields | PIPER_PACE | kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +101,22 @@ def clip(*parts: str | float) -> AudioChunk:
     return resample(audio, RATE)
 
 
+class _InlineExecutor(concurrent.futures.ThreadPoolExecutor):
+    """Runs each job at once on the calling thread, so the VAD (which the listener runs with
+    ``asyncio.to_thread``) takes no loop time: the virtual clock then moves only by the feed's
+    pace and the engines' scripted time, whatever the machine's load."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
 class Recorder:
-    """Collects a session's events, with the time each was received."""
+    """Collects a session's events, with the (virtual) time each was received."""
 
     def __init__(self, session: Session) -> None:
         self.events: list[tuple[float, Event]] = []
@@ -77,7 +124,7 @@ class Recorder:
 
     async def _collect(self, session: Session) -> None:
         async for event in session:
-            self.events.append((time.perf_counter(), event))
+            self.events.append((loop_time(), event))
 
     def of(self, kind: type[Any]) -> list[Any]:
         return [e for _, e in self.events if isinstance(e, kind)]
@@ -94,9 +141,9 @@ class Recorder:
             await asyncio.sleep(0)
 
     async def wait(self, condition: Callable[[], bool], within: float = 10.0) -> None:
-        deadline = time.perf_counter() + within
+        deadline = loop_time() + within
         while not condition():
-            assert time.perf_counter() < deadline, [type(e).__name__ for _, e in self.events]
+            assert loop_time() < deadline, [type(e).__name__ for _, e in self.events]
             await asyncio.sleep(0.01)
 
     async def wait_for(self, kind: type[Any], count: int = 1, within: float = 10.0) -> None:
@@ -106,42 +153,45 @@ class Recorder:
 async def feed(session: Session, audio: AudioChunk, *, speed: float | None = 1.0) -> None:
     """Append ``audio`` in 20 ms chunks, ``speed`` times real time (``None``: at once)."""
     step = RATE // 50
-    start = time.perf_counter()
-    for i, offset in enumerate(range(0, len(audio.samples), step)):
+    for offset in range(0, len(audio.samples), step):
         await session.append_audio(AudioChunk(audio.samples[offset : offset + step], RATE))
         if speed is not None:
-            due = start + (i + 1) * 0.02 / speed
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            await asyncio.sleep(0.02 / speed)
 
 
 def make(
     vad: SileroVAD,
     *,
-    stt: FakeSTT | None = None,
-    llm: FakeLLM | None = None,
-    tts: FakeTTS | None = None,
+    stt: ScriptedSTT | None = None,
+    llm: ScriptedLLM | None = None,
+    tts: ScriptedTTS | None = None,
     config: SessionConfig | None = None,
     **settings: Any,
 ) -> tuple[Session, Recorder]:
+    asyncio.get_running_loop().set_default_executor(_InlineExecutor())
     policy = SessionSettings(**settings)
     session = Session(
-        stt or FakeSTT(),
-        llm or FakeLLM(),
-        tts or FakeTTS(),
+        stt or whisper_stt(),
+        llm or smollm_llm(),
+        tts or piper_tts(),
         vad.fork(),
         config=config
         or SessionConfig(
             instructions="Be brief.", turn_detection=TurnDetection.from_settings(policy)
         ),
         settings=policy,
+        clock=loop_time,
     )
     return session, Recorder(session)
 
 
 async def test_voice_turn_events_in_order_with_timings(vad: SileroVAD) -> None:
-    llm = FakeLLM(token_delay=0.03)
-    session, rec = make(vad, llm=llm, partial_interval_ms=300, silence_duration_ms=400)
-    await feed(session, clip(0.5, QUESTION, 1.0))
+    # A silence longer than transcription + first phrase + first audio (~1.1 s at these paces,
+    # the slot busy with a partial when the pause comes): the reply runs ahead during it, so the
+    # audio is ready the moment the turn ends. (At the default 400 ms it cannot: see below.)
+    llm = smollm_llm()
+    session, rec = make(vad, llm=llm, partial_interval_ms=300, silence_duration_ms=1200)
+    await feed(session, clip(0.5, QUESTION, 1.8))
     await rec.wait_for(ResponseDone)
     await session.aclose()
 
@@ -167,7 +217,7 @@ async def test_voice_turn_events_in_order_with_timings(vad: SileroVAD) -> None:
     assert started.item_id == stopped.item_id == rec.of(TranscriptCompleted)[0].item_id
     assert 200 <= started.audio_start_ms <= 500  # 0.5 s of silence, minus the 300 ms padding
     speech_end_ms = 500 + len(speak(QUESTION, pad_seconds=0.0).samples) / 16
-    assert speech_end_ms <= stopped.audio_end_ms <= speech_end_ms + 550
+    assert speech_end_ms <= stopped.audio_end_ms <= speech_end_ms + 1350
 
     completed = rec.of(TranscriptCompleted)[0]
     assert completed.text == "what is the capital of france"
@@ -180,42 +230,63 @@ async def test_voice_turn_events_in_order_with_timings(vad: SileroVAD) -> None:
         "fake-tts",
     )
     t = done.timings
-    print(f"\nfakes, real-time feed: {t}")
-    assert t.endpoint_ms is not None and 400 <= t.endpoint_ms <= 520  # 13 frames + a chunk
-    assert t.stt_ms is not None and t.stt_ms < 20  # the speculative transcript was ready
+    assert t.endpoint_ms is not None and 1200 <= t.endpoint_ms <= 1300  # 38 frames + the VAD's lag
+    assert t.stt_ms == 0  # the speculative transcript was ready
     assert t.llm_ttft_ms is not None and t.llm_first_phrase_ms is not None
     assert t.tts_ttfb_ms is not None and t.v2v_ms is not None
     # the reply ran ahead during the silence: the first audio left as soon as the turn ended
-    assert t.v2v_ms - t.endpoint_ms < 60
+    assert t.v2v_ms == pytest.approx(t.endpoint_ms)
     assert llm.calls[0].started < rec.at(SpeechStopped)
     deltas = rec.of(ResponseAudioDelta)
     assert {d.audio.sample_rate for d in deltas} == {24_000}
     assert "".join(d.text for d in rec.of(ResponseTranscriptDelta)) == done.transcript
-    assert [m.role for m in llm.calls[0].input] == ["system", "user"]  # type: ignore[attr-defined]
+    assert [m.role for m in llm.calls[0].input] == ["system", "user"]
     assert [(i.role, i.text) for i in session.items] == [
         ("user", "what is the capital of france"),
         ("assistant", "Paris is the capital of France."),
     ]
 
 
+async def test_at_the_default_silence_the_transcription_outlasts_it(vad: SileroVAD) -> None:
+    # 400 ms of silence is shorter than Whisper takes: the transcription started at the pause
+    # still saves its first 400 ms, and every stage after it starts the moment the one before
+    # it has something (on the virtual clock, nothing but the engines takes time).
+    llm = smollm_llm()
+    session, rec = make(vad, llm=llm, partial_interval_ms=0, silence_duration_ms=400)
+    await feed(session, clip(0.5, QUESTION, 1.0))
+    await rec.wait_for(ResponseDone)
+    await session.aclose()
+    completed, t = rec.of(TranscriptCompleted)[0], rec.of(ResponseDone)[0].timings
+    assert completed.speculative
+    assert t.endpoint_ms is not None and t.stt_ms is not None and t.v2v_ms is not None
+    assert t.llm_first_phrase_ms is not None and t.tts_ttfb_ms is not None
+    assert 0 < t.stt_ms < completed.compute_ms  # it began before the turn's end
+    assert llm.calls[0].started == pytest.approx(rec.at(TranscriptCompleted))  # no speculative LLM
+    overhead = t.v2v_ms - (t.endpoint_ms + t.stt_ms + t.llm_first_phrase_ms + t.tts_ttfb_ms)
+    assert overhead == pytest.approx(0, abs=1)
+
+
 async def test_without_speculative_reply_the_llm_waits_for_the_turn(vad: SileroVAD) -> None:
-    llm = FakeLLM(token_delay=0.04)  # 7 tokens to the first phrase: ~280 ms
-    session, rec = make(vad, llm=llm, speculative_response=False)
-    await feed(session, clip(0.3, QUESTION, 0.8), speed=2.0)
+    llm = smollm_llm()
+    session, rec = make(vad, llm=llm, speculative_response=False, silence_duration_ms=900)
+    await feed(session, clip(0.3, QUESTION, 1.2), speed=2.0)
     await rec.wait_for(ResponseDone)
     await session.aclose()
     t = rec.of(ResponseDone)[0].timings
-    assert t.v2v_ms is not None and t.endpoint_ms is not None
-    assert t.v2v_ms - t.endpoint_ms >= 250
+    assert t.v2v_ms is not None and t.endpoint_ms is not None and t.stt_ms is not None
+    assert t.llm_first_phrase_ms is not None and t.tts_ttfb_ms is not None
+    # the reply began only once the turn had ended and its transcript was final
+    after_stt = t.v2v_ms - t.endpoint_ms - t.stt_ms
+    assert after_stt == pytest.approx(t.llm_first_phrase_ms + t.tts_ttfb_ms, abs=1)
     assert llm.calls[0].started >= rec.at(SpeechStopped)
 
 
 async def test_speech_resuming_after_a_pause_drops_the_speculative_reply(vad: SileroVAD) -> None:
     # says more the longer the snapshot: the words of a pause's snapshot are a prefix
-    stt = FakeSTT("what is the capital of france please", words_per_second=2.5)
-    llm = FakeLLM(token_delay=0.1)  # still generating when the user resumes
-    session, rec = make(vad, stt=stt, llm=llm, silence_duration_ms=700, partial_interval_ms=0)
-    await feed(session, clip(0.3, "What is the capital", 0.45, "of France, please?", 1.0))
+    stt = whisper_stt(text="what is the capital of france please", words_per_second=2.5)
+    llm = smollm_llm([f" word{i}" for i in range(60)])  # still generating when the user resumes
+    session, rec = make(vad, stt=stt, llm=llm, silence_duration_ms=1000, partial_interval_ms=0)
+    await feed(session, clip(0.3, "What is the capital", 0.75, "of France, please?", 1.2))
     await rec.wait_for(ResponseDone)
     await session.aclose()
 
@@ -226,23 +297,25 @@ async def test_speech_resuming_after_a_pause_drops_the_speculative_reply(vad: Si
     assert all(call.closed_early for call in dropped)  # ...whose LLM stream was closed
     final = rec.of(TranscriptCompleted)[0].text
     assert final == "what is the capital of france please"
-    assert answered.input[-1].content == final  # type: ignore[index]
-    assert len(dropped[0].input[-1].content) < len(final)  # type: ignore[index]
+    assert answered.input[-1].content == final
+    assert len(dropped[0].input[-1].content) < len(final)
     assert rec.of(ResponseDone)[0].status == "completed"
 
 
 async def test_barge_in_cancels_the_reply_and_truncates_it(vad: SileroVAD) -> None:
     words = [f" word{i}" for i in range(40)]
     long_reply = ["Here", " is", " a", " long", " answer,", *words, "."]
-    llm = FakeLLM(long_reply, token_delay=0.05)
-    tts = FakeTTS(delay=0.1)  # 200 ms chunks at 2x real time
+    llm, tts = smollm_llm(long_reply), piper_tts()
     session, rec = make(vad, llm=llm, tts=tts)
     await feed(session, clip(0.3, QUESTION, 0.6), speed=3.0)
-    await rec.wait_for(ResponseAudioDelta)
-    llm.tokens = ["Berlin is big."]  # the next reply is short
-    await asyncio.sleep(0.3)
-    await feed(session, clip("Tell me about Berlin instead.", 0.8), speed=3.0)
-    await rec.wait_for(ResponseDone, 2, within=15)
+    # the user speaks while both the LLM and the TTS are busy with the reply
+    await rec.wait(
+        lambda: bool(rec.of(ResponseAudioDelta)) and any(not c.closed for c in tts.calls)
+    )
+    assert not llm.calls[-1].closed
+    llm.reply = ["Berlin is big."]  # the next reply is short
+    await feed(session, clip("Tell me about Berlin instead.", 0.8), speed=None)
+    await rec.wait_for(ResponseDone, 2)
     await session.aclose()
 
     first, second = rec.of(ResponseDone)
@@ -260,8 +333,8 @@ async def test_barge_in_cancels_the_reply_and_truncates_it(vad: SileroVAD) -> No
 
 
 async def test_truncate_maps_played_audio_to_text(vad: SileroVAD) -> None:
-    llm = FakeLLM(["Paris is the capital.", " It is big, old and very pretty."], token_delay=0)
-    tts = FakeTTS(ms_per_char=50.0, delay=0)
+    llm = smollm_llm(["Paris is the capital.", " It is big, old and very pretty."])
+    tts = piper_tts(seconds_per_char=0.05)
     session, rec = make(vad, llm=llm, tts=tts)
     await session.add_user_text("Tell me about Paris.")
     await session.create_response()
@@ -286,33 +359,33 @@ async def test_truncate_maps_played_audio_to_text(vad: SileroVAD) -> None:
 
 async def test_audio_goes_out_before_the_llm_finishes(vad: SileroVAD) -> None:
     tokens = ["The", " first", " part", " is", " short.", *[f" more{i}" for i in range(20)], "."]
-    llm = FakeLLM(tokens, token_delay=0.03)
-    session, rec = make(vad, llm=llm, tts=FakeTTS(delay=0))
+    llm = smollm_llm(tokens)
+    session, rec = make(vad, llm=llm)
     await session.add_user_text("Talk.")
     await session.create_response()
     await rec.wait_for(ResponseDone)
     await session.aclose()
     finished = llm.calls[0].finished
-    assert finished is not None and rec.at(ResponseAudioDelta) < finished - 0.3
+    assert finished is not None and rec.at(ResponseAudioDelta) < finished
     phrases = [d.text for d in rec.of(ResponseTranscriptDelta)]
     assert phrases[0] == "The first part is short." and len(phrases) >= 2
 
 
 async def test_output_is_resampled_as_one_stream(vad: SileroVAD) -> None:
-    tts = FakeTTS(sample_rate=22_050, delay=0)
-    session, rec = make(vad, tts=tts, llm=FakeLLM(["One, two.", " Three four."], token_delay=0))
+    tts = piper_tts(sample_rate=22_050)
+    session, rec = make(vad, tts=tts, llm=smollm_llm(["One, two.", " Three four."]))
     await session.add_user_text("Count.")
     await session.create_response()
     await rec.wait_for(ResponseDone)
     await session.aclose()
     seconds = sum(d.audio.duration for d in rec.of(ResponseAudioDelta))
-    expected = sum(tts.samples_for(str(c.input)) for c in tts.calls) / 22_050
+    expected = sum(len(tts.render(c.input, c.speed)) for c in tts.calls) / 22_050
     assert seconds == pytest.approx(expected, abs=0.005)
 
 
 async def test_stage_errors_fail_the_response_and_the_session_goes_on(vad: SileroVAD) -> None:
-    llm = FakeLLM(token_delay=0, fail_at=2, fail_times=1)
-    tts = FakeTTS(delay=0, fail_on="Nope")
+    down = EngineUnavailable("scripted failure", stage="llm", backend="fake-llm")
+    llm, tts = smollm_llm(plans=[Plan(error=down, after=2)]), piper_tts()
     session, rec = make(vad, llm=llm, tts=tts)
     await session.add_user_text("Hello?")
     await session.create_response()
@@ -326,7 +399,8 @@ async def test_stage_errors_fail_the_response_and_the_session_goes_on(vad: Siler
     await rec.wait_for(ResponseDone, 2)
     assert rec.of(ResponseDone)[1].status == "completed"
 
-    llm.tokens = ["Nope."]
+    llm.reply = ["Nope."]
+    tts.plans.append(Plan(error=EngineUnavailable("scripted", stage="tts", backend="fake-tts")))
     await session.create_response()
     await rec.wait_for(ResponseDone, 3)
     assert rec.of(ResponseDone)[2].status == "failed"
@@ -335,7 +409,8 @@ async def test_stage_errors_fail_the_response_and_the_session_goes_on(vad: Siler
 
 
 async def test_stt_failure_is_reported_and_nothing_is_answered(vad: SileroVAD) -> None:
-    stt = FakeSTT(fail=EngineUnavailable("down", stage="stt", backend="fake-stt"))
+    down = EngineUnavailable("down", stage="stt", backend="fake-stt")
+    stt = whisper_stt(fail_times=100, error=down)  # every call
     session, rec = make(vad, stt=stt)
     await feed(session, clip(0.3, QUESTION, 0.8), speed=None)
     await rec.wait_for(TranscriptFailed)
@@ -385,12 +460,14 @@ async def test_manual_turns_commit_then_respond(vad: SileroVAD) -> None:
     await rec.wait_for(ResponseDone)
     await session.aclose()
     t = rec.of(ResponseDone)[0].timings
-    assert t.endpoint_ms is None and t.stt_ms is not None and t.stt_ms >= 25
+    # no VAD decision, and no speculation: the whole transcription is waited for after the commit
+    assert t.endpoint_ms is None and t.stt_ms is not None
+    assert t.stt_ms == pytest.approx(rec.of(TranscriptCompleted)[0].compute_ms, abs=1)
     assert t.v2v_ms is not None and t.v2v_ms > t.stt_ms
 
 
 async def test_update_switches_turn_detection_and_instructions(vad: SileroVAD) -> None:
-    llm = FakeLLM(token_delay=0)
+    llm = smollm_llm()
     session, rec = make(vad, llm=llm, config=SessionConfig(turn_detection=None))
     await session.update(turn_detection=TurnDetection(silence_duration_ms=200))
     await session.update(instructions="Speak like a pirate.")
@@ -399,11 +476,11 @@ async def test_update_switches_turn_detection_and_instructions(vad: SileroVAD) -
     await feed(session, clip(0.3, QUESTION, 0.6), speed=None)
     await rec.wait_for(ResponseDone)
     await session.aclose()
-    assert llm.calls[0].input[0].content == "Speak like a pirate."  # type: ignore[index]
+    assert llm.calls[0].input[0].content == "Speak like a pirate."
 
 
 async def test_history_is_bounded_and_keeps_the_system_prompt(vad: SileroVAD) -> None:
-    llm = FakeLLM(["Ok."], token_delay=0)
+    llm = smollm_llm(["Ok."])
     session, rec = make(vad, llm=llm, history_max_tokens=40, chars_per_token=4.0)
     for i in range(10):
         await session.add_user_text(f"message {i} " + "x" * 28)  # 40 chars: 10 + 4 tokens
@@ -411,12 +488,13 @@ async def test_history_is_bounded_and_keeps_the_system_prompt(vad: SileroVAD) ->
     await rec.wait_for(ResponseDone)
     await session.aclose()
     sent = llm.calls[0].input
-    assert [m.role for m in sent] == ["system", "user", "user"]  # type: ignore[attr-defined]
-    assert sent[0].content == "Be brief."  # type: ignore[index]
-    assert sent[-1].content.startswith("message 9")  # type: ignore[index]
+    assert [m.role for m in sent] == ["system", "user", "user"]
+    assert sent[0].content == "Be brief."
+    assert sent[-1].content.startswith("message 9")
     assert len(session.items) <= 3
 
 
+@pytest.mark.looptime(False)  # real engines in real threads, on the real clock
 async def test_with_real_engines() -> None:
     """One voice turn through faster-whisper, transformers and Piper (the packaged models)."""
     from models.llm_transformers import TransformersLLM
@@ -450,8 +528,7 @@ async def test_with_real_engines() -> None:
 
 
 async def test_clear_drops_the_open_utterance(vad: SileroVAD) -> None:
-    stt = FakeSTT()
-    session, rec = make(vad, stt=stt)
+    session, rec = make(vad)
     speech = clip(0.3, QUESTION)
     await feed(
         session, AudioChunk(speech.samples[: len(speech.samples) * 2 // 3], RATE), speed=None
@@ -468,7 +545,7 @@ async def test_clear_drops_the_open_utterance(vad: SileroVAD) -> None:
 async def test_a_turn_longer_than_the_limit_is_ended(vad: SileroVAD) -> None:
     session, rec = make(vad, max_utterance_seconds=1.0)
     await feed(session, clip(0.3, QUESTION, 0.8), speed=None)
-    await rec.wait_for(ResponseDone, within=15)
+    await rec.wait_for(ResponseDone)
     await session.aclose()
     stops = rec.of(SpeechStopped)
     assert stops[0].audio_end_ms - rec.of(SpeechStarted)[0].audio_start_ms <= 1100
@@ -491,8 +568,10 @@ def test_heard_text_maps_audio_time_to_whole_words() -> None:
 
 async def test_a_reply_failing_midway_keeps_what_was_heard(vad: SileroVAD) -> None:
     tokens = ["First sentence here.", " Second one", " fails", " now."]
-    llm = FakeLLM(tokens, token_delay=0.05, fail_at=2)
-    session, rec = make(vad, llm=llm, tts=FakeTTS(delay=0))
+    down = EngineUnavailable("scripted failure", stage="llm", backend="fake-llm")
+    # a slow LLM (e.g. a hosted one): the first phrase is spoken before it fails
+    llm = smollm_llm(tokens, plans=[Plan(error=down, after=3, gap_s=0.3)])
+    session, rec = make(vad, llm=llm)
     await session.add_user_text("Go.")
     await session.create_response()
     await rec.wait_for(ResponseDone)

@@ -11,18 +11,10 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from pipeline.settings import (
     AudioLimits,
     FallbackSettings,
-    GptSovitsSettings,
     GptSovitsVoice,
-    HostedSettings,
-    LLMGpuSettings,
     LLMSettings,
-    ObservabilitySettings,
-    PricingSettings,
-    SessionSettings,
     Settings,
-    STTGpuSettings,
     STTSettings,
-    TTSGpuSettings,
     TTSSettings,
 )
 
@@ -163,25 +155,6 @@ def test_api_keys_are_secret(monkeypatch: pytest.MonkeyPatch) -> None:
         assert key not in shown
 
 
-SECTIONS: list[type[BaseModel]] = [
-    Settings,
-    HostedSettings,
-    STTSettings,
-    LLMSettings,
-    GptSovitsVoice,
-    GptSovitsSettings,
-    TTSSettings,
-    AudioLimits,
-    SessionSettings,
-    ObservabilitySettings,
-    PricingSettings,
-    FallbackSettings,
-    STTGpuSettings,
-    LLMGpuSettings,
-    TTSGpuSettings,
-]
-
-
 def _reachable_models(model: type[BaseModel]) -> set[type[BaseModel]]:
     found = {model}
     for field in model.model_fields.values():
@@ -191,9 +164,12 @@ def _reachable_models(model: type[BaseModel]) -> set[type[BaseModel]]:
     return found
 
 
-def test_every_settings_model_is_checked_here() -> None:
-    # a new section added to the tree must join SECTIONS, so its fields get documented too
-    assert _reachable_models(Settings) <= set(SECTIONS)
+SECTIONS: list[type[BaseModel]] = sorted(_reachable_models(Settings), key=lambda m: m.__name__)
+"""Every model reachable from the tree: a section added later is checked without a list to edit."""
+
+
+def test_the_tree_is_walked() -> None:
+    assert {Settings, STTSettings, GptSovitsVoice, FallbackSettings} <= set(SECTIONS)
 
 
 @pytest.mark.parametrize("model", SECTIONS, ids=lambda m: m.__name__)

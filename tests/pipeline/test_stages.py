@@ -1,13 +1,12 @@
 """The stage contracts' public methods: validation, resampling, error translation, call records.
 
-The engines here are tiny concrete subclasses of the abstract stages (test doubles of the engine
-half only): they record each call of the ``_impl`` method and play a script, so the tests see
-exactly what the public method did around them.
+The engines are the scripted doubles (tests/fakes): real subclasses of the stages whose engine
+half plays a per-call plan, so the tests see exactly what the public method did around it. Call
+records are timed on the event loop's virtual clock (``looptime``), so their times are exact.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -24,75 +23,10 @@ from pipeline.errors import (
     StageError,
 )
 from pipeline.stages import LLM, STT, TTS, CallRecord
-from pipeline.types import (
-    AudioChunk,
-    GenerationParams,
-    Message,
-    TextDelta,
-    Transcript,
-    TTSCapabilities,
-    Usage,
-)
+from pipeline.types import AudioChunk, GenerationParams, Message, TextDelta, Transcript
+from tests.fakes import OutOfMemoryError, Plan, ScriptedLLM, ScriptedSTT, ScriptedTTS
 
-Script = list[Any]  # items to yield; a float sleeps that many seconds; an exception is raised
-
-
-class OutOfMemoryError(RuntimeError):
-    """Named like torch.cuda.OutOfMemoryError, which the stages recognise by type name."""
-
-
-async def _play(script: Script, closed: list[bool]) -> AsyncIterator[Any]:
-    try:
-        for step in script:
-            if isinstance(step, BaseException):
-                raise step
-            if isinstance(step, float):
-                await asyncio.sleep(step)
-                continue
-            yield step
-    finally:
-        closed.append(True)
-
-
-class ScriptedSTT(STT):
-    def __init__(self, script: Script | None = None) -> None:
-        super().__init__(name="scripted-stt")
-        self.script = script or [Transcript("hi", final=False), Transcript("hi there", final=True)]
-        self.calls: list[AudioChunk] = []
-        self.closed: list[bool] = []
-
-    def _transcribe(
-        self, audio: AudioChunk, *, language: str | None, prompt: str | None
-    ) -> AsyncIterator[Transcript]:
-        self.calls.append(audio)  # recorded at call time, before the generator even starts
-        return _play(self.script, self.closed)
-
-
-class ScriptedLLM(LLM):
-    def __init__(self, script: Script | None = None) -> None:
-        super().__init__(name="scripted-llm")
-        self.script = script or [TextDelta("Hello"), TextDelta("!", Usage(3, 2), "stop")]
-        self.calls: list[tuple[list[Message], GenerationParams]] = []
-        self.closed: list[bool] = []
-
-    def _stream(
-        self, messages: list[Message], params: GenerationParams
-    ) -> AsyncIterator[TextDelta]:
-        self.calls.append((messages, params))
-        return _play(self.script, self.closed)
-
-
-class ScriptedTTS(TTS):
-    def __init__(self, script: Script | None = None, voices: tuple[str, ...] = ()) -> None:
-        super().__init__(name="scripted-tts")
-        self.capabilities = TTSCapabilities(sample_rate=16_000, voices=voices, max_input_chars=50)
-        self.script = script or [_chunk(160), _chunk(160)]
-        self.calls: list[tuple[str, str | None, float]] = []
-        self.closed: list[bool] = []
-
-    def _synthesize(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
-        self.calls.append((text, voice, speed))
-        return _play(self.script, self.closed)
+pytestmark = pytest.mark.looptime
 
 
 def _chunk(n: int, rate: int = 16_000) -> AudioChunk:
@@ -123,7 +57,7 @@ def _listen(engine: STT | LLM | TTS) -> list[CallRecord]:
     ids=["empty", "nan", "inf", "two-dimensional"],
 )
 async def test_stt_rejects_bad_audio_before_the_engine(samples: np.ndarray) -> None:
-    engine = ScriptedSTT()
+    engine = ScriptedSTT(text="hi there")
 
     with pytest.raises(InvalidInput) as info:
         await _collect(engine.transcribe(AudioChunk(samples, 16_000)))
@@ -159,7 +93,7 @@ USER = Message("user", "hi")
 async def test_llm_rejects_bad_requests_before_the_engine(
     messages: list[Message], params: GenerationParams, param: str
 ) -> None:
-    engine = ScriptedLLM()
+    engine = ScriptedLLM(reply=("Hello", "!"))
 
     with pytest.raises(InvalidInput) as info:
         await _collect(engine.stream(messages, params))
@@ -169,16 +103,16 @@ async def test_llm_rejects_bad_requests_before_the_engine(
 
 
 async def test_llm_passes_valid_requests_through() -> None:
-    engine = ScriptedLLM()
+    engine = ScriptedLLM(reply=("Hello", "!"))
     messages = (Message("system", "be brief"), USER, Message("assistant", "hey"), USER)
     params = GenerationParams(max_tokens=1, temperature=2.0, top_p=1.0)
 
     out = await _collect(engine.stream(messages, params))
 
-    assert [d.text for d in out] == ["Hello", "!"]
-    assert engine.calls == [(list(messages), params)]
+    assert [d.text for d in out] == ["Hello", "!", ""] and out[-1].finish_reason == "stop"
+    assert [(c.input, c.params) for c in engine.calls] == [(list(messages), params)]
     await _collect(engine.stream([USER]))
-    assert engine.calls[-1][1] == GenerationParams()  # None: the engine's configured defaults
+    assert engine.calls[-1].params == GenerationParams()  # None: the engine's configured defaults
 
 
 @pytest.mark.parametrize(
@@ -197,7 +131,7 @@ async def test_llm_passes_valid_requests_through() -> None:
 async def test_tts_rejects_bad_requests_before_the_engine(
     text: str, voice: str | None, speed: float, param: str
 ) -> None:
-    engine = ScriptedTTS(voices=("alice", "bob"))
+    engine = ScriptedTTS(voices=("alice", "bob"), max_input_chars=50)
 
     with pytest.raises(InvalidInput) as info:
         await _collect(engine.synthesize(text, voice, speed=speed))
@@ -207,28 +141,31 @@ async def test_tts_rejects_bad_requests_before_the_engine(
 
 
 async def test_tts_accepts_limits_and_any_voice_when_none_are_declared() -> None:
-    declared = ScriptedTTS(voices=("alice", "bob"))
+    declared = ScriptedTTS(voices=("alice", "bob"), max_input_chars=50)
     await _collect(declared.synthesize("x" * 50, "bob", speed=0.25))
     await _collect(declared.synthesize("hello", None, speed=4.0))
-    assert declared.calls == [("x" * 50, "bob", 0.25), ("hello", None, 4.0)]
+    assert [(c.input, c.voice, c.speed) for c in declared.calls] == [
+        ("x" * 50, "bob", 0.25),
+        ("hello", None, 4.0),
+    ]
 
     open_voices = ScriptedTTS()
     await _collect(open_voices.synthesize("hello", "anyone"))
-    assert open_voices.calls == [("hello", "anyone", 1.0)]
+    assert [(c.input, c.voice, c.speed) for c in open_voices.calls] == [("hello", "anyone", 1.0)]
 
 
 # --- what the engine receives ---------------------------------------------------------------
 
 
 async def test_stt_resamples_to_the_engine_rate() -> None:
-    engine = ScriptedSTT()
+    engine = ScriptedSTT(text="hi there")
     rate = 44_100
     tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
 
     out = await _collect(engine.transcribe(AudioChunk(tone, rate)))
 
     assert [t.final for t in out] == [False, True]
-    (received,) = engine.calls
+    received = engine.calls[0].input
     assert received.sample_rate == 16_000
     assert abs(len(received.samples) - 16_000) <= 1
     spectrum = np.abs(np.fft.rfft(received.samples))
@@ -236,28 +173,37 @@ async def test_stt_resamples_to_the_engine_rate() -> None:
 
 
 async def test_stt_at_the_engine_rate_is_passed_as_is() -> None:
-    engine = ScriptedSTT()
+    engine = ScriptedSTT(text="hi there")
     chunk = _chunk(1600)
 
     await _collect(engine.transcribe(chunk))
 
-    assert engine.calls == [chunk]
-    assert engine.calls[0] is chunk
+    assert [c.input for c in engine.calls] == [chunk]
+    assert engine.calls[0].input is chunk
 
 
 # --- error translation ----------------------------------------------------------------------
 
 
-def _stt(script: Script) -> ScriptedSTT:
-    return ScriptedSTT(script)
+def _stt(plan: Plan) -> ScriptedSTT:
+    return ScriptedSTT(text="partial words", plans=[plan])
 
 
-def _llm(script: Script) -> ScriptedLLM:
-    return ScriptedLLM(script)
+def _llm(plan: Plan) -> ScriptedLLM:
+    return ScriptedLLM(reply=("Hel", "lo"), plans=[plan])
 
 
-def _tts(script: Script) -> ScriptedTTS:
-    return ScriptedTTS(script)
+def _tts(plan: Plan) -> ScriptedTTS:
+    return ScriptedTTS(seconds_per_char=0.02, chunk_s=0.01, plans=[plan])
+
+
+def _said(item: Any) -> Any:
+    """What an output says, comparably (audio chunks hold arrays)."""
+    if isinstance(item, Transcript):
+        return (item.text, item.final)
+    if isinstance(item, TextDelta):
+        return item.text
+    return len(item.samples)
 
 
 async def _run(engine: STT | LLM | TTS) -> list[Any]:
@@ -268,19 +214,20 @@ async def _run(engine: STT | LLM | TTS) -> list[Any]:
     return await _collect(engine.synthesize("hello"))
 
 
-ENGINES: list[tuple[str, Callable[[Script], STT | LLM | TTS], Any]] = [
-    ("stt", _stt, Transcript("partial", final=False)),
-    ("llm", _llm, TextDelta("Hel")),
-    ("tts", _tts, _chunk(160)),
+# stage, a double playing a plan, what its first output says
+ENGINES: list[tuple[str, Callable[[Plan], STT | LLM | TTS], Any]] = [
+    ("stt", _stt, ("partial", False)),
+    ("llm", _llm, "Hel"),
+    ("tts", _tts, 160),
 ]
 
 
 @pytest.mark.parametrize(("stage", "make", "first"), ENGINES, ids=[e[0] for e in ENGINES])
 async def test_engine_runtime_error_becomes_a_retryable_stage_error(
-    stage: str, make: Callable[[Script], STT | LLM | TTS], first: Any
+    stage: str, make: Callable[[Plan], STT | LLM | TTS], first: Any
 ) -> None:
     cause = RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED")
-    engine = make([first, cause])
+    engine = make(Plan(error=cause, after=1))
     received: list[Any] = []
 
     with pytest.raises(StageError) as info:
@@ -300,15 +247,15 @@ async def test_engine_runtime_error_becomes_a_retryable_stage_error(
     assert error.stage == stage
     assert error.backend == engine.name
     assert error.__cause__ is cause
-    assert received == [first]  # output before the failure was delivered
+    assert [_said(r) for r in received] == [first]  # output before the failure was delivered
 
 
 @pytest.mark.parametrize(("stage", "make", "first"), ENGINES, ids=[e[0] for e in ENGINES])
 async def test_out_of_memory_becomes_engine_overloaded(
-    stage: str, make: Callable[[Script], STT | LLM | TTS], first: Any
+    stage: str, make: Callable[[Plan], STT | LLM | TTS], first: Any
 ) -> None:
     cause = OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    engine = make([cause])
+    engine = make(Plan(error=cause))
 
     with pytest.raises(EngineOverloaded) as info:
         await _run(engine)
@@ -329,9 +276,9 @@ async def test_out_of_memory_becomes_engine_overloaded(
 )
 @pytest.mark.parametrize(("stage", "make", "first"), ENGINES, ids=[e[0] for e in ENGINES])
 async def test_voxline_errors_pass_through_untranslated(
-    stage: str, make: Callable[[Script], STT | LLM | TTS], first: Any, error: Exception
+    stage: str, make: Callable[[Plan], STT | LLM | TTS], first: Any, error: Exception
 ) -> None:
-    engine = make([first, error])
+    engine = make(Plan(error=error, after=1))
 
     with pytest.raises(type(error)) as info:
         await _run(engine)
@@ -348,11 +295,11 @@ async def test_an_engine_override_of_translate_is_used() -> None:
             return super()._translate(exc)
 
     with pytest.raises(EngineTimeout) as info:
-        await _run(TimeoutMappingLLM([TimeoutError()]))
+        await _run(TimeoutMappingLLM(plans=[Plan(error=TimeoutError())]))
     assert isinstance(info.value.__cause__, TimeoutError)
 
     with pytest.raises(StageError) as other:
-        await _run(TimeoutMappingLLM([ValueError("bad")]))
+        await _run(TimeoutMappingLLM(plans=[Plan(error=ValueError("bad"))]))
     assert type(other.value) is StageError
 
 
@@ -360,7 +307,7 @@ async def test_an_engine_override_of_translate_is_used() -> None:
 
 
 async def test_listeners_get_a_record_of_a_successful_call() -> None:
-    engine = ScriptedLLM([0.05, TextDelta("a"), 0.05, TextDelta("b"), TextDelta("c")])
+    engine = ScriptedLLM(reply=("a", "b"), ttft_s=0.05, token_s=0.02)  # then a usage delta
     records = _listen(engine)
     also = _listen(engine)
 
@@ -369,16 +316,16 @@ async def test_listeners_get_a_record_of_a_successful_call() -> None:
     (record,) = records
     assert also == records
     assert record.stage == "llm"
-    assert record.backend == "scripted-llm"
+    assert record.backend == "fake-llm"
     assert record.outputs == 3
     assert record.error is None
-    assert record.first_output_ms is not None
-    assert 45 <= record.first_output_ms < 1000
-    assert record.total_ms >= record.first_output_ms + 45
+    assert record.first_output_ms == pytest.approx(50)  # on the stage's clock: the loop's
+    assert record.total_ms == pytest.approx(50 + 2 * 20)
 
 
 async def test_listeners_get_the_error_type_name_and_no_message() -> None:
-    engine = ScriptedSTT([Transcript("so far", final=False), 0.02, RuntimeError("user said x")])
+    failing = Plan(error=RuntimeError("user said x"), after=1, first_delay_s=0.02)
+    engine = ScriptedSTT(text="so far said", plans=[failing])
     records = _listen(engine)
 
     with pytest.raises(StageError):
@@ -387,10 +334,10 @@ async def test_listeners_get_the_error_type_name_and_no_message() -> None:
     (record,) = records
     assert record.error == "StageError"
     assert record.outputs == 1
-    assert record.first_output_ms is not None
-    assert record.total_ms >= 20
+    assert record.first_output_ms == pytest.approx(20)
+    assert record.total_ms == pytest.approx(20)
 
-    overloaded = ScriptedTTS([OutOfMemoryError()])
+    overloaded = ScriptedTTS(plans=[Plan(error=OutOfMemoryError())])
     oom_records = _listen(overloaded)
     with pytest.raises(EngineOverloaded):
         await _run(overloaded)
@@ -398,7 +345,7 @@ async def test_listeners_get_the_error_type_name_and_no_message() -> None:
     assert oom_records[0].first_output_ms is None
     assert oom_records[0].outputs == 0
 
-    passthrough = ScriptedLLM([EngineTimeout("t", stage="llm", backend="x")])
+    passthrough = ScriptedLLM(plans=[Plan(error=EngineTimeout("t", stage="llm", backend="x"))])
     pass_records = _listen(passthrough)
     with pytest.raises(EngineTimeout):
         await _run(passthrough)
@@ -406,7 +353,7 @@ async def test_listeners_get_the_error_type_name_and_no_message() -> None:
 
 
 async def test_a_consumer_that_stops_early_closes_the_engine_and_is_recorded() -> None:
-    engine = ScriptedLLM([TextDelta("a"), TextDelta("b"), TextDelta("c")])
+    engine = ScriptedLLM(reply=("a", "b", "c"))
     records = _listen(engine)
 
     stream = cast(AsyncGenerator[TextDelta, None], engine.stream([USER]))
@@ -414,7 +361,7 @@ async def test_a_consumer_that_stops_early_closes_the_engine_and_is_recorded() -
         async for _ in stream:
             break
 
-    assert engine.closed == [True]
+    assert engine.closed == 1 and engine.calls[0].closed_early
     (record,) = records
     assert record.outputs == 1
     assert record.error is None
@@ -422,7 +369,8 @@ async def test_a_consumer_that_stops_early_closes_the_engine_and_is_recorded() -
 
 async def test_tts_drops_empty_chunks_and_does_not_count_them() -> None:
     empty = AudioChunk(np.zeros(0, np.float32), 16_000)
-    engine = ScriptedTTS([empty, 0.05, _chunk(100), empty, _chunk(200), empty])
+    output = [empty, _chunk(100), empty, _chunk(200), empty]
+    engine = ScriptedTTS(plans=[Plan(output=output, gap_s=0.05)])
     records = _listen(engine)
 
     out = await _run(engine)
@@ -430,5 +378,4 @@ async def test_tts_drops_empty_chunks_and_does_not_count_them() -> None:
     assert [len(c.samples) for c in out] == [100, 200]
     (record,) = records
     assert record.outputs == 2
-    assert record.first_output_ms is not None
-    assert record.first_output_ms >= 45  # time to the first audio, not to the empty chunk
+    assert record.first_output_ms == pytest.approx(50)  # to the first audio, not the empty chunk

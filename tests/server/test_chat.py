@@ -305,8 +305,8 @@ async def test_client_disconnect_stops_the_llm(
                         break
                 assert live_threads(LLM_THREAD), "the LLM should still be generating"
             # leaving the block closes the response mid-stream: the client is gone
-        assert await wait_threads_gone(LLM_THREAD, timeout_s=1.0) == []
-        [llm_call] = await wait_for_calls(engine_calls, "llm", timeout_s=1.0)
+        assert await wait_threads_gone(LLM_THREAD) == []
+        [llm_call] = await wait_for_calls(engine_calls, "llm")
     assert 3 <= llm_call.outputs < 100  # stopped long before its 600 tokens
 
 
@@ -316,8 +316,8 @@ async def test_client_gone_before_a_plain_completion_stops_the_llm(
     with LiveServer(app) as server:
         request = httpx.Request("POST", f"{server.url}/v1/chat/completions", json=COUNTING)
         await hang_up_once(server, request, thread_prefix=LLM_THREAD)
-        assert await wait_threads_gone(LLM_THREAD, timeout_s=1.0) == []
-        [llm_call] = await wait_for_calls(engine_calls, "llm", timeout_s=1.0)
+        assert await wait_threads_gone(LLM_THREAD) == []
+        [llm_call] = await wait_for_calls(engine_calls, "llm")
     assert llm_call.outputs < 100  # of 600 tokens
 
 

@@ -12,16 +12,16 @@ from models.registry import Engines
 from pipeline.fallback import FallbackLLM, FallbackPolicy, FallbackSTT, FallbackTTS
 from pipeline.settings import Settings
 from server.app import create_app
-from tests.fakes import FlakyLLM, FlakySTT, FlakyTTS
+from tests.fakes import ScriptedLLM, ScriptedSTT, ScriptedTTS
 
 POLICY = FallbackPolicy(failure_threshold=1, probe_interval_s=30.0, trial_interval_s=30.0)
 
 
 def _engines() -> Engines:
     return Engines(
-        FallbackSTT([FlakySTT(name="stt-a"), FlakySTT(name="stt-b")], POLICY),
-        FallbackLLM([FlakyLLM(name="llm-a")], POLICY),
-        FallbackTTS([FlakyTTS(name="tts-a")], POLICY),
+        FallbackSTT([ScriptedSTT(name="stt-a"), ScriptedSTT(name="stt-b")], POLICY),
+        FallbackLLM([ScriptedLLM(name="llm-a")], POLICY),
+        FallbackTTS([ScriptedTTS(name="tts-a")], POLICY),
     )
 
 
@@ -65,9 +65,9 @@ async def test_readyz_lists_every_backend_of_every_chain() -> None:
 
 async def test_readyz_is_503_when_a_stage_has_no_usable_backend() -> None:
     engines = Engines(
-        FallbackSTT([FlakySTT(name="stt-a")], POLICY),
-        FallbackLLM([FlakyLLM(name="llm-a", fail_times=5)], POLICY),
-        FallbackTTS([FlakyTTS(name="tts-a")], POLICY),
+        FallbackSTT([ScriptedSTT(name="stt-a")], POLICY),
+        FallbackLLM([ScriptedLLM(name="llm-a", fail_times=5)], POLICY),
+        FallbackTTS([ScriptedTTS(name="tts-a")], POLICY),
     )
     await asyncio.gather(engines.stt.start(), engines.llm.start(), engines.tts.start())
     from pipeline.types import Message

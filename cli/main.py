@@ -1,4 +1,8 @@
-"""The ``voxline`` command line: one voice turn, a spoken sample, and the configured models.
+"""The ``voxline`` command line: one voice turn, a spoken sample, the configured models, the
+server, the demo and the benchmark.
+
+This is the composition root (docs/architecture.md, "Layers"): the only module that uses both
+``server`` and ``benchmarks``. Each command imports the heavy parts it needs when it runs.
 
 Errors a user can cause (a missing file, bytes that are not audio, silence, a model that cannot
 be loaded) print one clear line and exit non-zero; tracebacks are for bugs, not for users.
@@ -20,13 +24,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from benchmarks.cli import bench
+from cli.doctor import doctor
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
 from pipeline.errors import InvalidInput, StageError, VoxlineError
 from pipeline.settings import Settings
 from pipeline.turn import TurnResult, run_turn
 from pipeline.types import AudioChunk, GenerationParams
-from server.schemas import turn_json
 
 app = typer.Typer(
     name="voxline",
@@ -77,6 +81,7 @@ async def _turn(settings: Settings, audio: AudioChunk, voice: str | None) -> Tur
                 top_p=settings.llm.top_p,
             ),
             voice=voice or settings.tts.voice,
+            speed=settings.tts.speed,
             language=settings.stt.language,
         )
     finally:
@@ -123,6 +128,8 @@ def turn(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(encode_wav(result.audio))
     if as_json:
+        from server.schemas import turn_json
+
         print(json.dumps(turn_json(result)))
     else:
         _print_turn(result)
@@ -226,26 +233,7 @@ def models(
         sys.exit(1)
 
 
-@app.command()
-def doctor(
-    gpu: Annotated[bool, typer.Option("--gpu", help="Check the GPU profile on CUDA.")] = False,
-    turns: Annotated[int, typer.Option(min=1, help="Turns to run (the first warms up).")] = 3,
-    configured_weights: Annotated[
-        bool, typer.Option("--configured-weights", help="The settings' models, not random ones.")
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Check driver, CUDA and cuDNN, start each stage, run a few turns: timings and memory."""
-    from models.doctor import report_lines, run_doctor
-
-    report = asyncio.run(
-        run_doctor(Settings(), gpu=gpu, turns=turns, configured_weights=configured_weights)
-    )
-    print(json.dumps(report.to_json(), indent=2) if as_json else "\n".join(report_lines(report)))
-    if not report.ok:
-        sys.exit(1)
-
-
+app.command()(doctor)
 app.command()(bench)
 
 

@@ -1,4 +1,7 @@
-"""A stand-in GPT-SoVITS checkout for the adapter's tests.
+"""A stand-in GPT-SoVITS *checkout* for the adapter's tests.
+
+Not a stage double: the adapter, its pool and the real worker script run it in real worker
+processes, as they run upstream; it replaces only upstream's ``TTS_infer_pack.TTS`` module.
 
 The real upstream needs its own venv, gigabytes of weights and seconds per sentence on a CPU; the
 adapter's own behaviour (process start-up, the pipe protocol, streaming, cancel, crash, timeout,
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 _TTS_PY = '''
-"""Stub of GPT-SoVITS's TTS_infer_pack/TTS.py (written by tests/models/gpt_sovits_stub.py)."""
+"""Stub of GPT-SoVITS's TTS_infer_pack/TTS.py (written by tests/fakes/gpt_sovits_checkout.py)."""
 import json
 import os
 import re

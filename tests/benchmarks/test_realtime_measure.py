@@ -1,5 +1,11 @@
 """The realtime benchmark client against a scripted server: V2V on its own clock, underruns,
-errors, and the ``load`` scenario's levels and SLO verdict."""
+errors, and the ``load`` scenario's levels and SLO verdict.
+
+The client and the scripted server share one event loop, and the tests that time a turn run on
+its virtual clock (``looptime``), which is also the client's: the audio is paced on it and the
+server's delays are spent on it, so the measured V2V is the scripted one, exactly, however
+loaded the machine.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,17 @@ import pytest
 from benchmarks.configs import ConfigSpec
 from benchmarks.context import BenchContext, BenchOptions
 from benchmarks.data import Clip
-from benchmarks.realtime_client import RealtimeSession, playback_underruns, realtime_url
+from benchmarks.realtime_measure import RealtimeSession, playback_underruns
 from benchmarks.scenarios import load
+from client.realtime import realtime_url
 from pipeline.errors import EngineUnavailable
 from pipeline.settings import Settings
 from pipeline.types import AudioChunk
 from tests.benchmarks.realtime_fake import FakePlan, fake_realtime_server
+from tests.fakes import loop_time
 
 RATE = 24_000
+FRAME_S = 0.02  # the client's frame
 
 
 def _tone_clip(lead_s: float = 0.1, speech_s: float = 0.4, tail_s: float = 0.1) -> Clip:
@@ -53,16 +62,22 @@ def test_realtime_url_accepts_base_urls(given: str, expected: str) -> None:
     assert realtime_url(given) == expected
 
 
+@pytest.mark.looptime
 async def test_client_measures_v2v_from_the_last_voiced_frame() -> None:
     plan = FakePlan(silence_ms=200, reply_delay_s=0.15, chunks=3, chunk_s=0.2)
     clip = _tone_clip()
-    async with fake_realtime_server(plan) as url, RealtimeSession(url) as session:
+    async with (
+        fake_realtime_server(plan) as url,
+        RealtimeSession(url, clock=loop_time) as session,
+    ):
         first = await session.play(clip.audio, clip.speech_end_s)
         second = await session.play(clip.audio, clip.speech_end_s)
     for m in (first, second):
         assert not m.timed_out and not m.errors
-        # the server hears 200 ms of silence, then answers 150 ms later: ~350 ms on our clock
-        assert m.v2v_ms is not None and 300 <= m.v2v_ms <= 700, m.v2v_ms
+        # the last voiced frame is sent at speech_end - 20 ms; the server hears 200 ms of silence
+        # in the 10 frames after it, then answers 150 ms later: 350 ms on the client's clock
+        # (from the clip's start it would be 850 ms, from its end 250 ms)
+        assert m.v2v_ms == pytest.approx(200 + 150, abs=1), m.v2v_ms
         assert m.audio_s == pytest.approx(0.6, abs=0.01)
         assert m.underruns == 0
         assert m.server["tts_ttfb_ms"] == 40.0
@@ -70,26 +85,38 @@ async def test_client_measures_v2v_from_the_last_voiced_frame() -> None:
     assert (first.transcript, second.transcript) == ("turn 1", "turn 2")
 
 
+@pytest.mark.looptime
 async def test_client_counts_underruns_when_audio_arrives_slower_than_real_time() -> None:
     plan = FakePlan(silence_ms=100, reply_delay_s=0.0, chunks=3, chunk_s=0.1, gap_s=0.3)
     clip = _tone_clip()
-    async with fake_realtime_server(plan) as url, RealtimeSession(url) as session:
+    async with (
+        fake_realtime_server(plan) as url,
+        RealtimeSession(url, clock=loop_time) as session,
+    ):
         m = await session.play(clip.audio, clip.speech_end_s)
+    # 0.1 s pieces 0.3 s apart: each later one starts 0.2 s after the one before ran out
     assert m.underruns == 2
-    assert 300 <= m.underrun_ms <= 600
+    assert m.underrun_ms == pytest.approx(2 * 200, abs=1)
 
 
+@pytest.mark.looptime
 async def test_client_times_out_when_no_reply_comes() -> None:
-    plan = FakePlan(silence_ms=10_000)  # the fake never hears enough silence to answer
+    plan = FakePlan(silence_ms=100_000)  # the fake never hears enough silence to answer
     clip = _tone_clip()
-    async with fake_realtime_server(plan) as url, RealtimeSession(url) as session:
-        m = await session.play(clip.audio, clip.speech_end_s, timeout_s=0.3)
+    async with (
+        fake_realtime_server(plan) as url,
+        RealtimeSession(url, clock=loop_time) as session,
+    ):
+        started = loop_time()
+        m = await session.play(clip.audio, clip.speech_end_s, timeout_s=30)
     assert m.timed_out and m.v2v_ms is None
+    # the default 30 s after the end of speech, in no real time
+    assert loop_time() - started == pytest.approx(clip.speech_end_s + 30, abs=2 * FRAME_S)
 
 
 async def test_a_refused_session_is_an_engine_unavailable() -> None:
     async with fake_realtime_server(FakePlan(refuse=True)) as url:
-        with pytest.raises(EngineUnavailable, match="failed to open"):
+        with pytest.raises(EngineUnavailable, match="opened no session"):
             async with RealtimeSession(url, connect_timeout_s=2):
                 pass
 
