@@ -153,6 +153,9 @@ async def tts(
         },
         start_timeout_s=600.0,
         request_timeout_s=120.0,
+        # upstream's own fragment_interval: were the padding after a request's last segment
+        # sent, two phrases would have 300 ms of silence between them
+        segment_pause_s=0.3,
     )
     use_shim = os.environ.get("GPT_SOVITS_NO_SHIM") != "1"
     cold_cache = tmp_path_factory.mktemp(f"numba-{version}")  # a fresh venv's numba cache
