@@ -26,8 +26,8 @@ text already sent (that text as an assistant message plus :data:`CONTINUE_PROMPT
 measured here restart the reply from the beginning, so the new stream is held back while it
 repeats what was sent and spliced at the first new text: :mod:`pipeline.splice`); TTS speaks
 the phrase again on the next backend and drops as many seconds of its audio as were already sent
-(aligned by time, not by word). A chain's audio is always at its first backend's sample rate:
-other backends' audio is resampled as it streams.
+(aligned by time, not by word). A chain's audio is always at the sample rate of its first backend
+that started: other backends' audio is resampled as it streams.
 
 Which backend served, and every switch with its reason, is a :class:`FallbackReport` per call.
 Calls run concurrently, so the report is not state on the chain: wrap a unit of work (a turn, a
@@ -284,9 +284,10 @@ class FallbackLLM(Chain[LLM], LLM):
 class FallbackTTS(Chain[TTS], TTS):
     """A TTS made of ``backends``, tried in order (see the module docstring).
 
-    Its audio is at the first backend's sample rate whichever backend speaks. Its voices are all
-    its backends' (any name when one backend takes any); a backend that lacks the requested voice
-    speaks in its default voice. Its input limit is the smallest of its backends'.
+    Its audio is at the sample rate of its first backend that started, whichever backend speaks.
+    Its voices are all its backends' (any name when one backend takes any); a backend that lacks
+    the requested voice (or language) speaks in its default voice (or its voice's language). Its
+    input limit is the smallest of its backends'.
 
     Args:
         backends: The backends in order of preference (unique names).
