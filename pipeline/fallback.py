@@ -103,14 +103,19 @@ def _chain_name(backends: Sequence[_Stage]) -> str:
 class _STTCall(StageCall[STT, Transcript]):
     """A transcription: every backend hears the whole clip; shown partials never go backwards."""
 
-    def __init__(self, audio: AudioChunk, language: str | None, prompt: str | None) -> None:
+    def __init__(
+        self, audio: AudioChunk, language: str | None, prompt: str | None, *, realtime: bool
+    ) -> None:
         self.audio, self.language, self.prompt = audio, language, prompt
+        self.realtime = realtime
         self._last_partial: str | None = None
         self._switched = False
 
     def begin(self, backend: STT) -> AsyncGenerator[Transcript, None]:
         self._switched = self.produced  # partials were sent: the new ones must extend them
-        return backend.transcribe(self.audio, language=self.language, prompt=self.prompt)
+        return backend.transcribe(
+            self.audio, language=self.language, prompt=self.prompt, realtime=self.realtime
+        )
 
     def accept(self, item: Transcript) -> list[Transcript]:
         if item.final:
@@ -241,8 +246,18 @@ class FallbackSTT(Chain[STT], STT):
     def _transcribe(
         self, audio: AudioChunk, *, language: str | None, prompt: str | None
     ) -> AsyncIterator[Transcript]:
+        return self._call(audio, language, prompt, realtime=False)
+
+    def _transcribe_realtime(
+        self, audio: AudioChunk, *, language: str | None, prompt: str | None
+    ) -> AsyncIterator[Transcript]:
+        return self._call(audio, language, prompt, realtime=True)
+
+    def _call(
+        self, audio: AudioChunk, language: str | None, prompt: str | None, *, realtime: bool
+    ) -> AsyncIterator[Transcript]:
         extra = self.policy.first_output_timeout_per_audio_s * audio.duration
-        return self._drive(_STTCall(audio, language, prompt), extra_s=extra)
+        return self._drive(_STTCall(audio, language, prompt, realtime=realtime), extra_s=extra)
 
 
 class FallbackLLM(Chain[LLM], LLM):

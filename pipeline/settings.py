@@ -74,6 +74,9 @@ class STTGpuSettings(BaseModel):
     """Model reference (hub id or faster-whisper size, or a local CTranslate2 directory)."""
     compute_type: str = "float16"
     """CTranslate2 compute type on the GPU."""
+    window_floor_ms: int = Field(default=30_000, ge=1000, le=30_000)
+    """Shortest encoder window on the GPU (see ``stt.window_floor_ms``): the full 30 s until the
+    short window is measured on large-v3-turbo; a GPU encodes 30 s in milliseconds anyway."""
 
 
 class LLMGpuSettings(BaseModel):
@@ -125,6 +128,28 @@ class STTSettings(BaseModel):
     """Drop non-speech with faster-whisper's Silero VAD before decoding."""
     cpu_threads: int = Field(default=0, ge=0)
     """CTranslate2 intra-op threads on CPU (0: the library's default)."""
+    window_margin_ms: int = Field(default=3000, ge=0, le=30_000)
+    """Whisper encodes the audio plus this much padding (at least ``window_floor_ms``) instead
+    of a fixed 30-second window: a 3 s question costs a third of the time, at the same WER.
+    Too little room after the speech and the decoder repeats itself or stops early (measured:
+    whisper-base on 10-25 s utterances needs 3 s; tiny.en less)."""
+    window_floor_ms: int = Field(default=10_000, ge=1000, le=30_000)
+    """The shortest encoder window; 30000 restores Whisper's fixed 30-second window. Below
+    about 8 s, tiny.en and base repeat short phrases ("ten of clubs") until cut off."""
+    max_tokens_per_second: float = Field(default=12.0, gt=0.0, le=100.0)
+    """Cap on decoded tokens per second of audio (plus 16): a decoder stuck in a loop stops
+    there. Fast English speech needs about 6."""
+    silence_dbfs: float = Field(default=-50.0, ge=-120.0, le=0.0)
+    """Audio, or a 30-second window of it, with no 30 ms frame louder than this (RMS) is
+    silence: it transcribes to empty text with no decoding (Whisper hallucinates on silence)."""
+    file_fallback: bool = True
+    """Whisper's temperature fallback for file transcriptions (``/v1/audio/transcriptions``): a
+    window that decodes as a loop or improbably is decoded again at higher temperatures.
+    Realtime transcriptions never use it (deterministic and bounded)."""
+    realtime_deadline_ms: int = Field(default=1000, ge=0)
+    """After this long a realtime transcription retries nothing (a window that looped is kept
+    as decoded); every window is still decoded once within its token budget, so no words are
+    dropped and the time stays proportional to the audio."""
     hosted: HostedSettings = HostedSettings()
     """The ``hosted`` backend: an OpenAI-compatible endpoint."""
     chain: list[BackendName] | None = None

@@ -192,9 +192,22 @@ class STT(_Stage):
     capabilities: STTCapabilities = STTCapabilities()
 
     async def transcribe(
-        self, audio: AudioChunk, *, language: str | None = None, prompt: str | None = None
+        self,
+        audio: AudioChunk,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        realtime: bool = False,
     ) -> AsyncGenerator[Transcript, None]:
         """Transcribe ``audio`` (mono float32; resampled here to the engine's rate if needed).
+
+        Args:
+            audio: The speech.
+            language: ISO 639-1 code, or ``None`` for the engine's default.
+            prompt: Text that came before (names, spelling), if any.
+            realtime: A live conversation waits for this (partial, speculative or final
+                transcript of a session): the engine decodes with a bounded, deterministic
+                budget (``_transcribe_realtime``) rather than its best-quality search.
 
         Raises:
             InvalidInput: empty or non-finite audio.
@@ -208,9 +221,9 @@ class STT(_Stage):
             raise InvalidInput("audio contains NaN or infinite samples", param="file")
         if audio.sample_rate != self.sample_rate:
             audio = resample(audio, self.sample_rate)
+        work = self._transcribe_realtime if realtime else self._transcribe
         timed = self._timed(
-            self._transcribe(audio, language=language, prompt=prompt),
-            audio_in_seconds=audio.duration,
+            work(audio, language=language, prompt=prompt), audio_in_seconds=audio.duration
         )
         # closed here, not by the garbage collector: a consumer that stops stops the engine now
         async with contextlib.aclosing(timed):
@@ -223,6 +236,12 @@ class STT(_Stage):
         self, audio: AudioChunk, *, language: str | None, prompt: str | None
     ) -> AsyncIterator[Transcript]:
         """Engine work: audio is mono float32 at ``self.sample_rate``."""
+
+    def _transcribe_realtime(
+        self, audio: AudioChunk, *, language: str | None, prompt: str | None
+    ) -> AsyncIterator[Transcript]:
+        """Engine work for ``realtime=True``; engines with a cheaper bounded decode override it."""
+        return self._transcribe(audio, language=language, prompt=prompt)
 
 
 class LLM(_Stage):
