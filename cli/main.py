@@ -24,6 +24,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from benchmarks.cli import bench
+from benchmarks.eval.cli import evaluate
+from cli.doctor import doctor
 from cli.keys import app as keys_app
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
@@ -261,8 +263,10 @@ def models(
         sys.exit(1)
 
 
+app.command()(doctor)
 app.command()(bench)
 app.add_typer(keys_app, name="keys")
+app.command("eval")(evaluate)
 
 
 if __name__ == "__main__":  # pragma: no cover
