@@ -26,6 +26,7 @@ from rich.table import Table
 from benchmarks.cli import bench
 from benchmarks.eval.cli import evaluate
 from cli.doctor import doctor
+from cli.keys import app as keys_app
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
 from pipeline.errors import InvalidInput, StageError, VoxlineError
@@ -182,12 +183,34 @@ def serve(
     from server.logging_setup import configure_logging
 
     settings = Settings()
+    refusal = _exposure_refusal(settings, host)
+    if refusal is not None:
+        raise _fail(refusal, 2)
     logging.getLogger().handlers.clear()  # the CLI's plain handler: the server logs JSON lines
     configure_logging(settings.observability)
     # our JSON handler takes uvicorn's logs too; its access log (raw paths and query strings)
     # is replaced by one line per request from the request-context middleware
     uvicorn.run(
         create_app(settings), host=host, port=port, ws="auto", log_config=None, access_log=False
+    )
+
+
+def _exposure_refusal(settings: Settings, host: str) -> str | None:
+    """Why ``serve`` must not listen on ``host`` (``None``: it may). The secure default: with
+    no API key, a server answers loopback clients only, so binding another interface without
+    one is refused unless the setting says so explicitly."""
+    from server.edge.hosts import is_loopback
+    from store import Store
+
+    if is_loopback(host) or settings.edge.allow_remote_without_keys:
+        return None
+    with Store.open(settings.state) as store:
+        if store.keys.any_keys():
+            return None
+    return (
+        f"refusing to listen on {host} without an API key: anyone who can reach it could use"
+        " it. Create a key first (`voxline keys create NAME`), or set"
+        " VOXLINE_EDGE__ALLOW_REMOTE_WITHOUT_KEYS=true to serve without authentication."
     )
 
 
@@ -198,11 +221,17 @@ def demo(
     ),
     host: Annotated[str, typer.Option(help="Interface the demo listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The demo's TCP port.")] = 7860,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VOXLINE_API_KEY", help="A key (realtime scope) for a server with API keys."
+        ),
+    ] = None,
 ) -> None:
     """Serve the browser demo on its own against a running server (``serve`` has it at /demo)."""
     from server.demo import launch_demo  # gradio is heavy: imported only for this command
 
-    launch_demo(url, host=host, port=port)
+    launch_demo(url, host=host, port=port, api_key=api_key)
 
 
 @app.command()
@@ -236,6 +265,7 @@ def models(
 
 app.command()(doctor)
 app.command()(bench)
+app.add_typer(keys_app, name="keys")
 app.command("eval")(evaluate)
 
 

@@ -406,6 +406,7 @@ class PricingSettings(BaseModel):
     whisper-1, gpt-4o-mini and tts-1 when this was written: edit them for your provider (a second
     voxline server as the hosted backend costs what its machine costs: set them to 0). Local
     engines are priced by the seconds they ran times an hourly rate for the machine kind.
+    Charges are stored in the state store (``state``), each with the API key it was for.
     """
 
     model_config = ConfigDict(use_attribute_docstrings=True)
@@ -422,9 +423,6 @@ class PricingSettings(BaseModel):
     """Local engines on a CPU: USD per engine-hour (a share of a small cloud VM)."""
     local_gpu_usd_per_hour: float = Field(default=2.0, ge=0.0)
     """Local engines on a GPU: USD per engine-hour (about an on-demand datacenter GPU)."""
-    ledger_path: Path | None = None
-    """JSON-lines file every charge is appended to, replayed at start so totals survive a
-    restart (unset: in memory only)."""
 
 
 class StateSettings(BaseModel):
@@ -451,6 +449,43 @@ class StateSettings(BaseModel):
     """SQLite only. ``NORMAL``: a commit is in the WAL file when the call returns, so killing
     the process loses nothing; a power cut may lose the last commits (the file stays
     consistent). ``FULL``: every commit is synced to disk too (about 5 ms more per write)."""
+
+
+class EdgeSettings(BaseModel):
+    """The edge of the server: API keys, origins and hosts, per-key limits (README, "Security").
+
+    Auth is on as soon as one API key exists (``voxline keys create``); until then the server
+    answers loopback clients only. Browsers are accepted from the server's own origin, loopback
+    origins and ``allowed_origins``; the ``Host`` header must be a loopback name, the address the
+    connection arrived on, or one of ``allowed_hosts`` (DNS rebinding).
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    allowed_origins: list[str] = []
+    """Browser origins allowed besides the server's own and loopback ones, exactly as browsers
+    send them (``https://app.example.com``; ``*``: any origin). Others are refused with 403,
+    WebSocket handshakes included."""
+    allowed_hosts: list[str] = []
+    """``Host`` names accepted besides loopback names and the address the connection arrived
+    on: ``voice.example.com``, ``*.example.com``, or ``*`` (no check). Set it to the name
+    clients use when the server is exposed."""
+    allow_remote_without_keys: bool = False
+    """Serve non-loopback clients while no API key exists (no authentication at all). Off: the
+    server refuses them, and ``voxline serve`` refuses to bind a non-loopback address."""
+    metrics_from_loopback: bool = False
+    """Let loopback clients scrape ``/metrics`` without a key (a local Prometheus); otherwise
+    ``/metrics`` needs a key with the ``admin`` scope once keys exist."""
+    client_secret_ttl_s: int = Field(default=600, ge=10, le=7200)
+    """Lifetime of a realtime client secret when the request sets none (OpenAI's default)."""
+    demo_login_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
+    """Lifetime of a demo login: the client secret its cookie holds."""
+    session_lease_ttl_s: float = Field(default=30.0, ge=2.0)
+    """Seconds a realtime session's slot (``max_sessions`` per key) outlives its last renewal:
+    a crashed replica's sessions stop counting after this."""
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest JSON request body (chat, speech, client secrets), refused with 413 before it is
+    parsed. Uploads (transcriptions, turns, the demo) are bounded by ``audio.max_bytes``."""
 
 
 class Settings(BaseSettings):
@@ -480,6 +515,8 @@ class Settings(BaseSettings):
     """The cost ledger's price table."""
     state: StateSettings = StateSettings()
     """The durable state store."""
+    edge: EdgeSettings = EdgeSettings()
+    """API keys, origins, hosts and per-key limits."""
     cache_dir: Path = Path.home() / ".cache" / "voxline"
     """Where derived artefacts (dequantized GGUF weights, ...) are cached."""
     hf_offline: bool = False

@@ -26,6 +26,17 @@ from pipeline.errors import (
 )
 
 _AUDIO_STATUS = {"audio_too_large": 413, "unsupported_format": 415}
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "invalid_api_key",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limit_exceeded",
+}
+"""Named codes for the HTTP errors Starlette raises itself (never a bare ``"413"``)."""
 
 
 def status_of(exc: VoxlineError) -> int:
@@ -92,7 +103,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        body = error_body(str(exc.detail), type_=type_, code=str(exc.status_code))
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        body = error_body(str(exc.detail), type_=type_, code=code)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -2,6 +2,10 @@
 
 A ``Content-Length`` header can lie or be absent (chunked uploads), so we count the bytes as
 they arrive and answer 413 as soon as the limit is passed, before anything is parsed or decoded.
+Two sizes: routes that take an audio upload (the policy table's ``upload``: transcriptions,
+turns, the demo) may send ``audio.max_bytes`` and a little form overhead; every other body is
+JSON, refused past ``edge.max_json_bytes`` (a 20 MB chat request is a 413 in microseconds, not
+seconds of parsing and tokenizing).
 """
 
 from __future__ import annotations
@@ -12,28 +16,51 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.edge.policy import rule_for
 from server.errors import error_body
 
 
 class _TooLarge(HTTPException):
     """Raised from ``receive``: an HTTPException, so FastAPI's body parsing lets it through
-    (it turns other exceptions into a 400) and the app's handler answers 413."""
+    (it turns other exceptions into a 400) and the app's handler answers 413 with the code
+    ``request_too_large`` (``server.errors``)."""
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, f"request body is larger than {max_bytes} bytes")
 
 
 class BodyLimitMiddleware:
-    """Reject HTTP request bodies larger than ``max_bytes`` with 413 (OpenAI error shape)."""
+    """Reject HTTP request bodies larger than their route's limit with 413 (OpenAI error shape).
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    Args:
+        app: The ASGI app.
+        max_bytes: The limit of JSON bodies.
+        upload_max_bytes: The limit of routes taking an upload (default: ``max_bytes``).
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, upload_max_bytes: int | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.json_max_bytes = max_bytes
+        self.upload_max_bytes = upload_max_bytes or max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.upload_max_bytes if rule_for(scope["path"]).upload else self.json_max_bytes
+        await _Limited(self.app, limit)(scope, receive, send)
+
+
+class _Limited:
+    """One request's body limit (the middleware picks it per route)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             await self._reject(send)

@@ -53,7 +53,7 @@ class AppState:
         self.metrics = Metrics()
         self.ledger = Ledger.from_settings(settings.pricing)
         self.ledger.listeners.append(self.metrics.observe_charge)
-        self.accounting = Accounting(self.ledger, self.metrics)
+        self.accounting = Accounting(self.ledger, self.metrics, self.store)
         self.tracing = Tracing.from_settings(settings)
         self._listened: set[int] = set()
         if engines is not None:
