@@ -24,6 +24,7 @@ from server import (
     routes_audio,
     routes_chat,
     routes_health,
+    routes_jobs,
     routes_metrics,
     routes_realtime,
     routes_turns,
@@ -46,6 +47,7 @@ ROUTERS = (
     routes_realtime.router,
     routes_metrics.router,
     routes_usage.router,
+    routes_jobs.router,
 )
 """Every route of the API. Imported, not discovered: a route module that fails to import fails
 the start, loudly."""
@@ -71,9 +73,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owns_engines:
             state.warming = asyncio.create_task(_warm(state))
+        state.jobs.runner.start()
         try:
             yield
         finally:
+            await state.jobs.runner.aclose()  # its jobs go back to the queue, resumable
             state.ledger.close()
             await asyncio.to_thread(state.store.close)
             await asyncio.to_thread(state.tracing.shutdown)
@@ -85,7 +89,11 @@ def create_app(
 
     app = FastAPI(title="voxline", version="0.1.0", lifespan=lifespan)
     app.state.voxline = state
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.audio.max_bytes + 1024 * 1024)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.audio.max_bytes + 1024 * 1024,
+        overrides={"/v1/jobs": settings.jobs.max_bytes + 1024 * 1024},  # long recordings
+    )
     app.add_middleware(MeterMiddleware)  # a meter per request: server.accounting
     # added last = outermost: every request is counted and carries a request id
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)

@@ -7,6 +7,7 @@ they arrive and answer 413 as soon as the limit is passed, before anything is pa
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -24,19 +25,26 @@ class _TooLarge(HTTPException):
 
 
 class BodyLimitMiddleware:
-    """Reject HTTP request bodies larger than ``max_bytes`` with 413 (OpenAI error shape)."""
+    """Reject HTTP request bodies larger than ``max_bytes`` with 413 (OpenAI error shape).
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    ``overrides`` maps a path prefix to its own limit (``/v1/jobs`` takes long recordings).
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, overrides: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.overrides = dict(overrides or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope.get("path", ""))
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared > limit:
+            await self._reject(send, limit)
             return
         received = 0
         started = False
@@ -46,8 +54,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge(self.max_bytes)
+                if received > limit:
+                    raise _TooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -60,11 +68,17 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, limit)
 
-    async def _reject(self, send: Send) -> None:
+    def _limit(self, path: str) -> int:
+        for prefix, limit in self.overrides.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return limit
+        return self.max_bytes
+
+    async def _reject(self, send: Send, limit: int) -> None:
         body = error_body(
-            f"request body is larger than {self.max_bytes} bytes",
+            f"request body is larger than {limit} bytes",
             type_="invalid_request_error",
             code="request_too_large",
         )
