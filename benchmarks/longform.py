@@ -147,7 +147,9 @@ def build_recording(seconds: float, *, seed: int = 0) -> tuple[AudioChunk, list[
         audio = _speak(text, voice).samples
         gap = np.zeros(int(rng.uniform(0.3, 1.5) * RATE), np.float32)
         pieces.append(
-            Piece(text, voice, (position + len(gap)) / RATE, (position + len(gap) + len(audio)) / RATE)
+            Piece(
+                text, voice, (position + len(gap)) / RATE, (position + len(gap) + len(audio)) / RATE
+            )
         )
         parts += [gap, audio]
         position += len(gap) + len(audio)

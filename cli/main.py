@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from benchmarks.cli import bench
+from cli.jobs import app as jobs_app
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
 from pipeline.errors import InvalidInput, StageError, VoxlineError
@@ -233,6 +234,7 @@ def models(
 
 
 app.command()(bench)
+app.add_typer(jobs_app, name="jobs")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import numpy as np
 
 from models.vad_silero import SileroVAD
@@ -13,7 +14,7 @@ from pipeline.longform import (
     split_sentences,
     stitch,
 )
-from pipeline.types import AudioChunk, Segment, Transcript
+from pipeline.types import Segment, Transcript
 from tests.conftest import speak
 
 FRAME = 512
@@ -23,14 +24,17 @@ FRAME_S = FRAME / RATE
 
 def _probs(pattern: list[tuple[float, float]]) -> np.ndarray:
     """Probabilities from ``(seconds, probability)`` runs."""
-    return np.concatenate(
-        [np.full(round(s / FRAME_S), p, np.float32) for s, p in pattern]
-    ).astype(np.float32)
+    return np.concatenate([np.full(round(s / FRAME_S), p, np.float32) for s, p in pattern]).astype(
+        np.float32
+    )
 
 
 def _plan(probs: np.ndarray, policy: CutPolicy) -> list[Span]:
     return plan_chunks(
-        probs, total_samples=len(probs) * FRAME, frame_samples=FRAME, sample_rate=RATE,
+        probs,
+        total_samples=len(probs) * FRAME,
+        frame_samples=FRAME,
+        sample_rate=RATE,
         policy=policy,
     )
 
@@ -43,7 +47,7 @@ def test_cuts_in_the_longest_silence_of_the_window() -> None:
     cut_s = spans[0].end / RATE
     assert 13.4 < cut_s < 14.6  # inside the long pause, not the short one
     assert spans[0].start == 0 and spans[-1].end == len(probs) * FRAME
-    assert all(a.end == b.start for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(spans))
 
 
 def test_no_chunk_is_longer_than_the_limit_and_silence_is_marked() -> None:
@@ -90,7 +94,10 @@ def test_real_speech_is_cut_only_in_its_pauses() -> None:
     vad = SileroVAD()
     probs = speech_probabilities(samples, vad)
     spans = plan_chunks(
-        probs, total_samples=len(samples), frame_samples=vad.frame_samples, sample_rate=RATE,
+        probs,
+        total_samples=len(samples),
+        frame_samples=vad.frame_samples,
+        sample_rate=RATE,
         policy=CutPolicy(max_seconds=12, min_seconds=3),
     )
     assert len(spans) >= 2

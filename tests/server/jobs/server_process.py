@@ -44,7 +44,10 @@ class ServerProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=ROOT, env=env, stdout=log, stderr=log,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=log,
             )
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:

@@ -25,7 +25,9 @@ TTL_S = 3.0
 
 def _stt_calls(url: str) -> int:
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    counts = re.findall(r'voxline_stage_duration_seconds_count\{[^}]*stage="stt"[^}]*\} (\S+)', text)
+    counts = re.findall(
+        r'voxline_stage_duration_seconds_count\{[^}]*stage="stt"[^}]*\} (\S+)', text
+    )
     return int(sum(float(c) for c in counts))
 
 

@@ -9,12 +9,12 @@ from pipeline.errors import EngineOverloaded
 from pipeline.settings import JobSettings
 from server.jobs.queue import JobQueue
 from store import Store
-from tests.store.conftest import Clock, clock, store, store_url  # noqa: F401  # fixtures
+from tests.store.conftest import Clock
 
 TTL = 30.0
 
 
-def _queue(store: Store, clock: Clock, **settings: object) -> JobQueue:  # noqa: F811
+def _queue(store: Store, clock: Clock, **settings: object) -> JobQueue:
     return JobQueue(store, JobSettings(lease_ttl_s=TTL, **settings), clock=clock)  # type: ignore[arg-type]
 
 
@@ -25,7 +25,7 @@ def _submit(queue: JobQueue, owner: str | None = "key_a") -> str:
     return job.id
 
 
-def test_a_job_is_claimed_by_one_worker_and_leased(store: Store, clock: Clock) -> None:  # noqa: F811
+def test_a_job_is_claimed_by_one_worker_and_leased(store: Store, clock: Clock) -> None:
     queue = _queue(store, clock)
     first = _submit(queue)
     clock.advance(1)
@@ -39,7 +39,8 @@ def test_a_job_is_claimed_by_one_worker_and_leased(store: Store, clock: Clock) -
 
 
 def test_a_dead_workers_job_is_taken_over_after_its_lease_lapses(
-    store: Store, clock: Clock  # noqa: F811
+    store: Store,
+    clock: Clock,
 ) -> None:
     queue = _queue(store, clock)
     job_id = _submit(queue)
@@ -54,7 +55,10 @@ def test_a_dead_workers_job_is_taken_over_after_its_lease_lapses(
     taken = queue.claim("w2")
     assert taken is not None and taken.id == job_id
     assert taken.runs[-1] == {
-        "worker": "w2", "started_at": clock.now, "chunks_done": 1, "resumed": True
+        "worker": "w2",
+        "started_at": clock.now,
+        "chunks_done": 1,
+        "resumed": True,
     }
     assert taken.failures == 1 and taken.chunks_total == 2
     assert queue.plan(taken) == ["Hello there.", "Bye."]  # the same cut as the first run
@@ -62,7 +66,7 @@ def test_a_dead_workers_job_is_taken_over_after_its_lease_lapses(
     assert queue.renew(job_id, "w2")
 
 
-def test_a_chunk_is_recorded_once(store: Store, clock: Clock) -> None:  # noqa: F811
+def test_a_chunk_is_recorded_once(store: Store, clock: Clock) -> None:
     queue = _queue(store, clock)
     job_id = _submit(queue)
     assert queue.chunk_done(job_id, 3, {"text": "first"})
@@ -72,7 +76,8 @@ def test_a_chunk_is_recorded_once(store: Store, clock: Clock) -> None:  # noqa: 
 
 
 def test_a_cancelled_job_stops_taking_progress_and_results(
-    store: Store, clock: Clock  # noqa: F811
+    store: Store,
+    clock: Clock,
 ) -> None:
     queue = _queue(store, clock)
     job_id = _submit(queue)
@@ -87,7 +92,7 @@ def test_a_cancelled_job_stops_taking_progress_and_results(
     assert queue.cancel(job_id) is None  # already ended
 
 
-def test_a_job_that_keeps_killing_workers_fails(store: Store, clock: Clock) -> None:  # noqa: F811
+def test_a_job_that_keeps_killing_workers_fails(store: Store, clock: Clock) -> None:
     queue = _queue(store, clock, max_attempts=2)
     job_id = _submit(queue)
     assert queue.claim("w1") is not None
@@ -100,7 +105,7 @@ def test_a_job_that_keeps_killing_workers_fails(store: Store, clock: Clock) -> N
     assert failed.error is not None and failed.error["code"] == "too_many_attempts"
 
 
-def test_requeue_after_an_engine_failure_counts_it(store: Store, clock: Clock) -> None:  # noqa: F811
+def test_requeue_after_an_engine_failure_counts_it(store: Store, clock: Clock) -> None:
     queue = _queue(store, clock)
     job_id = _submit(queue)
     job = queue.claim("w1")
@@ -113,7 +118,7 @@ def test_requeue_after_an_engine_failure_counts_it(store: Store, clock: Clock) -
     assert last is not None and last.failures == 1 and len(last.runs) == 3
 
 
-def test_pending_limits_per_key_and_overall(store: Store, clock: Clock) -> None:  # noqa: F811
+def test_pending_limits_per_key_and_overall(store: Store, clock: Clock) -> None:
     queue = _queue(store, clock, max_pending=3, max_pending_per_key=2)
     queue.admit("key_a")
     _submit(queue, "key_a")
@@ -126,7 +131,7 @@ def test_pending_limits_per_key_and_overall(store: Store, clock: Clock) -> None:
         queue.admit("key_c")  # three pending in all
 
 
-def test_jobs_belong_to_their_key(store: Store, clock: Clock) -> None:  # noqa: F811
+def test_jobs_belong_to_their_key(store: Store, clock: Clock) -> None:
     queue = _queue(store, clock)
     mine = _submit(queue, "key_a")
     theirs = _submit(queue, "key_b")

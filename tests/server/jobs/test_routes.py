@@ -23,14 +23,18 @@ from tests.server.conftest import AppFactory, http_client, make_settings, spoken
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-FAST = JobSettings(chunk_seconds=20, min_chunk_seconds=8, poll_interval_s=0.2, speech_chunk_chars=80)
+FAST = JobSettings(
+    chunk_seconds=20, min_chunk_seconds=8, poll_interval_s=0.2, speech_chunk_chars=80
+)
 
 
 def _app(app_factory: AppFactory, **jobs: Any) -> FastAPI:
     return app_factory(make_settings(jobs=FAST.model_copy(update=jobs)))
 
 
-async def _wait(client: httpx.AsyncClient, job_id: str, timeout_s: float = 240) -> list[dict[str, Any]]:
+async def _wait(
+    client: httpx.AsyncClient, job_id: str, timeout_s: float = 240
+) -> list[dict[str, Any]]:
     """Poll the job until it ends; every object seen, in order (the timeout guards a hang)."""
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s
@@ -119,7 +123,7 @@ async def test_long_text_becomes_one_audio_file(app_factory: AppFactory, engines
     assert audio.headers["content-type"] == "audio/wav"
     clip = decode_audio(audio.content, sample_rate=16_000, limits=AudioLimits())
     assert clip.duration > 6.0
-    heard = [t async for t in engines.stt.transcribe(clip) if t.final][0].text
+    heard = next(iter([t async for t in engines.stt.transcribe(clip) if t.final])).text
     assert wer(text, heard) < 0.25, heard
 
 
@@ -145,8 +149,9 @@ async def test_a_batch_of_turns_answers_every_line(app_factory: AppFactory) -> N
     assert "capital" in answers[1]["transcript"].lower()
     for answer in answers:
         assert answer["reply"].strip()
-        wav = decode_audio(base64.b64decode(answer["audio"]), sample_rate=16_000,
-                           limits=AudioLimits())
+        wav = decode_audio(
+            base64.b64decode(answer["audio"]), sample_rate=16_000, limits=AudioLimits()
+        )
         assert wav.duration == pytest.approx(answer["audio_seconds"], abs=0.05)
 
 
@@ -163,10 +168,18 @@ async def test_bad_submissions_are_refused_before_a_job_exists(app_factory: AppF
             ({"kind": "transcription"}, ("x.wav", long_audio, "audio/wav"), 400, "audio_too_long"),
             ({"kind": "speech", "input": "  "}, None, 400, "empty_input"),
             ({"kind": "speech", "input": "Hi.", "voice": "nobody"}, None, 400, "unknown_voice"),
-            ({"kind": "turns"}, ("t.jsonl", b'{"txt": 1}\n', "application/jsonl"), 400,
-             "invalid_jsonl"),
-            ({"kind": "turns"}, ("t.jsonl", b'{"text": "a"}\n' * 3, "application/jsonl"), 400,
-             "too_many_turns"),
+            (
+                {"kind": "turns"},
+                ("t.jsonl", b'{"txt": 1}\n', "application/jsonl"),
+                400,
+                "invalid_jsonl",
+            ),
+            (
+                {"kind": "turns"},
+                ("t.jsonl", b'{"text": "a"}\n' * 3, "application/jsonl"),
+                400,
+                "too_many_turns",
+            ),
         ]
         for data, file, status, code in cases:
             files = {"file": file} if file else None
@@ -219,5 +232,3 @@ async def test_cancel_result_and_missing_jobs(app_factory: AppFactory) -> None:
     assert [e["type"] for e in events] == ["job.cancelled"]
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert deleted.json()["deleted"] is True and gone.status_code == 404
-
-
