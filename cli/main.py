@@ -173,14 +173,28 @@ def say(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Deploy on the Ray cluster at this address (auto, HOST:PORT, ray://HOST:10001,"
+            " local): the stages as Ray Serve deployments, the API as their ingress.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the streaming voice server (realtime WebSocket + OpenAI-compatible HTTP)."""
+    settings = Settings()
+    if ray is not None:
+        from server.ray_serve import run  # ray is an optional extra (docs/ray.md)
+
+        run(settings, ray, host=host, port=port)
+        return
     import uvicorn
 
     from server.app import create_app
     from server.logging_setup import configure_logging
 
-    settings = Settings()
     logging.getLogger().handlers.clear()  # the CLI's plain handler: the server logs JSON lines
     configure_logging(settings.observability)
     # our JSON handler takes uvicorn's logs too; its access log (raw paths and query strings)

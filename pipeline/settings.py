@@ -475,8 +475,9 @@ class RayStageSettings(BaseModel):
     """Autoscaling: requests in flight per replica that Serve aims for."""
     max_ongoing_requests: int = Field(default=8, ge=1)
     """Requests a replica takes at once; more wait in Serve's queue."""
-    num_cpus: float = Field(default=0.5, ge=0.0)
-    """CPUs Ray reserves per replica (fractions share a core)."""
+    num_cpus: float = Field(default=0.25, ge=0.0)
+    """CPUs Ray reserves per replica (for placement only: fractions share a core; the engine's
+    own thread settings decide what it uses)."""
     num_gpus: float = Field(default=0.0, ge=0.0)
     """GPUs (or a fraction of one) Ray reserves per replica."""
     chain: list[Literal["gpu", "cpu", "hosted"]] | None = None
