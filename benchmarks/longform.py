@@ -166,16 +166,137 @@ def piece_audio(recording: AudioChunk, piece: Piece, pad: float = 0.2) -> AudioC
     return AudioChunk(recording.samples[start:end], RATE)
 
 
+def _start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``voxline serve`` on a free port (as users run it); returns it once ``/readyz`` is 200."""
+    import os
+    import socket
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "serve", "--port", str(port)],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=out,
+        )
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited; see {log}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
+def measure(
+    recording: AudioChunk, pieces: list[Piece], *, kill_at: float, work: Path
+) -> dict[str, object]:
+    """Transcribe ``recording`` as a job, ``kill -9`` the server once the job's progress passes
+    ``kill_at`` (0: never), resume it on a new server; then transcribe every piece on its own
+    (the baseline). Returns the WERs and times."""
+    import os
+    import signal
+    import time
+
+    import httpx
+
+    from benchmarks.stats import corpus_wer, wer
+    from client.jobs import JobsClient
+
+    work.mkdir(parents=True, exist_ok=True)
+    audio = work / "recording.wav"
+    audio.write_bytes(encode_wav(recording))
+    env = {"VOXLINE_STATE__DATA_DIR": str(work / "state"), "VOXLINE_DEMO_ENABLED": "false"}
+    log = work / "server.log"
+    proc, url = _start_server(env, log)
+    restart_s = 0.0
+    killed_at = None
+    try:
+        with JobsClient(url) as client:
+            start = time.perf_counter()
+            job = client.submit("transcription", file=audio)
+            while kill_at > 0:
+                seen = client.get(job["id"])
+                if seen["progress"] >= kill_at:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    killed_at = seen["progress"]
+                    break
+                time.sleep(0.2)
+        if killed_at is not None:
+            begin = time.perf_counter()
+            proc, url = _start_server(env, log)
+            restart_s = time.perf_counter() - begin
+        with JobsClient(url) as client:
+            done = client.wait(job["id"], poll_s=0.5)
+            job_s = time.perf_counter() - start
+            text = json.loads(client.result(job["id"]))["text"]
+        begin = time.perf_counter()
+        hypotheses = []
+        for piece in pieces:
+            clip = encode_wav(piece_audio(recording, piece))
+            response = httpx.post(
+                f"{url}/v1/audio/transcriptions",
+                data={"model": "whisper-1"},
+                files={"file": ("piece.wav", clip, "audio/wav")},
+                timeout=300,
+            )
+            hypotheses.append(response.json()["text"])
+        baseline_s = time.perf_counter() - begin
+    finally:
+        proc.terminate()
+        proc.wait()
+    reference = " ".join(p.text for p in pieces)
+    return {
+        "audio_minutes": round(recording.duration / 60, 2),
+        "pieces": len(pieces),
+        "status": done["status"],
+        "chunks": done["chunks"],
+        "attempts": done["attempts"],
+        "killed_at_progress": killed_at,
+        "job_wall_s": round(job_s, 1),
+        "restart_s": round(restart_s, 1),
+        "job_wer": round(wer(reference, text), 4),
+        "baseline_wer": round(
+            corpus_wer(zip([p.text for p in pieces], hypotheses, strict=True)), 4
+        ),
+        "baseline_wall_s": round(baseline_s, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m benchmarks.longform build --minutes 30 --out recording.wav``"""
+    """``python -m benchmarks.longform build|measure --minutes 30``"""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.longform")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="write the recording and its reference")
     build.add_argument("--minutes", type=float, default=30.0)
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--out", type=Path, default=Path("longform.wav"))
+    run = sub.add_parser(
+        "measure", help="transcribe it as a job with a kill -9, and piece by piece"
+    )
+    run.add_argument("--minutes", type=float, default=30.0)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--kill-at", type=float, default=0.5, help="progress at which to kill (0: never)"
+    )
+    run.add_argument("--work", type=Path, default=Path("longform-run"))
     args = parser.parse_args(argv)
     recording, pieces = build_recording(args.minutes * 60, seed=args.seed)
+    if args.command == "measure":
+        result = measure(recording, pieces, kill_at=args.kill_at, work=args.work)
+        (args.work / "result.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
+        return
     args.out.write_bytes(encode_wav(recording))
     reference = args.out.with_suffix(".json")
     reference.write_text(json.dumps([asdict(p) for p in pieces], indent=1))
