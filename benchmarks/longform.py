@@ -96,7 +96,7 @@ def _piper():  # type: ignore[no-untyped-def]
 
 
 @functools.cache
-def _speak(text: str, voice: str) -> AudioChunk:
+def synthesize_piece(text: str, voice: str) -> AudioChunk:
     if voice.startswith("piper"):
         from piper import SynthesisConfig
 
@@ -144,7 +144,7 @@ def build_recording(seconds: float, *, seed: int = 0) -> tuple[AudioChunk, list[
                 order = list(SENTENCES)
             text = order.pop(rng.randrange(len(order)))
             voice = rng.choice(synthetic)
-        audio = _speak(text, voice).samples
+        audio = synthesize_piece(text, voice).samples
         gap = np.zeros(int(rng.uniform(0.3, 1.5) * RATE), np.float32)
         pieces.append(
             Piece(
