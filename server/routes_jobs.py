@@ -29,6 +29,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from pipeline.audio import decode_audio, to_pcm16
+from pipeline.audio_stream import wav_stream_header
 from pipeline.errors import EngineOverloaded, InvalidInput
 from pipeline.settings import AudioLimits, Settings
 from pipeline.types import Segment, Transcript
@@ -299,9 +300,14 @@ async def job_result(
     job_id: str,
     state: Annotated[AppState, Depends(state_of)],
     format: Annotated[ResultFormat | None, Query()] = None,
+    stream: Annotated[bool, Query()] = False,
 ) -> Response:
-    """The result of a job that succeeded (409 before)."""
+    """The result of a job that succeeded (409 before). A speech job with ``stream=true``: its
+    audio as a wav stream while it is being made, each chunk as soon as it is done."""
     job = await _job(state, job_id)
+    if stream and job.kind == "speech" and job.status in ("queued", "running", "succeeded"):
+        rate = state.engines.tts.capabilities.sample_rate if state.engines else None
+        return StreamingResponse(_speech_as_made(state, job, rate), media_type="audio/wav")
     if job.status != "succeeded" or job.result_blob is None:
         return _not_ready(job)
     blobs = state.store.blobs
@@ -334,3 +340,32 @@ async def _blob(state: AppState, blob_id: str) -> AsyncIterator[bytes]:
     chunks = state.store.blobs.chunks(blob_id)
     while (piece := await asyncio.to_thread(next, chunks, None)) is not None:
         yield piece
+
+
+async def _speech_as_made(state: AppState, job: Job, rate: int | None) -> AsyncIterator[bytes]:
+    """A speech job's chunks in order as 16-bit wav (unknown length), each sent once it is
+    recorded; ends when the last one is sent, or when the job failed or was cancelled."""
+    queue = state.jobs.queue
+    interval = min(0.5, state.settings.jobs.poll_interval_s)
+    sent = 0
+    header = rate is not None
+    if header:
+        yield wav_stream_header(rate or 0)
+    while True:
+        current = await asyncio.to_thread(queue.get, job.id, any_owner=True)
+        if current is None:
+            return
+        results = await asyncio.to_thread(queue.chunk_results, job.id)
+        while sent in results:
+            chunk = results[sent]
+            if not header:  # engines were not ready when asked: the chunk knows its rate
+                header = True
+                yield wav_stream_header(int(chunk["sample_rate"]))
+            async for piece in _blob(state, chunk["blob"]):
+                yield piece
+            sent += 1
+        if current.chunks_total is not None and sent >= current.chunks_total:
+            return
+        if current.status in ("failed", "cancelled"):
+            return
+        await asyncio.sleep(interval)

@@ -117,12 +117,16 @@ async def test_long_text_becomes_one_audio_file(app_factory: AppFactory, engines
     app = _app(app_factory)
     async with http_client(app) as client, _Running(app):
         job = (await client.post("/v1/jobs", data={"kind": "speech", "input": text})).json()
+        # streamed as it is made: asked for before any chunk exists
+        streamed = await client.get(f"/v1/jobs/{job['id']}/result", params={"stream": "true"})
         seen = await _wait(client, job["id"])
         audio = await client.get(f"/v1/jobs/{job['id']}/result")
     assert seen[-1]["status"] == "succeeded" and seen[-1]["chunks"]["total"] >= 2
     assert audio.headers["content-type"] == "audio/wav"
     clip = decode_audio(audio.content, sample_rate=16_000, limits=AudioLimits())
     assert clip.duration > 6.0
+    assert streamed.headers["content-type"] == "audio/wav"
+    assert streamed.content[44:] == audio.content[44:]  # the same samples, header aside
     heard = next(iter([t async for t in engines.stt.transcribe(clip) if t.final])).text
     assert wer(text, heard) < 0.25, heard
 
