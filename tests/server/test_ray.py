@@ -1,6 +1,6 @@
 """voxline on a real local Ray cluster (loopback, 2 CPUs): the stages as Serve deployments, the
-API as their ingress, job chunks as Ray tasks, and a turn that completes while the STT replica
-serving it is killed (``kill -9``) mid-turn.
+API as their ingress (HTTP and the realtime WebSocket), job chunks as Ray tasks, and a turn
+that completes while the STT replica serving it is killed (``kill -9``) mid-turn.
 
 The cluster is started once for the module (about 35 s on 2 cores: Ray, then every replica
 loading its engine). Skipped when ``ray[serve]`` (the ``ray`` extra) is not installed.
@@ -8,6 +8,7 @@ loading its engine). Skipped when ``ray[serve]`` (the ``ray`` extra) is not inst
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ import pytest
 from benchmarks.longform import build_recording
 from benchmarks.stats import wer
 from client.jobs import JobsClient
+from client.realtime import RealtimeClient
 from pipeline.audio import encode_wav
 from pipeline.settings import JobSettings, RaySettings, RayStageSettings, Settings, StateSettings
 from tests.conftest import speak
@@ -100,6 +102,25 @@ def test_the_api_runs_its_stages_on_ray_deployments(cluster: str) -> None:
     ).json()["text"]
     assert wer("And you always want to see it in the superlative degree.", text) < 0.2
     assert len(_stt_replicas()) == 2
+
+
+def test_a_realtime_session_runs_through_the_ingress(cluster: str) -> None:
+    async def session() -> list[str]:
+        async with RealtimeClient(cluster, connect_timeout_s=60) as rt:
+            await rt.update_session(instructions="Answer in a few words.")
+            frames = rt.frames(rt.pcm(speak("What is the capital of France?")))
+            received = []
+            async for tick in rt.stream_frames([*frames, *[rt.silence()] * 40]):
+                received += tick.events
+            deadline = time.monotonic() + 120
+            while "response.done" not in {r.type for r in received}:
+                assert time.monotonic() < deadline and not rt.closed, [r.type for r in received]
+                received += await rt.receive_for(1.0)
+            return [r.type for r in received]
+
+    types = asyncio.run(session())
+    assert "conversation.item.input_audio_transcription.completed" in types
+    assert "response.output_audio.delta" in types
 
 
 def test_job_chunks_run_as_ray_tasks(cluster: str, tmp_path: Path) -> None:
