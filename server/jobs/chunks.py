@@ -8,6 +8,7 @@ engine scheduler serves interactive work first and gives jobs what is left.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 from collections.abc import Mapping
@@ -86,8 +87,11 @@ async def turn_chunk(
     voice = options.get("voice") or settings.tts.voice
     with Meter().bind() as meter, priority(Priority.BATCH):
         if "audio" in line:
-            audio = decode_audio(
-                base64.b64decode(line["audio"]), sample_rate=stt.sample_rate, limits=settings.audio
+            audio = await asyncio.to_thread(  # decoding is blocking work: off the loop
+                decode_audio,
+                base64.b64decode(line["audio"]),
+                sample_rate=stt.sample_rate,
+                limits=settings.audio,
             )
             result = await run_turn(
                 audio,

@@ -93,8 +93,12 @@ class TranscriptionRun:
 
     async def _audio(self) -> np.ndarray:
         if self._samples is None:
-            data = await asyncio.to_thread(self.queue.store.blobs.read, self.job.input_blob)
-            self._samples = decode_pcm16(data, INPUT_RATE).samples
+            blobs, blob_id = self.queue.store.blobs, self.job.input_blob
+            samples: np.ndarray = await asyncio.to_thread(
+                lambda: decode_pcm16(blobs.read(blob_id), INPUT_RATE).samples
+            )
+            self._samples = samples
+            return samples
         return self._samples
 
     async def plan(self) -> list[Any]:
