@@ -24,6 +24,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from benchmarks.cli import bench
+from benchmarks.eval.cli import evaluate
+from cli.doctor import doctor
 from cli.jobs import app as jobs_app
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
@@ -247,7 +249,9 @@ def models(
         sys.exit(1)
 
 
+app.command()(doctor)
 app.command()(bench)
+app.command("eval")(evaluate)
 app.add_typer(jobs_app, name="jobs")
 
 

@@ -178,8 +178,10 @@ class RayTTS(_RayStage, TTS):
     async def warm(self) -> None:
         """The replicas warm their own engines."""
 
-    def _synthesize(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
-        return self._stream_from("synthesize", text, voice, speed)
+    def _synthesize(
+        self, text: str, voice: str | None, speed: float, language: str | None = None
+    ) -> AsyncIterator[AudioChunk]:
+        return self._stream_from("synthesize", text, voice, speed, language)
 
 
 def ray_backend(

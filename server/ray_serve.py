@@ -114,10 +114,10 @@ class TTSReplica(_Replica):
         return self.tts.capabilities
 
     async def synthesize(
-        self, text: str, voice: str | None, speed: float
+        self, text: str, voice: str | None, speed: float, language: str | None = None
     ) -> AsyncIterator[AudioChunk]:
-        """The engine's audio, streamed."""
-        async for chunk in self.tts.synthesize(text, voice, speed=speed):
+        """The engine's audio, streamed (``language`` as the TTS contract takes it)."""
+        async for chunk in self.tts.synthesize(text, voice, speed=speed, language=language):
             yield chunk
 
 
