@@ -1,9 +1,10 @@
 """A long recording built here, for long-audio transcription jobs: its audio and what is said.
 
-Real speech (the CMU ARCTIC clip in ``tests/data``, the only licensed real recording in the
-repository) and synthetic speech (the packaged Piper voice at three speaking rates, and
-espeak-ng's English voices when ``espeak-ng`` is installed) are laid end to end with pauses of
-0.3 to 1.5 s and a faint noise floor, as a recorded talk has, until the wanted length. Every
+Real speech (every licensed real recording in ``tests/data``: the CMU ARCTIC clip and the
+LibriVox and CMU clips of ``tests/data/real/manifest.tsv``; one utterance in four) and
+synthetic speech (the packaged Piper voice at three speaking rates, and espeak-ng's English
+voices when ``espeak-ng`` is installed) are laid end to end with pauses of 0.3 to 1.5 s and a
+faint noise floor, as a recorded talk has, until the wanted length. Every
 piece's text and position are kept, so the job's transcript can be scored against the truth,
 and so can the pieces transcribed one by one (the baseline the job must match).
 
@@ -29,8 +30,23 @@ from pipeline.settings import AudioLimits
 from pipeline.types import AudioChunk
 
 RATE = 16_000
-ARCTIC = Path(__file__).resolve().parents[1] / "tests" / "data" / "arctic_a0007.wav"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+ARCTIC = DATA / "arctic_a0007.wav"
 ARCTIC_TEXT = "And you always want to see it in the superlative degree."
+
+
+def real_clips() -> list[tuple[str, Path]]:
+    """``(transcript, file)`` of every real recording in ``tests/data`` (the ARCTIC clip, and
+    those of ``real/manifest.tsv`` where that set exists)."""
+    clips = [(ARCTIC_TEXT, ARCTIC.resolve())]
+    manifest = DATA / "real" / "manifest.tsv"
+    if manifest.is_file():
+        for line in manifest.read_text().splitlines()[1:]:
+            name, _, text = line.split("\t")
+            path = (manifest.parent / name).resolve()
+            if path != ARCTIC.resolve():
+                clips.append((text, path))
+    return clips
 
 SENTENCES = (
     "The quarterly report shows that sales grew by twelve percent in the northern region.",
@@ -104,8 +120,8 @@ def synthesize_piece(text: str, voice: str) -> AudioChunk:
         chunks = list(_piper().synthesize(text, SynthesisConfig(length_scale=scale)))
         samples = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
         return resample(AudioChunk(samples, chunks[0].sample_rate), RATE)
-    if voice == "arctic":
-        return _decode(ARCTIC.read_bytes())
+    if voice.startswith("real:"):
+        return _decode((DATA / voice[5:]).read_bytes())
     name = voice.split(":")[1]
     wav = subprocess.run(
         ["espeak-ng", "-v", name, "-s", "155", "--stdout", text], check=True, capture_output=True
@@ -136,9 +152,14 @@ def build_recording(seconds: float, *, seed: int = 0) -> tuple[AudioChunk, list[
     pieces: list[Piece] = []
     position = 0
     order = list(SENTENCES)
+    real: list[tuple[str, Path]] = []
     while position < seconds * RATE:
-        if len(pieces) % 8 == 7:
-            text, voice = ARCTIC_TEXT, "arctic"
+        if len(pieces) % 4 == 3:
+            if not real:
+                real = real_clips()
+                rng.shuffle(real)
+            text, path = real.pop()
+            voice = f"real:{path.relative_to(DATA.resolve())}"
         else:
             if not order:
                 order = list(SENTENCES)
