@@ -48,6 +48,7 @@ def real_clips() -> list[tuple[str, Path]]:
                 clips.append((text, path))
     return clips
 
+
 SENTENCES = (
     "The quarterly report shows that sales grew by twelve percent in the northern region.",
     "Please remember to close the windows before you leave the office tonight.",
