@@ -29,8 +29,8 @@ bench: $(STAMP)
 	$(BIN)/voxline bench --out bench-results
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline models server benchmarks tests
-	$(BIN)/ruff format --check pipeline models server benchmarks tests
+	$(BIN)/ruff check pipeline models store client server benchmarks cli tests
+	$(BIN)/ruff format --check pipeline models store client server benchmarks cli tests
 	$(BIN)/mypy
 
 clean:

@@ -51,7 +51,7 @@ async def local_server(
     port = _free_port()
     env = {**os.environ, **config.environ()}
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1"]
     with log_path.open("wb") as log:
         start = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(

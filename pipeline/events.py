@@ -14,12 +14,13 @@ from typing import Literal
 from pipeline.errors import InvalidInput, StageError, VoxlineError
 from pipeline.fallback_types import StageFallback
 from pipeline.session_config import SessionConfig
-from pipeline.turn import Backends
-from pipeline.types import AudioChunk, Role, TurnTimings, Usage
+from pipeline.stages import CallRecord
+from pipeline.types import AudioChunk, Backends, Role, TurnTimings, Usage
 
 ErrorType = Literal["invalid_request_error", "server_error"]
 ResponseStatus = Literal["completed", "cancelled", "failed", "incomplete"]
 ResponseReason = Literal["turn_detected", "client_cancelled", "max_output_tokens", "session_closed"]
+UsageKind = Literal["transcription", "response", "speculation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +220,7 @@ class ResponseDone:
         transcript: The assistant text as it now stands in the history (truncated to what was
             heard when cancelled).
         usage: LLM token accounting.
-        timings: The turn's latencies in ms (ARCHITECTURE.md vocabulary); the speech-side fields
+        timings: The turn's latencies in ms (``pipeline.timing``); the speech-side fields
             are ``None`` for a response not triggered by speech.
         backends: Which backend served each stage.
         error: The failure, when ``status`` is ``failed``.
@@ -247,6 +248,31 @@ class ItemTruncated:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class UsageReported:
+    """Engine work the session did, for the server's accounting (no wire event of its own).
+
+    Every piece of work is reported exactly once, when it ends, even while the session closes:
+
+    - ``transcription``: one STT job (a partial, a speculative or a final transcription; a job
+      cancelled midway reports what it had done);
+    - ``response``: the LLM and TTS calls of an announced response, just before its
+      ``ResponseDone`` (``failed`` when the response failed);
+    - ``speculation``: a speculative reply that was dropped before anyone heard it.
+
+    Attributes:
+        calls: The engine calls, as the stage base class recorded them (``pipeline.metering``).
+        kind: What the work was for.
+        response_id: The response, for ``response`` and ``speculation``.
+        failed: The response failed (its work is not billed).
+    """
+
+    calls: tuple[CallRecord, ...]
+    kind: UsageKind
+    response_id: str | None = None
+    failed: bool = False
+
+
 Event = (
     ErrorEvent
     | SessionUpdated
@@ -264,5 +290,6 @@ Event = (
     | ResponseAudioDone
     | ResponseDone
     | ItemTruncated
+    | UsageReported
 )
 """Every event a session emits."""

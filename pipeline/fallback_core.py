@@ -104,6 +104,7 @@ class Chain(Generic[B]):
     name: str
     stage: Stage
     device: str
+    metered = False  # its backends' calls are metered, each where it ran (pipeline.metering)
 
     def _setup(self, backends: Sequence[B], policy: FallbackPolicy | None) -> None:
         names = [b.name for b in backends]

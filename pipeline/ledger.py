@@ -28,7 +28,7 @@ from pipeline.errors import Stage
 
 if TYPE_CHECKING:  # annotations only: the ledger stays importable without pydantic or numpy
     from pipeline.settings import PricingSettings
-    from pipeline.turn import TurnResult
+    from pipeline.stages import CallRecord
 
 log = logging.getLogger("voxline.ledger")
 
@@ -117,6 +117,8 @@ class Charge:
     audio_seconds: float = 0.0
     engine_seconds: float = 0.0
     cost_usd: float = 0.0
+    speculative: bool = False
+    """Work for a speculative reply that was dropped before anyone heard it."""
 
     @property
     def day(self) -> str:
@@ -149,20 +151,6 @@ class Totals:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class TurnCost:
-    """What one voice turn cost, per stage (USD)."""
-
-    stt: float = 0.0
-    llm: float = 0.0
-    tts: float = 0.0
-
-    @property
-    def total(self) -> float:
-        """The whole turn."""
-        return self.stt + self.llm + self.tts
-
-
 ChargeListener = Callable[[Charge], None]
 
 
@@ -192,7 +180,7 @@ class Ledger:
         """Called with every new charge (not replayed ones), e.g. ``Metrics.observe_charge``."""
         self._clock = clock
         self._lock = threading.Lock()
-        self._totals: dict[tuple[str, str], Totals] = {}
+        self._totals: dict[tuple[str, str, bool], Totals] = {}
         self._file: IO[str] | None = None
         if path is not None:
             self._replay(path)
@@ -216,6 +204,7 @@ class Ledger:
         chars: int = 0,
         audio_seconds: float = 0.0,
         engine_seconds: float = 0.0,
+        speculative: bool = False,
     ) -> float:
         """Price one stage's usage within a request, add it to the totals and return its cost.
 
@@ -228,6 +217,7 @@ class Ledger:
             chars: Characters spoken (TTS).
             audio_seconds: Seconds of audio in (STT) or out (TTS).
             engine_seconds: Seconds the engine worked (priced for local engines).
+            speculative: The work was for a speculative reply that was dropped.
 
         Returns:
             The charge's cost in USD.
@@ -252,6 +242,7 @@ class Ledger:
             audio_seconds=audio_seconds,
             engine_seconds=engine_seconds,
             cost_usd=cost,
+            speculative=speculative,
         )
         with self._lock:
             self._add(charge)
@@ -262,46 +253,22 @@ class Ledger:
             listener(charge)
         return cost
 
-    def record_turn(
-        self, request_id: str, result: TurnResult, *, audio_in_seconds: float
-    ) -> TurnCost:
-        """Record the three stages of a voice turn (``pipeline.turn.TurnResult``).
+    def record_call(self, request_id: str, call: CallRecord, *, speculative: bool = False) -> float:
+        """Record one engine call (``pipeline.stages.CallRecord``) and return its cost.
 
-        Engine seconds come from the turn's timings (STT, LLM total, TTS from the first phrase
-        to the last audio: wall time in the stage, so TTS includes waits for the LLM's phrases).
-
-        Args:
-            request_id: The request it belongs to.
-            result: The finished turn.
-            audio_in_seconds: Length of the user's audio.
+        The quantities are the engine's own: STT audio seconds in, LLM prompt and completion
+        tokens, TTS characters and audio seconds out, and the call's compute time.
         """
-        t = result.timings
-        b = result.backends
-        chars = sum(len(p) for p in result.phrases) if result.phrases else len(result.reply)
-        return TurnCost(
-            stt=self.record(
-                request_id,
-                b.stt,
-                "stt",
-                audio_seconds=audio_in_seconds,
-                engine_seconds=(t.stt_ms or 0.0) / 1000,
-            ),
-            llm=self.record(
-                request_id,
-                b.llm,
-                "llm",
-                tokens_in=result.usage.prompt_tokens,
-                tokens_out=result.usage.completion_tokens,
-                engine_seconds=(t.llm_total_ms or 0.0) / 1000,
-            ),
-            tts=self.record(
-                request_id,
-                b.tts,
-                "tts",
-                chars=chars,
-                audio_seconds=result.audio.duration,
-                engine_seconds=(t.tts_total_ms or 0.0) / 1000,
-            ),
+        return self.record(
+            request_id,
+            call.backend,
+            call.stage,
+            tokens_in=call.tokens_in,
+            tokens_out=call.tokens_out,
+            chars=call.chars,
+            audio_seconds=call.audio_in_seconds + call.audio_out_seconds,
+            engine_seconds=call.compute_seconds,
+            speculative=speculative,
         )
 
     def total(self) -> Totals:
@@ -317,16 +284,26 @@ class Ledger:
         """Totals per backend, over all days."""
         out: dict[str, Totals] = {}
         with self._lock:
-            for (_, backend), t in self._totals.items():
+            for (_, backend, _), t in self._totals.items():
                 out[backend] = out.get(backend, Totals()).plus(t)
         return dict(sorted(out.items()))
+
+    def speculative(self) -> Totals:
+        """What dropped speculative replies cost (included in every other total too)."""
+        out = Totals()
+        with self._lock:
+            for (_, _, speculative), t in self._totals.items():
+                if speculative:
+                    out = out.plus(t)
+        return out
 
     def by_day(self) -> dict[str, dict[str, Totals]]:
         """Totals per UTC day (``YYYY-MM-DD``, oldest first), then per backend."""
         out: dict[str, dict[str, Totals]] = {}
         with self._lock:
-            for (day, backend), t in sorted(self._totals.items()):
-                out.setdefault(day, {})[backend] = t
+            for (day, backend, _), t in sorted(self._totals.items()):
+                per_day = out.setdefault(day, {})
+                per_day[backend] = per_day.get(backend, Totals()).plus(t)
         return out
 
     def close(self) -> None:
@@ -337,7 +314,7 @@ class Ledger:
                 self._file = None
 
     def _add(self, charge: Charge) -> None:
-        key = (charge.day, charge.backend)
+        key = (charge.day, charge.backend, charge.speculative)
         self._totals[key] = self._totals.get(key, Totals()).plus(charge)
 
     def _replay(self, path: Path) -> None:
@@ -374,4 +351,5 @@ def _charge_of(data: Any) -> Charge:
         audio_seconds=float(data.get("audio_seconds", 0.0)),
         engine_seconds=float(data.get("engine_seconds", 0.0)),
         cost_usd=float(data.get("cost_usd", 0.0)),
+        speculative=bool(data.get("speculative", False)),
     )

@@ -19,6 +19,7 @@ to final transcriptions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -30,7 +31,9 @@ import numpy as np
 
 from pipeline.errors import InvalidInput
 from pipeline.events import SpeechStarted, SpeechStopped
-from pipeline.stages import STT
+from pipeline.metering import Meter
+from pipeline.stages import STT, CallRecord
+from pipeline.timing import TurnMarks
 from pipeline.types import AudioChunk, Float32Array, Transcript
 from pipeline.vad import VAD, EndpointDecision, Endpointer, EndpointPolicy, FrameSlicer
 
@@ -52,23 +55,6 @@ class SttResult:
     transcript: Transcript
     started: float
     finished: float
-
-
-@dataclass(slots=True)
-class TurnMarks:
-    """Clock readings of one user turn (ARCHITECTURE.md's latency vocabulary).
-
-    Attributes:
-        speech_end: Arrival of the last voiced frame (a manual commit: the commit).
-        decision: The end-of-turn decision (a manual commit: the commit).
-        vad: Whether server VAD decided (else ``endpoint_ms`` is meaningless).
-        final: When the final transcript was in hand.
-    """
-
-    speech_end: float
-    decision: float
-    vad: bool
-    final: float | None = None
 
 
 @dataclass(slots=True)
@@ -105,6 +91,8 @@ class Transcriber:
         language: Returns the language to ask for (the session's current setting).
         on_result: Called with the open utterance each time a transcription of it finishes
             (``utterance.result`` is the newest).
+        on_usage: Called with the engine calls of every job when it ends, finished, failed or
+            cancelled (the work it did is billed, see ``pipeline.metering``).
         clock: Time source.
     """
 
@@ -118,10 +106,12 @@ class Transcriber:
         partial_interval_ms: int,
         language: Callable[[], str | None],
         on_result: Callable[[Utterance], None],
+        on_usage: Callable[[tuple[CallRecord, ...]], None] = lambda _: None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.stt = stt
         self.endpointer = endpointer
+        self._on_usage = on_usage
         self.sample_rate = sample_rate
         self._current = current
         self.partial_interval_ms = partial_interval_ms
@@ -191,9 +181,15 @@ class Transcriber:
         started = self._clock()
         final: Transcript | None = None
         chunk = AudioChunk(audio, self.sample_rate)
-        async for transcript in self.stt.transcribe(chunk, language=self._language()):
-            if transcript.final:
-                final = transcript
+        with Meter().bind() as meter:  # this task's own context: only this job's calls
+            try:
+                transcripts = self.stt.transcribe(chunk, language=self._language())
+                async with contextlib.aclosing(transcripts):
+                    async for transcript in transcripts:
+                        if transcript.final:
+                            final = transcript
+            finally:
+                self._on_usage(meter.take())
         return SttResult(frames, final or Transcript("", final=True), started, self._clock())
 
     def _done(self, utt: Utterance, task: asyncio.Task[SttResult]) -> None:
@@ -241,6 +237,7 @@ class Listener:
         max_utterance_ms: A longer turn is ended (server VAD) or refused (manual).
         language: Returns the language to ask STT for.
         on_result: See ``Transcriber``.
+        on_usage: See ``Transcriber``.
         clock: Time source (the caller's arrival times use the same one).
     """
 
@@ -254,6 +251,7 @@ class Listener:
         max_utterance_ms: float,
         language: Callable[[], str | None],
         on_result: Callable[[Utterance], None],
+        on_usage: Callable[[tuple[CallRecord, ...]], None] = lambda _: None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.vad = vad
@@ -273,6 +271,7 @@ class Listener:
             partial_interval_ms=partial_interval_ms,
             language=language,
             on_result=on_result,
+            on_usage=on_usage,
             clock=clock,
         )
 

@@ -5,7 +5,12 @@ for the TTS task, which synthesizes them one after another (so audio stays in or
 output queue. The consumer reads that queue at its own pace, or not yet: a speculative reply runs
 ahead while the session waits to be sure the user has finished, and its audio is ready when it
 is released. ``aclose()`` cancels both tasks, which closes the stages' async iterators, which
-stop their worker threads; nothing more is spoken.
+stop their worker threads; nothing more is spoken. A failure of either stage cancels the other at
+once (a TTS that cannot speak must not let the LLM generate a reply nobody will hear) and is the
+next thing the consumer reads.
+
+This is the one path from LLM text to speech: the realtime session's responses and every HTTP
+voice turn (``pipeline.turn``) are built on it.
 
 Audio leaves at ``output_rate`` through one streaming resampler for the whole reply: resampling
 each chunk on its own would put a click at every chunk boundary.
@@ -24,6 +29,7 @@ import soxr
 
 from pipeline.phrases import PhraseChunker, PhrasePolicy
 from pipeline.stages import LLM, TTS
+from pipeline.timing import ReplyTimes
 from pipeline.types import AudioChunk, GenerationParams, Message, Usage
 
 Clock = Callable[[], float]
@@ -36,19 +42,6 @@ class SpokenChunk:
     phrase_index: int
     phrase: str
     audio: AudioChunk
-
-
-@dataclass(slots=True)
-class ReplyTimes:
-    """Clock readings of a reply's milestones; ``None`` until they happen."""
-
-    started: float
-    first_token: float | None = None
-    first_phrase: float | None = None
-    llm_done: float | None = None
-    first_handed: float | None = None
-    first_audio: float | None = None
-    tts_done: float | None = None
 
 
 class Reply:
@@ -150,7 +143,7 @@ class Reply:
                 self._hand_over(phrase)
             self._phrase_queue.put_nowait(None)
         except Exception as exc:  # delivered in order to the consumer, who reports it
-            self._out.put_nowait(exc)
+            self._fail(exc)
 
     def _hand_over(self, phrase: str) -> None:
         self.times.first_phrase = self.times.first_phrase or self._clock()
@@ -179,7 +172,15 @@ class Reply:
             self.times.tts_done = self._clock()
             self._out.put_nowait(None)
         except Exception as exc:
-            self._out.put_nowait(exc)
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        """Report ``exc`` to the consumer and stop the other stage now."""
+        self._out.put_nowait(exc)
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
 
     def _emit(self, index: int, phrase: str, audio: AudioChunk) -> None:
         if len(audio.samples):

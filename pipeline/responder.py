@@ -33,13 +33,15 @@ from pipeline.events import (
     ResponseReason,
     ResponseStatus,
     ResponseTranscriptDelta,
+    UsageReported,
 )
 from pipeline.fallback_types import FallbackReports, collect_reports
 from pipeline.history import History, Item, heard_text
-from pipeline.listener import TurnMarks, Utterance, new_id
-from pipeline.reply import Reply, ReplyTimes, SpokenChunk
-from pipeline.turn import Backends
-from pipeline.types import Message, TurnTimings, Usage
+from pipeline.listener import Utterance, new_id
+from pipeline.metering import Meter
+from pipeline.reply import Reply, SpokenChunk
+from pipeline.timing import TurnMarks, turn_timings
+from pipeline.types import Backends, Message, Usage
 
 log = logging.getLogger("voxline.session.response")
 
@@ -164,12 +166,13 @@ class Responder:
         resp.task.add_done_callback(self._tasks.discard)
 
     async def _run(self, resp: Response) -> None:
-        # the reply's LLM and TTS tasks are created in here, so they inherit the collector and
-        # whatever the scope sets up (the server opens the response's trace there)
-        with self._scope(resp.response_id), collect_reports() as resp.reports:
-            await self._respond(resp)
+        # the reply's LLM and TTS tasks are created in here, so they inherit the collector, the
+        # meter and whatever the scope sets up (the server opens the response's trace there)
+        meter = Meter()
+        with self._scope(resp.response_id), collect_reports() as resp.reports, meter.bind():
+            await self._respond(resp, meter)
 
-    async def _respond(self, resp: Response) -> None:
+    async def _respond(self, resp: Response, meter: Meter) -> None:
         status: ResponseStatus = "completed"
         reason: ResponseReason | None = None
         error: ErrorEvent | None = None
@@ -208,9 +211,14 @@ class Responder:
             status, error = "failed", ErrorEvent.from_exception(exc)
         finally:
             if resp.reply is not None:
-                await resp.reply.aclose()
+                await resp.reply.aclose()  # its tasks have ended: their calls are in the meter
             if self.active is resp:
                 self.active = None
+            if resp.item is None:  # never announced: a speculation dropped (or the session closed)
+                self._emit(UsageReported(meter.take(), "speculation", resp.response_id))
+            else:
+                failed = status == "failed"
+                self._emit(UsageReported(meter.take(), "response", resp.response_id, failed))
         if resp.item is not None and resp.cancel_reason != "session_closed":
             self._finish(resp, status, reason, error)
 
@@ -266,7 +274,12 @@ class Responder:
                 reason,
                 item.text or "",
                 reply.usage if reply is not None else Usage(),
-                timings(resp.marks, reply, resp.first_delta_at, done_at),
+                turn_timings(
+                    resp.marks,
+                    reply.times if reply is not None else None,
+                    resp.first_delta_at,
+                    done_at,
+                ),
                 self._served(resp),
                 error,
                 resp.reports.switches() if resp.reports is not None else (),
@@ -276,34 +289,3 @@ class Responder:
 
 def _no_scope(_: str) -> AbstractContextManager[object]:
     return contextlib.nullcontext()
-
-
-def _ms(start: float | None, end: float | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return round((end - start) * 1000, 1)
-
-
-def timings(
-    marks: TurnMarks | None, reply: Reply | None, first_delta_at: float | None, done_at: float
-) -> TurnTimings:
-    """A response's latencies in ms (``None`` where a stage did not run or a mark is missing).
-
-    ``v2v_ms`` runs from the end of speech to the first audio delta handed to the client, a
-    server-side estimate (network and client buffering are not in it). ``stt_ms`` is clamped
-    at 0: a speculative transcript is often ready before the turn is decided. LLM and TTS times
-    run from the reply's own start, which for a speculative reply precedes the decision.
-    """
-    times = reply.times if reply is not None else ReplyTimes(started=done_at)
-    stt = _ms(marks.decision, marks.final) if marks is not None else None
-    return TurnTimings(
-        endpoint_ms=_ms(marks.speech_end, marks.decision) if marks and marks.vad else None,
-        stt_ms=None if stt is None else max(stt, 0.0),
-        llm_ttft_ms=_ms(times.started, times.first_token),
-        llm_first_phrase_ms=_ms(times.started, times.first_phrase),
-        llm_total_ms=_ms(times.started, times.llm_done),
-        tts_ttfb_ms=_ms(times.first_handed, times.first_audio),
-        tts_total_ms=_ms(times.first_handed, times.tts_done),
-        v2v_ms=_ms(marks.speech_end, first_delta_at) if marks is not None else None,
-        total_ms=_ms(marks.speech_end if marks is not None else times.started, done_at),
-    )

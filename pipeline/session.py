@@ -15,6 +15,9 @@ they meet, at the end of a turn:
    ends the reply is released and its first audio goes out at once; if the user speaks again,
    it is dropped without a trace (no event was sent for it).
 
+The path of one turn through these tasks, and how cancellation flows, is drawn in
+docs/architecture.md ("One realtime turn, frame to delta").
+
 So the silence that ends a turn overlaps STT, the LLM's first phrase and TTS's first audio (see
 ``SessionSettings`` for what that means for ``silence_duration_ms``).
 
@@ -50,6 +53,7 @@ from pipeline.events import (
     TranscriptCompleted,
     TranscriptFailed,
     TranscriptPartial,
+    UsageReported,
 )
 from pipeline.history import History, Item
 from pipeline.listener import Heard, Listener, Turn, Utterance, new_id
@@ -59,8 +63,7 @@ from pipeline.responder import Responder
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.settings import SessionSettings
 from pipeline.stages import LLM, STT, TTS
-from pipeline.turn import Backends
-from pipeline.types import AudioChunk, Message
+from pipeline.types import AudioChunk, Backends, Message
 from pipeline.vad import VAD
 
 P = ParamSpec("P")
@@ -141,6 +144,7 @@ class Session:
             max_utterance_ms=settings.max_utterance_seconds * 1000,
             language=lambda: self._config.language,
             on_result=self._on_result,
+            on_usage=lambda calls: self._emit(UsageReported(calls, "transcription")),
             clock=clock,
         )
         self._turns: set[asyncio.Task[None]] = set()  # ended turns awaiting their transcript
@@ -376,5 +380,6 @@ class Session:
         )
 
     def _emit(self, event: Event) -> None:
-        if not self._closed:
+        # work done while closing is still reported: it is billed (see UsageReported)
+        if not self._closed or isinstance(event, UsageReported):
             self._events.put_nowait(event)

@@ -387,6 +387,32 @@ class PricingSettings(BaseModel):
     restart (unset: in memory only)."""
 
 
+class StateSettings(BaseModel):
+    """The durable state store: API keys, usage and quotas, the cost ledger, blobs, vectors.
+
+    Unset ``url``: an embedded SQLite file ``<data_dir>/state.db`` (WAL journal: nothing
+    acknowledged is lost when the process is killed), nothing to run. ``postgresql://...``: a
+    Postgres server (with the pgvector extension) that several server replicas share.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    url: SecretStr | None = None
+    """Database URL: ``sqlite:///PATH`` or ``postgresql://USER:PASSWORD@HOST:PORT/DB`` (needs
+    the pgvector extension). Unset: ``sqlite:///<data_dir>/state.db``. Never logged."""
+    data_dir: Path = Path.home() / ".local" / "share" / "voxline"
+    """Where the default SQLite database lives."""
+    pool_size: int = Field(default=5, ge=1, le=100)
+    """Database connections each process keeps open (Postgres; SQLite opens them as needed)."""
+    busy_timeout_s: float = Field(default=10.0, gt=0.0)
+    """Seconds a write waits for another writer (SQLite's lock, a Postgres connection from the
+    pool) before the call fails as unavailable."""
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    """SQLite only. ``NORMAL``: a commit is in the WAL file when the call returns, so killing
+    the process loses nothing; a power cut may lose the last commits (the file stays
+    consistent). ``FULL``: every commit is synced to disk too (about 5 ms more per write)."""
+
+
 class Settings(BaseSettings):
     """All of voxline's settings."""
 
@@ -412,6 +438,8 @@ class Settings(BaseSettings):
     """Logs and traces."""
     pricing: PricingSettings = PricingSettings()
     """The cost ledger's price table."""
+    state: StateSettings = StateSettings()
+    """The durable state store."""
     cache_dir: Path = Path.home() / ".cache" / "voxline"
     """Where derived artefacts (dequantized GGUF weights, ...) are cached."""
     hf_offline: bool = False

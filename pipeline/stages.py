@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline import metering
 from pipeline.errors import EngineOverloaded, InvalidInput, Stage, StageError, VoxlineError
 from pipeline.types import (
     AudioChunk,
@@ -30,6 +31,7 @@ from pipeline.types import (
     TextDelta,
     Transcript,
     TTSCapabilities,
+    Usage,
 )
 
 log = logging.getLogger("voxline.stage")
@@ -37,7 +39,12 @@ log = logging.getLogger("voxline.stage")
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """What one stage call did, handed to every listener when the call ends."""
+    """What one stage call did, handed to every listener (and to the meter of the call's
+    context, see :mod:`pipeline.metering`) when the call ends.
+
+    The usage fields are the work the engine actually did, counted here from what went in and
+    came out, so every route and the realtime session are billed from the same numbers.
+    """
 
     stage: Stage
     backend: str
@@ -45,6 +52,21 @@ class CallRecord:
     total_ms: float
     outputs: int
     error: str | None = None  # the error's type name, never its message (may hold user text)
+    audio_in_seconds: float = 0.0
+    """STT: seconds of audio transcribed."""
+    tokens_in: int = 0
+    """LLM: prompt tokens (the engine's own count, from the stream's last delta)."""
+    tokens_out: int = 0
+    """LLM: completion tokens."""
+    chars: int = 0
+    """TTS: characters of text spoken."""
+    audio_out_seconds: float = 0.0
+    """TTS: seconds of audio produced."""
+
+    @property
+    def compute_seconds(self) -> float:
+        """Wall time the engine spent on the call."""
+        return self.total_ms / 1000
 
 
 Listener = Callable[[CallRecord], None]
@@ -65,6 +87,9 @@ class _Stage(abc.ABC):
     """
 
     stage: Stage
+    metered = True
+    """Whether this object's calls are the engine work that is billed. A fallback chain says no:
+    each of its backends reports its own calls, and the chain's would count them twice."""
 
     def __init__(self, *, name: str, device: str = "cpu") -> None:
         self.name = name
@@ -97,16 +122,31 @@ class _Stage(abc.ABC):
             f"{type(exc).__name__}: {exc}", stage=self.stage, backend=self.name, retryable=True
         )
 
-    async def _timed(self, source: AsyncIterator[object]) -> AsyncGenerator[object, None]:
+    async def _timed(
+        self,
+        source: AsyncIterator[object],
+        *,
+        audio_in_seconds: float = 0.0,
+        chars: int = 0,
+        prompt_tokens: Callable[[], int | None] | None = None,
+    ) -> AsyncGenerator[object, None]:
         clock = self.clock
         start = clock()
         first: float | None = None
         outputs = 0
         error: str | None = None
+        usage: Usage | None = None
+        text_deltas = 0
+        audio_out = 0.0
         try:
             async for item in source:
-                if isinstance(item, AudioChunk) and len(item.samples) == 0:
-                    continue  # nothing to hear: not an output, and not the first byte either
+                if isinstance(item, AudioChunk):
+                    if len(item.samples) == 0:
+                        continue  # nothing to hear: not an output, and not the first byte either
+                    audio_out += item.duration
+                elif isinstance(item, TextDelta):
+                    usage = item.usage or usage
+                    text_deltas += 1 if item.text else 0
                 if first is None:
                     first = (clock() - start) * 1000
                 outputs += 1
@@ -121,6 +161,10 @@ class _Stage(abc.ABC):
         finally:
             if hasattr(source, "aclose"):
                 await source.aclose()
+            if usage is None and prompt_tokens is not None:
+                # cut short (cancelled, closed, failed) before the engine's final count: the
+                # prompt as the engine tokenizes it was read, and each delta is a token
+                usage = Usage(_quietly(prompt_tokens), text_deltas)
             record = CallRecord(
                 stage=self.stage,
                 backend=self.name,
@@ -128,9 +172,16 @@ class _Stage(abc.ABC):
                 total_ms=(clock() - start) * 1000,
                 outputs=outputs,
                 error=error,
+                audio_in_seconds=audio_in_seconds,
+                tokens_in=usage.prompt_tokens if usage is not None else 0,
+                tokens_out=usage.completion_tokens if usage is not None else 0,
+                chars=chars,
+                audio_out_seconds=audio_out,
             )
             for listener in self.listeners:
                 listener(record)
+            if self.metered:
+                metering.observe(record)
 
 
 class STT(_Stage):
@@ -157,7 +208,10 @@ class STT(_Stage):
             raise InvalidInput("audio contains NaN or infinite samples", param="file")
         if audio.sample_rate != self.sample_rate:
             audio = resample(audio, self.sample_rate)
-        timed = self._timed(self._transcribe(audio, language=language, prompt=prompt))
+        timed = self._timed(
+            self._transcribe(audio, language=language, prompt=prompt),
+            audio_in_seconds=audio.duration,
+        )
         # closed here, not by the garbage collector: a consumer that stops stops the engine now
         async with contextlib.aclosing(timed):
             async for item in timed:
@@ -188,17 +242,35 @@ class LLM(_Stage):
         """
         params = params or GenerationParams()
         validate_chat(messages, params)
-        timed = self._timed(self._stream(list(messages), params))
+        timed = self._timed(
+            self._stream(list(messages), params), prompt_tokens=lambda: self.count_tokens(messages)
+        )
         async with contextlib.aclosing(timed):  # closed now when the consumer stops (see STT)
             async for item in timed:
                 assert isinstance(item, TextDelta)
                 yield item
+
+    def count_tokens(self, messages: Sequence[Message]) -> int | None:
+        """The prompt length of ``messages`` as this engine tokenizes them (``None``: unknown).
+
+        Used to bill a call cut short before its final usage; engines with a tokenizer say.
+        """
+        return None
 
     @abc.abstractmethod
     def _stream(
         self, messages: list[Message], params: GenerationParams
     ) -> AsyncIterator[TextDelta]:
         """Engine work: messages and params are already validated."""
+
+
+def _quietly(count: Callable[[], int | None]) -> int:
+    """``count()``, or 0 when it cannot say: accounting must never fail a call."""
+    try:
+        return count() or 0
+    except Exception:
+        log.debug("prompt token count failed", exc_info=True)
+        return 0
 
 
 def _preview(names: Sequence[str], limit: int = 20) -> str:
@@ -250,7 +322,7 @@ class TTS(_Stage):
             )
         if not (0.25 <= speed <= 4.0) or math.isnan(speed):
             raise InvalidInput("speed must be between 0.25 and 4.0", param="speed")
-        timed = self._timed(self._synthesize(text, voice, speed))
+        timed = self._timed(self._synthesize(text, voice, speed), chars=len(text))
         async with contextlib.aclosing(timed):  # closed now when the consumer stops (see STT)
             async for item in timed:
                 assert isinstance(item, AudioChunk)

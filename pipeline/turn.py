@@ -1,16 +1,20 @@
-"""One voice turn: audio in -> transcript -> streamed reply -> speech out, timed stage by stage.
+"""One voice turn from a recorded clip: audio in -> transcript -> spoken reply, timed by stage.
 
-The reply is cut into phrases as the LLM streams, and each phrase is synthesized while the LLM
-keeps generating, so the first audio is ready long before the reply is complete. This is the
-in-process path used by ``voxline turn``, ``POST /v1/turns`` and the benchmark; the realtime
-session builds on the same stages. A caller that streams the turn (SSE) passes ``on_event`` and
-hears the transcript, each reply delta and each audio chunk as they happen.
+This is the path of ``POST /v1/turns``, ``voxline turn`` and the benchmark's ``turn`` scenario. The
+reply is the realtime session's ``Reply`` (``pipeline.reply``): the LLM streams into the phrase
+chunker and each phrase is spoken while the LLM goes on, so the first audio is ready long before
+the reply is complete, a TTS failure stops the LLM at once, and the audio leaves at the requested
+rate through one streaming resampler. The timings are ``pipeline.timing``'s, with the clip's
+hand-over as both its end of speech and its end-of-turn decision.
+
+A caller that streams the turn (SSE) passes ``on_event`` and hears the transcript, then, for each
+phrase, its text just before its first audio, then the audio as it is made: the same granularity as
+a realtime response's ``response.output_audio_transcript.delta`` events.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,21 +24,23 @@ import numpy as np
 from pipeline.audio import rms_dbfs
 from pipeline.errors import InvalidInput
 from pipeline.fallback_types import StageFallback, collect_reports
-from pipeline.phrases import PhraseChunker, PhrasePolicy
+from pipeline.phrases import PhrasePolicy
+from pipeline.reply import Reply
 from pipeline.stages import LLM, STT, TTS
-from pipeline.types import AudioChunk, GenerationParams, Message, TurnTimings, Usage
+from pipeline.timing import TurnMarks, turn_timings
+from pipeline.types import (
+    AudioChunk,
+    Backends,
+    GenerationParams,
+    Message,
+    TurnTimings,
+    Usage,
+)
 
 SILENCE_DBFS = -60.0
 """Input quieter than this (RMS) is treated as silence and rejected before any model runs."""
 
-
-@dataclass(frozen=True, slots=True)
-class Backends:
-    """The backend that served each stage."""
-
-    stt: str
-    llm: str
-    tts: str
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +57,7 @@ class TurnResult:
     fallbacks: tuple[StageFallback, ...] = ()
     """Every switch to another backend during the turn, in order."""
     cost_usd: float | None = None
-    """What the turn cost, priced by the server's ledger (``None``: not priced)."""
+    """What the turn cost, priced by the server's accounting (``None``: not priced)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +69,14 @@ class TranscriptReady:
 
 @dataclass(frozen=True, slots=True)
 class ReplyText:
-    """A piece of the reply's text, as the LLM streams it."""
+    """The text of the phrase whose audio comes next (a leading space joins it to the last)."""
 
     text: str
 
 
 @dataclass(frozen=True, slots=True)
 class ReplyAudio:
-    """A piece of the reply's audio, as the TTS produces it (in order)."""
+    """A piece of the reply's audio, in order."""
 
     chunk: AudioChunk
 
@@ -84,10 +90,6 @@ def _ignore(_: TurnEvent) -> None:
     pass
 
 
-def _ms(start: float, end: float | None) -> float | None:
-    return None if end is None else round((end - start) * 1000, 1)
-
-
 async def run_turn(
     audio: AudioChunk,
     *,
@@ -98,14 +100,30 @@ async def run_turn(
     history: Sequence[Message] = (),
     params: GenerationParams | None = None,
     voice: str | None = None,
+    speed: float = 1.0,
     language: str | None = None,
     phrase_policy: PhrasePolicy | None = None,
+    output_rate: int | None = None,
     on_event: OnEvent | None = None,
+    clock: Clock = time.perf_counter,
 ) -> TurnResult:
     """Run one turn and return its transcript, reply, audio and timings.
 
-    ``on_event`` (optional) hears the turn as it progresses: one ``TranscriptReady``, then
-    ``ReplyText`` and ``ReplyAudio`` events interleaved as the LLM and TTS produce them.
+    Args:
+        audio: The recorded question.
+        stt: Speech to text.
+        llm: The language model.
+        tts: The voice.
+        system_prompt: The system message.
+        history: Earlier messages of the conversation.
+        params: Sampling options.
+        voice: TTS voice (``None``: the backend's default).
+        speed: TTS speaking rate.
+        language: Spoken language (``None``: detect).
+        phrase_policy: Where the reply is cut into phrases.
+        output_rate: Sample rate of the returned audio (``None``: the TTS's own rate).
+        on_event: Hears the transcript, each phrase's text and the audio as they happen.
+        clock: Time source of the timings.
 
     Raises:
         InvalidInput: silent input, or no speech recognised.
@@ -113,147 +131,57 @@ async def run_turn(
     """
     if rms_dbfs(audio.samples) < SILENCE_DBFS:
         raise InvalidInput("the audio is silent: no speech to answer", code="no_speech")
+    emit = on_event or _ignore
     with collect_reports() as reports:  # which backend served each stage (fallback chains)
-        result = await _run(
-            audio,
-            stt=stt,
-            llm=llm,
-            tts=tts,
-            system_prompt=system_prompt,
-            history=history,
+        start = clock()
+        transcript = ""
+        async with contextlib.aclosing(stt.transcribe(audio, language=language)) as partials:
+            async for partial in partials:
+                if partial.final:
+                    transcript = partial.text.strip()
+        marks = TurnMarks(speech_end=start, decision=start, vad=False, final=clock())
+        if not transcript:
+            raise InvalidInput("no speech was recognised in the audio", code="no_speech")
+        emit(TranscriptReady(transcript))
+        messages = [Message("system", system_prompt), *history, Message("user", transcript)]
+        reply = Reply(
+            llm,
+            tts,
+            messages,
             params=params,
             voice=voice,
-            language=language,
-            phrase_policy=phrase_policy,
-            on_event=on_event,
+            speed=speed,
+            policy=phrase_policy,
+            output_rate=output_rate,
+            clock=clock,
         )
-    backends = Backends(
-        stt=reports.backend("stt", stt.name),
-        llm=reports.backend("llm", llm.name),
-        tts=reports.backend("tts", tts.name),
-    )
-    return dataclasses.replace(result, backends=backends, fallbacks=reports.switches())
-
-
-async def _run(
-    audio: AudioChunk,
-    *,
-    stt: STT,
-    llm: LLM,
-    tts: TTS,
-    system_prompt: str,
-    history: Sequence[Message],
-    params: GenerationParams | None,
-    voice: str | None,
-    language: str | None,
-    phrase_policy: PhrasePolicy | None,
-    on_event: OnEvent | None,
-) -> TurnResult:
-    start = time.perf_counter()
-    transcript = ""
-    async for partial in stt.transcribe(audio, language=language):
-        if partial.final:
-            transcript = partial.text.strip()
-    stt_done = time.perf_counter()
-    if not transcript:
-        raise InvalidInput("no speech was recognised in the audio", code="no_speech")
-    emit = on_event or _ignore
-    emit(TranscriptReady(transcript))
-
-    messages = [Message("system", system_prompt), *history, Message("user", transcript)]
-    reply, usage, llm_times, tts_times, chunks, spoken = await _reply_and_speak(
-        llm, tts, messages, params, voice, phrase_policy or PhrasePolicy(), emit
-    )
-    end = time.perf_counter()
-    first_token, first_phrase, llm_done = llm_times
-    first_handed, first_audio, tts_done = tts_times
-    timings = TurnTimings(
-        stt_ms=_ms(start, stt_done),
-        llm_ttft_ms=_ms(stt_done, first_token),
-        llm_first_phrase_ms=_ms(stt_done, first_phrase),
-        llm_total_ms=_ms(stt_done, llm_done),
-        tts_ttfb_ms=None if first_handed is None else _ms(first_handed, first_audio),
-        tts_total_ms=None if first_handed is None else _ms(first_handed, tts_done),
-        total_ms=_ms(start, end),
-    )
-    rate = chunks[0].sample_rate if chunks else tts.capabilities.sample_rate
+        chunks: list[AudioChunk] = []
+        first_audio: float | None = None
+        phrase_index = -1
+        try:
+            async for spoken in reply.chunks():
+                if spoken.phrase_index != phrase_index:
+                    phrase_index = spoken.phrase_index
+                    emit(ReplyText(spoken.phrase if phrase_index == 0 else " " + spoken.phrase))
+                first_audio = first_audio or clock()
+                chunks.append(spoken.audio)
+                emit(ReplyAudio(spoken.audio))
+        finally:
+            await reply.aclose()
+        timings = turn_timings(marks, reply.times, first_audio, clock())
+    rate = chunks[0].sample_rate if chunks else (output_rate or tts.capabilities.sample_rate)
     samples = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
     return TurnResult(
         transcript=transcript,
-        reply=reply,
+        reply=reply.text,
         timings=timings,
-        backends=Backends(stt=stt.name, llm=llm.name, tts=tts.name),
+        backends=Backends(
+            stt=reports.backend("stt", stt.name),
+            llm=reports.backend("llm", llm.name),
+            tts=reports.backend("tts", tts.name),
+        ),
         audio=AudioChunk(samples.astype(np.float32, copy=False), rate),
-        usage=usage,
-        phrases=tuple(spoken),
-    )
-
-
-_Times = tuple[float | None, float | None, float | None]
-
-
-async def _reply_and_speak(
-    llm: LLM,
-    tts: TTS,
-    messages: list[Message],
-    params: GenerationParams | None,
-    voice: str | None,
-    policy: PhrasePolicy,
-    emit: OnEvent,
-) -> tuple[str, Usage, _Times, _Times, list[AudioChunk], list[str]]:
-    """Stream the reply into a phrase queue that a TTS task drains concurrently."""
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-    chunks: list[AudioChunk] = []
-    spoken: list[str] = []
-    first_handed: float | None = None
-    first_audio: float | None = None
-
-    async def speak() -> None:
-        nonlocal first_handed, first_audio
-        while (phrase := await queue.get()) is not None:
-            handed = time.perf_counter()
-            first_handed = first_handed or handed
-            async for chunk in tts.synthesize(phrase, voice):
-                first_audio = first_audio or time.perf_counter()
-                chunks.append(chunk)
-                emit(ReplyAudio(chunk))
-            spoken.append(phrase)
-
-    speaker = asyncio.create_task(speak())
-    chunker = PhraseChunker(policy)
-    parts: list[str] = []
-    usage = Usage()
-    first_token: float | None = None
-    first_phrase: float | None = None
-    try:
-        async for delta in llm.stream(messages, params):
-            if delta.usage is not None:
-                usage = delta.usage
-            if not delta.text:
-                continue
-            first_token = first_token or time.perf_counter()
-            parts.append(delta.text)
-            emit(ReplyText(delta.text))
-            for phrase in chunker.feed(delta.text):
-                first_phrase = first_phrase or time.perf_counter()
-                queue.put_nowait(phrase)
-        llm_done = time.perf_counter()
-        for phrase in chunker.flush():
-            first_phrase = first_phrase or time.perf_counter()
-            queue.put_nowait(phrase)
-        queue.put_nowait(None)
-        await speaker
-    finally:
-        if not speaker.done():
-            speaker.cancel()
-            await asyncio.gather(speaker, return_exceptions=True)
-    reply = "".join(parts).strip()
-    tts_done = time.perf_counter() if chunks else None
-    return (
-        reply,
-        usage,
-        (first_token, first_phrase, llm_done),
-        (first_handed, first_audio, tts_done),
-        chunks,
-        spoken,
+        usage=reply.usage,
+        phrases=tuple(reply.phrases),
+        fallbacks=reports.switches(),
     )

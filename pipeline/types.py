@@ -113,8 +113,17 @@ class TTSCapabilities:
 
 
 @dataclass(frozen=True, slots=True)
+class Backends:
+    """The backend that served each stage of a turn (a chain names the one that answered)."""
+
+    stt: str
+    llm: str
+    tts: str
+
+
+@dataclass(frozen=True, slots=True)
 class TurnTimings:
-    """Milliseconds of one voice turn, in the latency vocabulary of ARCHITECTURE.md.
+    """Milliseconds of one voice turn, in the latency vocabulary (``pipeline.timing``).
 
     A field is ``None`` when the stage did not run (e.g. a text-only turn has no STT).
     """

@@ -15,7 +15,7 @@ into those frames, and remembers when each one arrived.
 
 Times are positions in the audio stream (ms since the first frame the endpointer saw) except
 ``speech_end_at``, the wall-clock time (the caller's clock) at which the last voiced frame arrived:
-the "end of speech" of the latency vocabulary in ARCHITECTURE.md.
+the "end of speech" of the latency vocabulary (docs/architecture.md).
 """
 
 from __future__ import annotations

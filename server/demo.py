@@ -21,20 +21,18 @@ import shutil
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import gradio as gr
 import httpx
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]  # no stubs; only builds two frames
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import FastAPI
 
-from models.registry import Engines
 from pipeline.audio import decode_audio
 from pipeline.errors import VoxlineError
 from pipeline.settings import AudioLimits, Settings
 from pipeline.types import AudioChunk
-from server.app import AppState, engines_of, state_of
 from server.demo_client import RealtimeDemoClient, TabSessions
 from server.demo_conversation import SAMPLE_RATE, STAGES, DemoView, Int16Array, TurnStats
 
@@ -48,23 +46,6 @@ _TABLE_HEADERS = [
     "reply s",
     "backends (stt / llm / tts)",
 ]
-
-voices_router = APIRouter()
-
-
-@voices_router.get("/v1/audio/voices")
-async def list_voices(
-    engines: Annotated[Engines, Depends(engines_of)],
-    state: Annotated[AppState, Depends(state_of)],
-) -> dict[str, Any]:
-    """The voices the TTS backend accepts, in OpenAI's list shape, and the default one."""
-    voices = engines.tts.capabilities.voices
-    default = state.settings.tts.voice or (voices[0] if voices else None)
-    return {
-        "object": "list",
-        "default": default,
-        "data": [{"id": voice, "object": "voice"} for voice in voices],
-    }
 
 
 def _read_clip(path: Path, limits: AudioLimits) -> AudioChunk:
@@ -361,9 +342,8 @@ def build_demo(
 
 
 def mount_demo(app: FastAPI, settings: Settings) -> None:
-    """Serve the demo at ``/demo`` on ``app`` (a client of the app's own ``/v1/realtime``),
-    with the ``GET /v1/audio/voices`` list it reads the voice choices from."""
-    app.include_router(voices_router)
+    """Serve the demo at ``/demo`` on ``app`` (a client of the app's own ``/v1/realtime``; it
+    reads the voice choices from ``GET /v1/audio/voices``)."""
     demo = build_demo(instructions=settings.llm.system_prompt, limits=settings.audio)
     gr.mount_gradio_app(
         app,

@@ -6,27 +6,18 @@ is what any realtime client gets from the same session core. It sends audio the 
 does: 24 kHz pcm16 at real-time pace, then silence until the server's VAD ends the turn. So the
 endpoint and voice-to-voice numbers it shows mean what they mean for a caller, and an uploaded
 clip is "spoken" the same way rather than dumped into the buffer at once (which would make the
-endpoint delay meaningless). What the events mean for the page is ``server.demo_conversation``'s
-business; this module owns the socket and the pacing.
+endpoint delay meaningless). The socket and the pacing are the one realtime client's
+(``client.realtime``); what the events mean for the page is ``server.demo_conversation``'s
+business; this module puts the two together, one session per browser tab.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import json
-import time
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterable
-from itertools import repeat
-from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import WebSocketException
-
-from benchmarks.realtime_client import realtime_url
-from pipeline.audio import resample, to_pcm16
-from pipeline.errors import EngineUnavailable
+from client.realtime import RealtimeClient, Received, Tick
 from pipeline.types import AudioChunk
 from server.demo_conversation import SAMPLE_RATE, Conversation, DemoView, TurnState
 
@@ -37,7 +28,6 @@ MAX_TRAILING_SILENCE_S = 3.0
 by hand (``commit`` + ``response.create``)."""
 REPLY_TIMEOUT_S = 120.0
 """Longest wait for the reply once the turn has ended (a cold CPU server can be slow)."""
-_FRAME_BYTES = SAMPLE_RATE * FRAME_MS // 1000 * 2
 
 
 class RealtimeDemoClient:
@@ -46,6 +36,7 @@ class RealtimeDemoClient:
 
     Args:
         url: The voxline server (``http://host:port``, ``ws://...`` or the full realtime URL).
+        api_key: Sent as ``Authorization: Bearer`` to a server with API keys.
         connect_timeout_s: Seconds to connect and receive ``session.created``.
         clock: Monotonic seconds (pacing).
     """
@@ -54,16 +45,20 @@ class RealtimeDemoClient:
         self,
         url: str,
         *,
+        api_key: str | None = None,
         connect_timeout_s: float = 10.0,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        self.url = realtime_url(url)
-        self.connect_timeout_s = connect_timeout_s
-        self._clock = clock
-        self._ws: ClientConnection | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._closed = False
+        kwargs = {} if clock is None else {"clock": clock}
+        self.rt = RealtimeClient(
+            url,
+            api_key=api_key,
+            sample_rate=SAMPLE_RATE,
+            frame_ms=FRAME_MS,
+            connect_timeout_s=connect_timeout_s,
+            **kwargs,
+        )
+        self.url = self.rt.url
         self._config: dict[str, str] = {}
         self._conv = Conversation()
 
@@ -77,7 +72,7 @@ class RealtimeDemoClient:
     @property
     def closed(self) -> bool:
         """The connection is gone (closed by either side)."""
-        return self._closed
+        return self.rt.closed
 
     async def connect(self) -> None:
         """Open the session and wait for ``session.created``.
@@ -85,27 +80,7 @@ class RealtimeDemoClient:
         Raises:
             EngineUnavailable: the server cannot be reached or did not open a session.
         """
-        try:
-            self._ws = await connect(self.url, max_size=None, open_timeout=self.connect_timeout_s)
-            self._reader = asyncio.create_task(self._read())
-            async with asyncio.timeout(self.connect_timeout_s):
-                while (event := await self._events.get()) is not None:
-                    self._conv.apply(event)
-                    if event.get("type") == "session.created":
-                        return
-            self._closed = True
-            reason = "; ".join(self._conv.turn.errors) or "it closed the connection"
-            raise EngineUnavailable(
-                f"{self.url} opened no session: {reason}", stage="pipeline", backend="realtime"
-            )
-        except (OSError, TimeoutError, WebSocketException) as exc:
-            await self.aclose()
-            raise EngineUnavailable(
-                f"cannot open a realtime session at {self.url}: {type(exc).__name__}: {exc}",
-                stage="pipeline",
-                backend="realtime",
-                retryable=True,
-            ) from exc
+        self._conv.apply(await self.rt.connect())
 
     async def configure(self, *, instructions: str | None = None, voice: str | None = None) -> None:
         """Send ``session.update`` (server VAD, 24 kHz pcm16; the instructions and voice when
@@ -113,30 +88,14 @@ class RealtimeDemoClient:
         wanted = {k: v for k, v in (("instructions", instructions), ("voice", voice)) if v}
         if self._config and wanted == self._config:
             return
-        pcm = {"type": "audio/pcm", "rate": SAMPLE_RATE}
-        output: dict[str, Any] = {"format": pcm}
-        if "voice" in wanted:
-            output["voice"] = wanted["voice"]
-        session: dict[str, Any] = {
-            "type": "realtime",
-            "output_modalities": ["audio"],
-            "audio": {
-                "input": {"format": pcm, "turn_detection": {"type": "server_vad"}},
-                "output": output,
-            },
-        }
-        if "instructions" in wanted:
-            session["instructions"] = wanted["instructions"]
-        await self._send({"type": "session.update", "session": session})
+        await self.rt.update_session(instructions=instructions, voice=voice)
         self._config = wanted
 
     async def speak(self, audio: AudioChunk) -> AsyncIterator[DemoView]:
         """Say ``audio`` at real-time pace, then stay silent until the reply is over; yields a
         view whenever something changed (the last one has ``done`` set)."""
         self._conv.turn = TurnState()
-        pcm = to_pcm16(resample(audio, SAMPLE_RATE).samples).tobytes()
-        frames = (pcm[i : i + _FRAME_BYTES] for i in range(0, len(pcm), _FRAME_BYTES))
-        async for view in self._paced(frames, stop=lambda: False):
+        async for view in self._paced(self.rt.frames(self.rt.pcm(audio)), stop=lambda: False):
             yield view
         async for view in self.finish():
             yield view
@@ -146,8 +105,8 @@ class RealtimeDemoClient:
         ``finish`` (one consumer of the audio)."""
         if self._conv.turn.over:
             self._conv.turn = TurnState()
-        await self._send_audio(to_pcm16(resample(audio, SAMPLE_RATE).samples).tobytes())
-        await self._pump(0.0)
+        await self.rt.append(self.rt.pcm(audio))
+        self._apply(await self.rt.receive_for(0.0))
         return self._conv.view(take_audio=False)
 
     async def finish(self) -> AsyncIterator[DemoView]:
@@ -155,97 +114,46 @@ class RealtimeDemoClient:
         ends it) and follow the reply to its end; yields views, the last with ``done`` set."""
         if self._conv.turn.over:  # no audio since the last turn
             self._conv.turn = TurnState()
-        conv, turn = self._conv, self._conv.turn
-        frames = repeat(bytes(_FRAME_BYTES), int(MAX_TRAILING_SILENCE_S * 1000 / FRAME_MS))
+        conv, turn, rt = self._conv, self._conv.turn, self.rt
+        frames = itertools.repeat(rt.silence(), int(MAX_TRAILING_SILENCE_S * 1000 / FRAME_MS))
         async for view in self._paced(frames, stop=lambda: turn.heard and not conv.speaking):
             yield view
-        if not turn.heard and not self._closed:
+        if not turn.heard and not rt.closed:
             turn.errors.append("no speech was heard in the audio")
-        elif conv.speaking and not self._closed:  # the VAD never heard the end: end it by hand
-            await self._send({"type": "input_audio_buffer.commit"})
-            await self._send({"type": "response.create"})
-        deadline = self._clock() + REPLY_TIMEOUT_S
-        while turn.heard and not conv.settled() and not self._closed:
-            if self._clock() > deadline:
+        elif conv.speaking and not rt.closed:  # the VAD never heard the end: end it by hand
+            await rt.send({"type": "input_audio_buffer.commit"})
+            await rt.send({"type": "response.create"})
+        deadline = rt.clock() + REPLY_TIMEOUT_S
+        while turn.heard and not conv.settled() and not rt.closed:
+            if rt.clock() > deadline:
                 turn.errors.append(f"no reply within {REPLY_TIMEOUT_S:.0f} s")
                 break
-            if await self._pump(0.05):
+            if self._apply(await rt.receive_for(0.05)):
                 yield conv.view()
-        if self._closed and not conv.settled():
+        if rt.closed and not conv.settled():
             turn.errors.append("the server closed the connection")
         turn.over = True
         yield conv.view(done=True)
 
     async def aclose(self) -> None:
         """Close the connection and stop reading."""
-        self._closed = True
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        if self._ws is not None:
-            with contextlib.suppress(OSError, WebSocketException):
-                await self._ws.close()
+        await self.rt.aclose()
 
-    async def _send(self, event: dict[str, Any]) -> None:
-        if self._ws is None or self._closed:
-            return
-        try:
-            await self._ws.send(json.dumps(event))
-        except (OSError, WebSocketException):
-            self._closed = True
-
-    async def _send_audio(self, pcm: bytes) -> None:
-        audio = base64.b64encode(pcm).decode("ascii")
-        await self._send({"type": "input_audio_buffer.append", "audio": audio})
-
-    async def _read(self) -> None:
-        assert self._ws is not None
-        try:
-            async for message in self._ws:
-                with contextlib.suppress(ValueError):
-                    event = json.loads(message)
-                    if isinstance(event, dict):
-                        self._events.put_nowait(event)
-        except (OSError, WebSocketException):
-            pass
-        finally:
-            self._events.put_nowait(None)
+    def _apply(self, events: list[Received]) -> bool:
+        for received in events:
+            self._conv.apply(received.event)
+        return bool(events)
 
     async def _paced(
         self, frames: Iterable[bytes], *, stop: Callable[[], bool]
     ) -> AsyncIterator[DemoView]:
-        """Send ``frames`` one per ``FRAME_MS``, taking events in between."""
-        start = self._clock()
-        for i, frame in enumerate(frames):
-            if await self._pump(start + i * FRAME_MS / 1000 - self._clock()):
+        """Send ``frames`` at real-time pace, applying the events that arrive in between."""
+        tick: Tick
+        async for tick in self.rt.stream_frames(frames):
+            if self._apply(tick.events):
                 yield self._conv.view()
-            if stop() or self._closed:
+            if stop():
                 return
-            await self._send_audio(frame)
-
-    async def _pump(self, seconds: float) -> bool:
-        """Apply the events that arrive within ``seconds`` (at least those already here);
-        returns whether any did."""
-        deadline = self._clock() + max(0.0, seconds)
-        changed = False
-        while not self._closed:
-            try:
-                event = self._events.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    break
-                try:
-                    event = await asyncio.wait_for(self._events.get(), remaining)
-                except TimeoutError:
-                    break
-            if event is None:
-                self._closed = True
-                break
-            self._conv.apply(event)
-            changed = True
-        return changed
 
 
 class TabSessions:

@@ -37,17 +37,16 @@ from typing import Any, TextIO
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline.ledger import Charge, Totals, TurnCost
+from pipeline.ledger import Charge, Totals
 from pipeline.settings import ObservabilitySettings
 from pipeline.stages import CallRecord
-from pipeline.turn import Backends
-from pipeline.types import TurnTimings, Usage
+from pipeline.types import Backends, TurnTimings, Usage
 from server.metrics import route_template
 
 request_id_var: ContextVar[str | None] = ContextVar("voxline_request_id", default=None)
 session_id_var: ContextVar[str | None] = ContextVar("voxline_session_id", default=None)
 
-_SAFE_VALUES = (TurnTimings, Usage, Backends, CallRecord, Charge, Totals, TurnCost)
+_SAFE_VALUES = (TurnTimings, Usage, Backends, CallRecord, Charge, Totals)
 """Value types whose every field is a number, an id or a backend name: safe to log whole."""
 
 # the LogRecord's own attributes: everything else in record.__dict__ came from `extra`

@@ -11,7 +11,8 @@ The object is fed through small hooks, so routes never touch ``prometheus_client
 
 - ``observe_call``: a stage listener (``engine.listeners.append(metrics.observe_call)``) giving
   per-stage durations, LLM time to first token and TTS time to first audio;
-- ``observe_turn`` / ``observe_turn_result``: voice-to-voice latency, tokens and audio seconds;
+- ``observe_turn``: voice-to-voice latency and the endpoint delay of a finished turn;
+- ``count_usage``: tokens and audio seconds of a billed engine call (``server.accounting``);
 - ``observe_charge``: a ledger listener (``ledger.listeners.append(metrics.observe_charge)``);
 - ``count_fallback``, ``session()``; and ``RequestMetricsMiddleware`` counts every HTTP request.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -30,8 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:  # annotations only
     from pipeline.ledger import Charge
     from pipeline.stages import CallRecord
-    from pipeline.turn import TurnResult
-    from pipeline.types import TurnTimings, Usage
+    from pipeline.types import TurnTimings
 
 STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 """Seconds: a stage call takes from ~10 ms (Piper, one phrase on a GPU box) to tens of seconds
@@ -47,8 +47,6 @@ the raw path would make one series per scanned URL."""
 
 CLIENT_CLOSED = 499
 """The ``code`` of a request the client abandoned before any answer (nginx's convention)."""
-
-Direction = Literal["in", "out"]
 
 
 class Metrics:
@@ -144,26 +142,16 @@ class Metrics:
         if timings.endpoint_ms is not None:
             self.stage_duration.labels("endpoint", "vad").observe(timings.endpoint_ms / 1000)
 
-    def observe_turn_result(self, result: TurnResult, *, audio_in_seconds: float) -> None:
-        """Everything a finished ``run_turn`` adds: the turn, its tokens and its audio.
-
-        Args:
-            result: The turn.
-            audio_in_seconds: Length of the user's audio.
-        """
-        self.observe_turn(result.timings)
-        self.count_tokens(result.usage, result.backends.llm)
-        self.count_audio(audio_in_seconds, "in", result.backends.stt)
-        self.count_audio(result.audio.duration, "out", result.backends.tts)
-
-    def count_tokens(self, usage: Usage, backend: str) -> None:
-        """Add one LLM call's prompt and completion tokens."""
-        self.llm_tokens.labels("prompt", backend).inc(usage.prompt_tokens)
-        self.llm_tokens.labels("completion", backend).inc(usage.completion_tokens)
-
-    def count_audio(self, seconds: float, direction: Direction, backend: str) -> None:
-        """Add seconds of audio heard (``in``, STT) or spoken (``out``, TTS) by ``backend``."""
-        self.audio_seconds.labels(direction, backend).inc(seconds)
+    def count_usage(self, call: CallRecord) -> None:
+        """Add a billed engine call's usage: LLM prompt and completion tokens, seconds of audio
+        heard (``in``, STT) or spoken (``out``, TTS), labelled with the backend that did it."""
+        if call.stage == "llm":
+            self.llm_tokens.labels("prompt", call.backend).inc(call.tokens_in)
+            self.llm_tokens.labels("completion", call.backend).inc(call.tokens_out)
+        elif call.stage == "stt":
+            self.audio_seconds.labels("in", call.backend).inc(call.audio_in_seconds)
+        elif call.stage == "tts":
+            self.audio_seconds.labels("out", call.backend).inc(call.audio_out_seconds)
 
     def count_request(self, route: str, code: int) -> None:
         """Count one HTTP request (``route``: the template, e.g. ``/v1/audio/speech``)."""

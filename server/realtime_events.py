@@ -14,8 +14,8 @@ cancelled response has no ``ResponseAudioDone``, but GA clients expect ``output_
 
 ``response.done`` carries the turn's timings in a ``voxline`` object beside OpenAI's fields:
 ``endpoint_ms``, ``stt_ms``, ``llm_ttft_ms``, ``first_phrase_ms``, ``tts_ttfb_ms``, ``v2v_ms``
-(ARCHITECTURE.md's vocabulary; ``null`` where a stage did not run), ``llm_total_ms``,
-``tts_total_ms``, ``total_ms`` and the ``backends`` that served each stage.
+(the latency vocabulary of docs/architecture.md; ``null`` where a stage did not run),
+``llm_total_ms``, ``tts_total_ms``, ``total_ms`` and the ``backends`` that served each stage.
 """
 
 from __future__ import annotations

@@ -44,7 +44,6 @@ from pipeline.errors import InvalidInput, VoxlineError
 from pipeline.stages import STT
 from pipeline.types import AudioChunk, Transcript
 from server.accounting import metered
-from server.app import AppState, engines_of, state_of
 from server.audio_schemas import (
     SPEECH_MEDIA_TYPES,
     SpeechRequest,
@@ -56,6 +55,7 @@ from server.audio_schemas import (
 )
 from server.errors import body_of
 from server.logging_setup import current_request_id
+from server.state import AppState, engines_of, state_of
 
 log = logging.getLogger("voxline.server.audio")
 router = APIRouter()
@@ -153,12 +153,9 @@ async def create_transcription(
         decode_audio, data, sample_rate=stt.sample_rate, limits=state.settings.audio
     )
     del data  # up to max_bytes of upload: not kept alive while the model works
-    seconds_in = audio.duration
 
-    def charge(_: list[Transcript], seconds: float) -> None:
-        state.metrics.count_audio(seconds_in, "in", stt.name)
-        rid = current_request_id() or "-"
-        state.ledger.record(rid, stt.name, "stt", audio_seconds=seconds_in, engine_seconds=seconds)
+    def charge(_: list[Transcript], __: float) -> None:
+        state.accounting.settle(current_request_id() or "-")
 
     transcripts = metered(stt.transcribe(audio, language=code, prompt=prompt or None), charge)
     if stream:
@@ -220,6 +217,21 @@ async def _transcript_events(
 # ------------------------------------------------------------------------------------- speech
 
 
+@router.get("/v1/audio/voices")
+async def list_voices(
+    engines: Annotated[Engines, Depends(engines_of)],
+    state: Annotated[AppState, Depends(state_of)],
+) -> dict[str, Any]:
+    """The voices the TTS backend accepts, in OpenAI's list shape, and the default one."""
+    voices = engines.tts.capabilities.voices
+    default = state.settings.tts.voice or (voices[0] if voices else None)
+    return {
+        "object": "list",
+        "default": default,
+        "data": [{"id": voice, "object": "voice"} for voice in voices],
+    }
+
+
 @router.post("/v1/audio/speech", response_model=None)
 async def create_speech(
     request: SpeechRequest,
@@ -230,11 +242,8 @@ async def create_speech(
     encoder = StreamEncoder(request.response_format, sample_rate=SPEECH_SAMPLE_RATE)
     tts = engines.tts
 
-    def charge(audio: list[AudioChunk], seconds: float) -> None:
-        spoken = sum(chunk.duration for chunk in audio)
-        state.metrics.count_audio(spoken, "out", tts.name)
-        rid = current_request_id() or "-"
-        state.ledger.record(rid, tts.name, "tts", chars=len(request.input), engine_seconds=seconds)
+    def charge(_: list[AudioChunk], __: float) -> None:
+        state.accounting.settle(current_request_id() or "-")
 
     # The stage validates input, voice and speed before its engine runs.
     chunks = metered(tts.synthesize(request.input, request.voice_name, speed=request.speed), charge)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -23,7 +23,6 @@ from starlette.requests import ClientDisconnect
 from pipeline.errors import VoxlineError
 from pipeline.types import TextDelta
 from server.accounting import metered
-from server.app import AppState, engines_of, state_of
 from server.errors import body_of, error_body
 from server.logging_setup import current_request_id
 from server.schemas import (
@@ -39,6 +38,7 @@ from server.schemas import (
     completion_id,
     now,
 )
+from server.state import engines_of, state_of
 from server.streaming import EventStream, cancel_on_disconnect, client_gone, sse
 
 log = logging.getLogger("voxline.server.chat")
@@ -72,7 +72,11 @@ async def chat_completions(
     messages, params = body.to_pipeline()
     engines = engines_of(request)
     model = body.model or state_of(request).settings.llm.model
-    charge = _charge(state_of(request), engines.llm.name)
+    state = state_of(request)
+
+    def charge(_: list[TextDelta], __: float) -> None:
+        state.accounting.settle(current_request_id() or completion_id())
+
     deltas = metered(engines.llm.stream(messages, params), charge)
     if not body.stream:
         try:
@@ -88,24 +92,6 @@ async def chat_completions(
         raise
     chunks = _chunks(first, deltas, model, include_usage=body.include_usage)
     return EventStream(chunks, on_close=deltas.aclose)
-
-
-def _charge(state: AppState, backend: str) -> Callable[[list[TextDelta], float], None]:
-    def charge(deltas: list[TextDelta], seconds: float) -> None:
-        usage = next((d.usage for d in reversed(deltas) if d.usage is not None), None)
-        if usage is None:
-            return
-        state.metrics.count_tokens(usage, backend)
-        state.ledger.record(
-            current_request_id() or completion_id(),
-            backend,
-            "llm",
-            tokens_in=usage.prompt_tokens,
-            tokens_out=usage.completion_tokens,
-            engine_seconds=seconds,
-        )
-
-    return charge
 
 
 async def _complete(deltas: AsyncGenerator[TextDelta, None], model: str) -> ChatCompletion:

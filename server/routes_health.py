@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from pipeline.breaker import BackendState
 from pipeline.fallback_core import Chain
-from server.app import AppState, state_of
+from server.state import AppState, state_of
 
 router = APIRouter()
 _CREATED = int(time.time())

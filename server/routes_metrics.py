@@ -11,8 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from server.app import state_of
 from server.metrics import Metrics
+from server.state import state_of
 
 router = APIRouter()
 

@@ -12,6 +12,8 @@ connection runs four small tasks, so that neither direction ever waits for the o
 - the *pump* turns session events into server events as fast as the session emits them;
 - the *sender* writes them to the socket.
 
+(docs/architecture.md, "One realtime turn, frame to delta", follows one frame through them.)
+
 The reader does not wait for the session, so a client that sends audio faster than the session
 consumes it meets an explicit bound, the input backlog (``settings.audio.max_bytes`` of audio not
 yet consumed): past it, appends are refused with an ``error`` event instead of piling up in the
@@ -45,11 +47,12 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from pipeline.audio import decode_pcm16
 from pipeline.errors import InvalidInput, VoxlineError
-from pipeline.events import ErrorEvent, ResponseDone, TranscriptCompleted
+from pipeline.events import ErrorEvent, ResponseDone, TranscriptCompleted, UsageReported
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.stages import CallRecord
-from server.app import AppState
+from pipeline.types import TurnTimings
+from server.accounting import SessionUsage
 from server.logging_setup import bind
 from server.realtime_events import ServerEvents, Wire, error_event
 from server.realtime_protocol import (
@@ -65,6 +68,7 @@ from server.realtime_protocol import (
     TruncateItem,
     UpdateSession,
 )
+from server.state import AppState
 
 log = logging.getLogger("voxline.server.realtime")
 
@@ -75,6 +79,7 @@ MAX_APPEND_BYTES = 8 * 1024 * 1024
 
 _INBOX_COMMANDS = 256  # beyond this many queued commands the reader waits (TCP backpressure)
 _TRY_AGAIN_LATER = 1013  # WebSocket close code: the server cannot serve this yet
+_DRAIN_S = 5.0  # most time the pump gets to report the closing session's last work
 
 
 @router.websocket("/v1/realtime")
@@ -126,7 +131,8 @@ async def realtime(
         parser,
         backlog_bytes=settings.audio.max_bytes,
         default_vad=TurnDetection.from_settings(settings.session),
-        account=functools.partial(_account, state),
+        usage=SessionUsage(state.accounting, events.session_id),
+        observe_turn=state.metrics.observe_turn,
         heard=heard,
     )
     log.info("realtime session %s opened (model %s)", events.session_id, events.model)
@@ -163,31 +169,6 @@ def _traced(
         yield
 
 
-def _account(state: AppState, done: ResponseDone) -> float:
-    """Metrics and the cost ledger for one finished response; returns its cost in USD."""
-    t, backends, usage = done.timings, done.backends, done.usage
-    state.metrics.observe_turn(t)
-    state.metrics.count_tokens(usage, backends.llm)
-    ledger, rid = state.ledger, done.response_id
-    cost = ledger.record(rid, backends.stt, "stt", engine_seconds=(t.stt_ms or 0.0) / 1000)
-    cost += ledger.record(
-        rid,
-        backends.llm,
-        "llm",
-        tokens_in=usage.prompt_tokens,
-        tokens_out=usage.completion_tokens,
-        engine_seconds=(t.llm_total_ms or 0.0) / 1000,
-    )
-    cost += ledger.record(
-        rid,
-        backends.tts,
-        "tts",
-        chars=len(done.transcript),
-        engine_seconds=(t.tts_total_ms or 0.0) / 1000,
-    )
-    return cost
-
-
 class _Connection:
     """One client's connection to its session (see the module docstring for the four tasks)."""
 
@@ -200,11 +181,13 @@ class _Connection:
         *,
         backlog_bytes: int,
         default_vad: TurnDetection,
-        account: Callable[[ResponseDone], float] | None = None,
+        usage: SessionUsage | None = None,
+        observe_turn: Callable[[TurnTimings], None] = lambda _: None,
         heard: _LastTranscription | None = None,
     ) -> None:
         self._ws = websocket
-        self._account = account
+        self._usage = usage
+        self._observe_turn = observe_turn
         self._heard = heard
         self._session = session
         self._events = events
@@ -242,6 +225,10 @@ class _Connection:
                 task.cancel()
             await asyncio.gather(*inbound, return_exceptions=True)
             await self._session.aclose()
+            # the pump ends with the session's events, after the work done while closing was
+            # reported (billed); it never waits on I/O, so this is quick
+            with suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(outbound[0]), _DRAIN_S)
             for task in outbound:
                 task.cancel()
             await asyncio.gather(*outbound, return_exceptions=True)
@@ -330,6 +317,10 @@ class _Connection:
         # Never waits on anything but the session: so after each command the applier's one
         # yield is enough for the pump to have drained what that command emitted.
         async for event in self._session:
+            if isinstance(event, UsageReported):
+                if self._usage is not None:
+                    self._usage.charge(event)
+                continue
             cause = None
             if isinstance(event, ErrorEvent) and event.type == "invalid_request_error":
                 cause = self._cause
@@ -337,12 +328,12 @@ class _Connection:
                 self._heard.heard(event)
             try:
                 wires = self._events.map(event, cause)
-                if isinstance(event, ResponseDone) and self._account is not None:
-                    cost = self._account(event)
+                if isinstance(event, ResponseDone) and self._usage is not None:
+                    self._observe_turn(event.timings)
+                    billed = self._usage.report()
                     for wire in wires:  # the cost rides in response.done's usage
                         if wire["type"] == "response.done":
-                            usage = wire["response"].setdefault("usage", {})
-                            usage["cost_usd"] = round(cost, 8)
+                            wire["response"].setdefault("usage", {}).update(billed)
                 self._outbox.put_nowait(wires)
             except Exception:  # a bug in one event's mapping must not silence the others
                 log.exception("realtime event %s could not be sent", type(event).__name__)

@@ -31,13 +31,13 @@ from pipeline.errors import InvalidInput, VoxlineError
 from pipeline.settings import Settings
 from pipeline.turn import ReplyAudio, ReplyText, TranscriptReady, TurnEvent, TurnResult, run_turn
 from pipeline.types import AudioChunk, GenerationParams
-from server.app import AppState, engines_of, state_of
 from server.errors import body_of, error_body
 from server.logging_setup import current_request_id
 from server.schemas import (
     turn_json,
     turn_response,
 )
+from server.state import AppState, engines_of, state_of
 from server.streaming import EventStream, cancel_on_disconnect, client_gone, sse
 
 log = logging.getLogger("voxline.server.turns")
@@ -59,7 +59,16 @@ async def create_turn(
         str | None, Form(description="System prompt for this turn (default from settings).")
     ] = None,
     max_tokens: Annotated[int | None, Form(ge=1, description="Cap on reply tokens.")] = None,
-    stream: Annotated[bool, Form(description="Answer with SSE events as the turn runs.")] = False,
+    stream: Annotated[
+        bool,
+        Form(
+            description=(
+                "Answer with SSE events as the turn runs: the transcript, then for each phrase"
+                " of the reply one response.output_audio_transcript.delta (its text) followed by"
+                " its response.output_audio.delta events, then response.done."
+            )
+        ),
+    ] = False,
 ) -> Response | EventStream:
     """Transcribe the question, answer it and speak the answer.
 
@@ -115,9 +124,9 @@ async def _accounted(state: AppState, audio: AudioChunk, **turn: Any) -> TurnRes
     with state.tracing.turn(request_id=request_id) as trace:
         result = await run_turn(audio, **turn)
         trace.record_result(result, audio_in_seconds=audio.duration)
-    state.metrics.observe_turn_result(result, audio_in_seconds=audio.duration)
-    cost = state.ledger.record_turn(request_id or "-", result, audio_in_seconds=audio.duration)
-    return dataclasses.replace(result, cost_usd=round(cost.total, 8))
+    state.metrics.observe_turn(result.timings)
+    cost = state.accounting.settle(request_id or "-")
+    return dataclasses.replace(result, cost_usd=round(cost, 8))
 
 
 async def _stop(task: asyncio.Task[TurnResult]) -> None:
@@ -152,7 +161,8 @@ async def _decode(data: bytes, settings: Settings, sample_rate: int) -> AudioChu
 async def _events(
     first: TurnEvent, queue: asyncio.Queue[TurnEvent | None], task: asyncio.Task[TurnResult]
 ) -> AsyncGenerator[bytes, None]:
-    """The SSE body: the transcript, reply text and audio deltas as they come, then the result.
+    """The SSE body: the transcript, then each phrase's text and audio as it is spoken (the text
+    of a phrase just before its first audio, as realtime responses do), then the result.
 
     The turn is stopped by ``EventStream``'s ``on_close`` if the stream ends early.
     """
@@ -164,7 +174,7 @@ async def _events(
                 "conversation.item.input_audio_transcription.completed", transcript=item.text
             )
         elif isinstance(item, ReplyText):
-            text = item.text if spoken else item.text.lstrip()
+            text = item.text if spoken else item.text.lstrip()  # one phrase per event
             if text:
                 spoken = True
                 yield _event("response.output_audio_transcript.delta", delta=text)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from pipeline.ledger import Ledger, Totals
-from server.app import state_of
+from server.state import state_of
 
 router = APIRouter()
 
@@ -39,8 +39,9 @@ def _totals_json(totals: Totals) -> dict[str, Any]:
 async def usage(ledger: Annotated[Ledger, Depends(ledger_of)]) -> dict[str, Any]:
     """Totals over everything recorded, per backend, and per UTC day (then per backend).
 
-    Each totals object has ``charges`` (stage calls priced), ``tokens_in``, ``tokens_out``,
-    ``chars``, ``audio_seconds``, ``engine_seconds`` and ``cost_usd``.
+    Each totals object has ``charges`` (engine calls priced), ``tokens_in``, ``tokens_out``,
+    ``chars``, ``audio_seconds``, ``engine_seconds`` and ``cost_usd``. ``speculative`` is the
+    part of the total spent on speculative replies that were dropped before anyone heard them.
     """
     by_day: dict[str, Any] = {}
     for day, backends in ledger.by_day().items():
@@ -55,6 +56,7 @@ async def usage(ledger: Annotated[Ledger, Depends(ledger_of)]) -> dict[str, Any]
         "object": "usage",
         "currency": "USD",
         "total": _totals_json(ledger.total()),
+        "speculative": _totals_json(ledger.speculative()),
         "by_backend": {b: _totals_json(t) for b, t in ledger.by_backend().items()},
         "by_day": by_day,
     }

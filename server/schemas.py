@@ -221,7 +221,7 @@ def now() -> int:
 
 
 class TurnTimingsOut(BaseModel):
-    """Milliseconds of the turn (ARCHITECTURE.md's vocabulary); absent when not measured."""
+    """Milliseconds of the turn (docs/architecture.md's vocabulary); absent when not measured."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -13,6 +13,9 @@ from models.weights import packaged_path
 from pipeline.audio import resample
 from pipeline.types import AudioChunk
 
+# `postgres` / `postgres_url`: a real Postgres on loopback, for any test that needs one
+pytest_plugins = ("tests.postgres",)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # The CPU LLM engine defaults to llama.cpp when its extra is installed; the suite runs on the

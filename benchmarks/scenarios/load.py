@@ -13,7 +13,7 @@ import logging
 
 from benchmarks.context import BenchContext, Sample, ScenarioResult
 from benchmarks.data import Clip
-from benchmarks.realtime_client import RealtimeSession
+from benchmarks.realtime_measure import RealtimeSession
 from benchmarks.scenarios.realtime import measurement_sample, require_url
 from benchmarks.stats import summarize
 from pipeline.errors import EngineUnavailable

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from benchmarks.context import BenchContext, Sample, ScenarioResult, repeat
 from benchmarks.data import Clip
-from benchmarks.realtime_client import RealtimeSession, TurnMeasurement
+from benchmarks.realtime_measure import RealtimeSession, TurnMeasurement
 from benchmarks.stats import wer
 from pipeline.errors import InvalidInput
 

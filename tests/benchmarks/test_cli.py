@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from server.cli import app
+from cli.main import app
 from tests.benchmarks.realtime_fake import FakePlan, fake_realtime_server_thread
 
 runner = CliRunner()

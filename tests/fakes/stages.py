@@ -94,6 +94,7 @@ class Call:
         started: Loop time of the call.
         finished: Loop time its last item was handed over (``None``: it never got there).
         closed: Its iterator ended: ran out, failed, or was closed or cancelled.
+        outputs: What it said: transcripts, text deltas with text, audio chunks.
     """
 
     input: Any
@@ -103,6 +104,7 @@ class Call:
     started: float = 0.0
     finished: float | None = None
     closed: bool = False
+    outputs: int = 0
 
     @property
     def closed_early(self) -> bool:
@@ -170,6 +172,8 @@ class _Scripted:
                     await asyncio.sleep(gap)
                 if i == len(items) - 1:
                     call.finished = loop_time()
+                if not (isinstance(items[i], TextDelta) and not items[i].text):
+                    call.outputs += 1
                 yield items[i]
         finally:
             call.closed = True
@@ -279,6 +283,10 @@ class ScriptedLLM(_Scripted, LLM):
         self.capabilities = LLMCapabilities(context_tokens=context_tokens)
         self.ttft_s, self.token_s = ttft_s, token_s
 
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """This double's prompt length: a token per 4 characters (its usage says the same)."""
+        return sum(len(m.content) for m in messages) // 4
+
     def _stream(
         self, messages: list[Message], params: GenerationParams
     ) -> AsyncIterator[TextDelta]:
@@ -292,7 +300,7 @@ class ScriptedLLM(_Scripted, LLM):
                     rest.append(piece[max(0, len(done) - pos) :])
                 pos += len(piece)
             pieces = rest
-        prompt = max(1, sum(len(m.content) for m in messages) // 4)
+        prompt = self.count_tokens(messages)
         deltas = [TextDelta(p) for p in pieces]
         deltas.append(TextDelta("", Usage(prompt, len(pieces)), "stop"))
         if plan.garbage:
@@ -354,6 +362,10 @@ class ScriptedTTS(_Scripted, TTS):
         """The whole audio a healthy call speaks for ``text``."""
         seconds = len(text) * self.seconds_per_char / speed
         return tone(seconds, self.capabilities.sample_rate, self.amplitude)
+
+    def samples_for(self, text: str, speed: float = 1.0) -> int:
+        """How many samples a healthy call speaks for ``text``."""
+        return len(self.render(text, speed))
 
     def _synthesize(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
         call = self._call(Call(text, voice=voice, speed=speed))

@@ -8,13 +8,11 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline.ledger import Charge, Ledger, PriceTable, Totals, backend_kind
 from pipeline.settings import PricingSettings
-from pipeline.turn import Backends, TurnResult
-from pipeline.types import AudioChunk, TurnTimings, Usage
+from pipeline.stages import CallRecord
 
 DAY1 = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC).timestamp()
 DAY2 = datetime(2026, 3, 2, 0, 0, 1, tzinfo=UTC).timestamp()  # two seconds later, next UTC day
@@ -184,27 +182,40 @@ def test_concurrent_records_are_all_counted(tmp_path: Path) -> None:
     assert Ledger(path=tmp_path / "ledger.jsonl").total() == ledger.total()
 
 
-def test_record_turn_charges_each_stage_of_a_turn() -> None:
+def test_record_call_prices_each_engine_call_from_its_own_counts() -> None:
     ledger = Ledger(PriceTable(), clock=Clock(DAY1))
-    result = TurnResult(
-        transcript="What is the capital of France?",
-        reply="Paris. It is lovely.",
-        timings=TurnTimings(stt_ms=400.0, llm_total_ms=1800.0, tts_total_ms=900.0),
-        backends=Backends(stt="whisper:cpu", llm="hosted:api.openai.com:443", tts="piper:cuda"),
-        audio=AudioChunk(np.zeros(22050 * 2, np.float32), 22050),
-        usage=Usage(prompt_tokens=60, completion_tokens=7),
-        phrases=("Paris.", "It is lovely."),
-    )
+    hosted = "hosted:api.openai.com:443"
+    stt = CallRecord("stt", "whisper:cpu", 100.0, 400.0, 1, audio_in_seconds=2.4)
+    llm = CallRecord("llm", hosted, 50.0, 1800.0, 9, tokens_in=60, tokens_out=7)
+    tts = CallRecord("tts", "piper:cuda", 80.0, 900.0, 3, chars=19, audio_out_seconds=2.0)
 
-    cost = ledger.record_turn("r1", result, audio_in_seconds=2.4)
+    costs = [ledger.record_call("r1", call) for call in (stt, llm, tts)]
+    spec = ledger.record_call("r1", llm, speculative=True)
 
-    assert cost.stt == pytest.approx(0.4 * 0.05 / 3600)
-    assert cost.llm == pytest.approx((60 * 0.15 + 7 * 0.60) / 1e6)
-    assert cost.tts == pytest.approx(0.9 * 2.0 / 3600)
-    assert cost.total == pytest.approx(ledger.total().cost_usd)
+    assert costs[0] == pytest.approx(0.4 * 0.05 / 3600)  # local: compute time
+    assert costs[1] == pytest.approx((60 * 0.15 + 7 * 0.60) / 1e6)  # hosted: tokens
+    assert costs[2] == pytest.approx(0.9 * 2.0 / 3600)
+    assert spec == costs[1]
+    assert ledger.total().cost_usd == pytest.approx(sum(costs) + spec)
     by_backend = ledger.by_backend()
     assert by_backend["whisper:cpu"].audio_seconds == pytest.approx(2.4)
-    assert by_backend["hosted:api.openai.com:443"].tokens_in == 60
-    assert by_backend["hosted:api.openai.com:443"].tokens_out == 7
-    assert by_backend["piper:cuda"].chars == len("Paris.") + len("It is lovely.")
+    assert by_backend["whisper:cpu"].engine_seconds == pytest.approx(0.4)
+    assert by_backend[hosted].tokens_in == 120 and by_backend[hosted].tokens_out == 14
+    assert by_backend["piper:cuda"].chars == 19
     assert by_backend["piper:cuda"].audio_seconds == pytest.approx(2.0)
+    # dropped speculative work is in every total, and also shown apart
+    speculative = ledger.speculative()
+    assert (speculative.charges, speculative.tokens_in) == (1, 60)
+    assert speculative.cost_usd == pytest.approx(spec)
+
+
+def test_speculative_charges_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(PriceTable(), path, clock=Clock(DAY1))
+    call = CallRecord("llm", "llamacpp:cpu", 5.0, 100.0, 3, tokens_in=10, tokens_out=3)
+    ledger.record_call("r1", call, speculative=True)
+    ledger.record_call("r2", call)
+    ledger.close()
+    again = Ledger(PriceTable(), path)
+    assert again.speculative().charges == 1
+    assert again.total().charges == 2

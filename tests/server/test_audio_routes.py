@@ -510,7 +510,10 @@ async def test_transcription_and_speech_are_priced_in_the_ledger(app: Any) -> No
     total = billed["total"]
     assert total["charges"] == 2
     assert total["chars"] == len(SENTENCE)
-    assert total["audio_seconds"] == pytest.approx(spoken_wav_seconds(), abs=0.01)
+    # the engines' own counts: the seconds transcribed, and the seconds spoken (what came back)
+    stt, tts = (billed["by_backend"][name] for name in ("whisper:cpu", "piper:cpu"))
+    assert stt["audio_seconds"] == pytest.approx(spoken_wav_seconds(), abs=0.01)
+    assert tts["audio_seconds"] == pytest.approx(spoken, abs=0.02)
     assert total["cost_usd"] > 0 and total["engine_seconds"] > 0
     assert 'voxline_audio_seconds_total{backend="' in metrics and 'direction="out"' in metrics
     assert spoken > 1.0

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app as cli
 from models.registry import Engines
 from pipeline.errors import EngineUnavailable
 from pipeline.settings import LLMSettings, SessionSettings
 from pipeline.types import AudioChunk
-from server.cli import app as cli
 from server.demo import _render, build_demo
 from server.demo_client import RealtimeDemoClient
 from server.demo_conversation import SAMPLE_RATE, STAGES, Conversation, DemoView

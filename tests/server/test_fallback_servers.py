@@ -61,7 +61,7 @@ class Server:
     def start(self) -> None:
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "cli", "serve", "--port", str(self.port)],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -20,12 +20,14 @@ from prometheus_client.samples import Sample
 
 from models.registry import Engines
 from pipeline.ledger import Ledger, PriceTable
+from pipeline.metering import Meter
 from pipeline.stages import CallRecord
 from pipeline.turn import TurnResult, run_turn
-from pipeline.types import AudioChunk, GenerationParams, TurnTimings, Usage
+from pipeline.types import AudioChunk, GenerationParams, TurnTimings
 from server import routes_metrics, routes_usage
-from server.app import AppState
+from server.accounting import Accounting
 from server.metrics import STAGE_BUCKETS, Metrics, RequestMetricsMiddleware
+from server.state import AppState
 from tests.server.conftest import http_client, make_settings
 
 # one event loop for the module: the module-scoped engines live on it
@@ -202,9 +204,10 @@ async def test_a_real_turn_moves_the_metrics_and_the_ledger(
     before = await scrape(app)
     assert before["voxline_stage_duration_seconds"].samples == []
 
-    result = await _real_turn(engines, spoken_question)
-    metrics.observe_turn_result(result, audio_in_seconds=spoken_question.duration)
-    cost = ledger.record_turn("req-1", result, audio_in_seconds=spoken_question.duration)
+    with Meter().bind() as meter:  # what a request's MeterMiddleware does
+        result = await _real_turn(engines, spoken_question)
+    metrics.observe_turn(result.timings)
+    cost = Accounting(ledger, metrics).charge(meter.take(), request_id="req-1")
 
     b = result.backends
     for stage, backend in (("stt", b.stt), ("llm", b.llm), ("tts", b.tts)):
@@ -237,7 +240,7 @@ async def test_a_real_turn_moves_the_metrics_and_the_ledger(
         pytest.approx(result.audio.duration)
     )
     # the ledger priced the turn (local CPU engines: engine seconds), and metrics summed it
-    assert cost.total > 0
+    assert cost > 0
     for backend in (b.stt, b.llm, b.tts):
         assert sample(metrics, "voxline_cost_usd_total", backend=backend) == pytest.approx(
             ledger.by_backend()[backend].cost_usd
@@ -247,7 +250,7 @@ async def test_a_real_turn_moves_the_metrics_and_the_ledger(
         usage = (await client.get("/v1/usage")).json()
     assert usage["total"]["tokens_in"] == result.usage.prompt_tokens
     assert usage["total"]["tokens_out"] == result.usage.completion_tokens
-    assert usage["total"]["cost_usd"] == pytest.approx(cost.total, abs=1e-9)
+    assert usage["total"]["cost_usd"] == pytest.approx(cost, abs=1e-9)
     assert usage["by_backend"][b.stt]["audio_seconds"] == pytest.approx(
         spoken_question.duration, abs=1e-3
     )
@@ -290,8 +293,8 @@ def test_histogram_buckets_are_seconds() -> None:
 def test_no_metric_has_a_per_user_label() -> None:
     metrics = Metrics()
     metrics.observe_call(CallRecord("llm", "transformers:cpu", 50.0, 90.0, 4))
-    metrics.count_tokens(Usage(3, 4), "transformers:cpu")
-    metrics.count_audio(1.0, "in", "whisper:cpu")
+    metrics.count_usage(CallRecord("llm", "transformers:cpu", 5.0, 9.0, 4, tokens_in=3))
+    metrics.count_usage(CallRecord("stt", "whisper:cpu", 5.0, 9.0, 1, audio_in_seconds=1.0))
     metrics.count_request("/v1/turns", 200)
     metrics.count_fallback("llm", "transformers:cuda", "hosted:api.openai.com:443", "EngineTimeout")
     metrics.add_cost(0.01, "hosted:api.openai.com:443")

@@ -1,4 +1,8 @@
-"""The ``voxline`` command line: one voice turn, a spoken sample, and the configured models.
+"""The ``voxline`` command line: one voice turn, a spoken sample, the configured models, the
+server, the demo and the benchmark.
+
+This is the composition root (docs/architecture.md, "Layers"): the only module that uses both
+``server`` and ``benchmarks``. Each command imports the heavy parts it needs when it runs.
 
 Errors a user can cause (a missing file, bytes that are not audio, silence, a model that cannot
 be loaded) print one clear line and exit non-zero; tracebacks are for bugs, not for users.
@@ -26,7 +30,6 @@ from pipeline.errors import InvalidInput, StageError, VoxlineError
 from pipeline.settings import Settings
 from pipeline.turn import TurnResult, run_turn
 from pipeline.types import AudioChunk, GenerationParams
-from server.schemas import turn_json
 
 app = typer.Typer(
     name="voxline",
@@ -77,6 +80,7 @@ async def _turn(settings: Settings, audio: AudioChunk, voice: str | None) -> Tur
                 top_p=settings.llm.top_p,
             ),
             voice=voice or settings.tts.voice,
+            speed=settings.tts.speed,
             language=settings.stt.language,
         )
     finally:
@@ -123,6 +127,8 @@ def turn(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(encode_wav(result.audio))
     if as_json:
+        from server.schemas import turn_json
+
         print(json.dumps(turn_json(result)))
     else:
         _print_turn(result)

@@ -1,0 +1,103 @@
+"""What the routes share: the application state and the FastAPI dependencies that reach it.
+
+Its own module so that route modules, the demo and the app factory all depend on it and none on
+each other (``server.app`` imports the routes; the routes import this).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import Request
+
+from models.registry import Engines
+from models.vad_silero import SileroVAD
+from pipeline.errors import EngineUnavailable
+from pipeline.fallback_core import Chain
+from pipeline.fallback_types import FallbackReport
+from pipeline.ledger import Ledger
+from pipeline.settings import Settings
+from pipeline.vad import VAD
+from server.accounting import Accounting
+from server.logging_setup import log_call
+from server.metrics import Metrics
+from server.tracing import Tracing
+
+log = logging.getLogger("voxline.server")
+
+
+class AppState:
+    """What the routes share: settings, engines once warm, and why they are not (if so).
+
+    ``vad`` is the one loaded VAD model; each realtime session ``fork()`` s it (its own state,
+    the same weights).
+    """
+
+    def __init__(self, settings: Settings, engines: Engines | None, vad: VAD | None = None) -> None:
+        self.settings = settings
+        self.engines = engines
+        self.vad = vad
+        self.startup_error: str | None = None
+        self.warming: asyncio.Task[Engines] | None = None
+        self.metrics = Metrics()
+        self.ledger = Ledger.from_settings(settings.pricing)
+        self.ledger.listeners.append(self.metrics.observe_charge)
+        self.accounting = Accounting(self.ledger, self.metrics)
+        self.tracing = Tracing.from_settings(settings)
+        self._listened: set[int] = set()
+        if engines is not None:
+            self.listen(engines)
+
+    def listen(self, engines: Engines) -> None:
+        """Hook metrics, traces and stage logs into every backend of every chain (once each:
+        tests hand the same engines to many apps). Per backend, so the ``backend`` label names
+        the engine that served, and so a fallback is visible."""
+        for chain in (engines.stt, engines.llm, engines.tts):
+            backends = chain.backends if isinstance(chain, Chain) else [chain]
+            for backend in backends:
+                if id(backend) in self._listened:
+                    continue
+                self._listened.add(id(backend))
+                backend.listeners += [
+                    self.metrics.observe_call,
+                    self.tracing.observe_call,
+                    log_call,
+                ]
+            if isinstance(chain, Chain) and id(chain) not in self._listened:
+                self._listened.add(id(chain))
+                chain.report_listeners.append(self._count_fallbacks)
+
+    def _count_fallbacks(self, report: FallbackReport) -> None:
+        for switch in report.fallbacks:
+            self.metrics.count_fallback(
+                report.stage, switch.from_backend, switch.to_backend or "none", switch.reason
+            )
+
+    async def load_vad(self) -> VAD:
+        """The shared VAD, loaded now if the warm-up has not (tests hand in engines only).
+
+        Raises:
+            ModelLoadError: the Silero model is missing or unreadable.
+        """
+        if self.vad is None:
+            vad = SileroVAD()
+            await asyncio.to_thread(vad.load)
+            self.vad = self.vad or vad  # another connection may have loaded one meanwhile
+        return self.vad
+
+
+def state_of(request: Request) -> AppState:
+    """The app's shared state (a FastAPI dependency)."""
+    state = request.app.state.voxline
+    assert isinstance(state, AppState)
+    return state
+
+
+def engines_of(request: Request) -> Engines:
+    """The warm engines, or a 503 while they are loading (a FastAPI dependency)."""
+    state = state_of(request)
+    if state.engines is None:
+        reason = state.startup_error or "the engines are still loading"
+        raise EngineUnavailable(reason, stage="pipeline", backend="server")
+    return state.engines
