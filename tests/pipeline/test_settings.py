@@ -20,6 +20,7 @@ from pipeline.settings import (
     PricingSettings,
     SessionSettings,
     Settings,
+    StateSettings,
     STTGpuSettings,
     STTSettings,
     TTSGpuSettings,
@@ -179,6 +180,7 @@ SECTIONS: list[type[BaseModel]] = [
     STTGpuSettings,
     LLMGpuSettings,
     TTSGpuSettings,
+    StateSettings,
 ]
 
 
