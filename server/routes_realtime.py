@@ -57,13 +57,21 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from pipeline.audio import decode_pcm16
 from pipeline.errors import EngineBusy, InvalidInput, VoxlineError
 from pipeline.event_queue import EventQueue
-from pipeline.events import ErrorEvent, ResponseDone, TranscriptCompleted, UsageReported
+from pipeline.events import (
+    ErrorEvent,
+    ResponseCreated,
+    ResponseDone,
+    TranscriptCompleted,
+    UsageReported,
+)
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.stages import CallRecord
 from pipeline.types import TurnTimings
+from server import identity
 from server.accounting import SessionUsage
 from server.admission import SessionLease
+from server.edge.realtime import RealtimeLimits
 from server.errors import error_response
 from server.logging_setup import bind
 from server.realtime_events import ServerEvents, Wire, error_event
@@ -80,6 +88,7 @@ from server.realtime_protocol import (
     TruncateItem,
     UpdateSession,
 )
+from server.routes_client_secrets import session_config
 from server.state import AppState
 
 log = logging.getLogger("voxline.server.realtime")
@@ -147,7 +156,13 @@ async def _serve(
             await websocket.close(code=_TRY_AGAIN_LATER, reason="engines not ready")
         return
     settings = state.settings
+    who = identity.current()  # bound by the edge for the whole connection
     config = SessionConfig.from_settings(settings)
+    if who is not None and who.session:  # opened with a client secret minted with a session
+        try:
+            config = session_config(settings, dict(who.session), engines.tts.capabilities.voices)
+        except InvalidInput as exc:  # valid when minted; the engines may have changed since
+            log.warning("a client secret's session no longer applies: %s", exc.code)
     events = ServerEvents(
         model=model or "voxline", config=config, transcription_model=engines.stt.name
     )
@@ -173,12 +188,16 @@ async def _serve(
         parser,
         backlog_bytes=settings.audio.max_bytes,
         default_vad=TurnDetection.from_settings(settings.session),
-        usage=SessionUsage(state.accounting, events.session_id),
+        usage=SessionUsage(state.accounting, events.session_id, who),
         observe_turn=state.metrics.observe_turn,
         heard=heard,
     )
     lease.busy = lambda: session.busy
     lease.shutdown = connection.shutdown
+    if who is not None:
+        connection.limits = RealtimeLimits(
+            state.store, who, connection.emit, session.cancel_response
+        )
     log.info("realtime session %s opened (model %s)", events.session_id, events.model)
     try:
         with state.metrics.session(), bind(session_id=events.session_id):
@@ -207,10 +226,14 @@ def _traced(
     """A response's trace: the turn span, with the LLM and TTS calls made inside it and the
     transcription that the response answers."""
     with state.tracing.turn(request_id=response_id, session_id=session_id) as trace:
-        if heard.compute_ms is not None:
-            stt = CallRecord("stt", heard.backend, heard.compute_ms, heard.compute_ms, 1)
-            trace.add_call(stt, end_ns=heard.end_ns)
-        yield
+        try:
+            yield
+        finally:
+            # Read at the end: a speculative response starts before the turn's final
+            # transcription is reported (at the first silent frame), and answers it all the same.
+            if heard.compute_ms is not None:
+                stt = CallRecord("stt", heard.backend, heard.compute_ms, heard.compute_ms, 1)
+                trace.add_call(stt, end_ns=heard.end_ns)
 
 
 class _Connection:
@@ -248,6 +271,12 @@ class _Connection:
         self._cause: str | None = None  # event_id of the command being applied
         self._close_code = 1000
         self._reader: asyncio.Task[None] | None = None
+        self.limits: RealtimeLimits | None = None
+        """The caller's key limits, checked at each response (``server.edge.realtime``)."""
+
+    def emit(self, wires: list[Wire]) -> None:
+        """Queue server events that come from outside the session (the edge's limits)."""
+        self._outbox.put_nowait(wires)
 
     async def run(self) -> None:
         """Serve until the client goes away; then stop the session's work."""
@@ -275,6 +304,10 @@ class _Connection:
             self._outbox.unbound()
             with suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(outbound[0]), _DRAIN_S)
+            if self.limits is not None:
+                await self.limits.aclose()
+            if self._usage is not None:  # the session's charges are in the store
+                await self._usage.flush()
             self._outbox.put_nowait(None)  # the sender flushes what is left, then ends
             with suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(outbound[1]), _DRAIN_S)
@@ -386,6 +419,8 @@ class _Connection:
                 cause = self._cause
             if isinstance(event, TranscriptCompleted) and self._heard is not None:
                 self._heard.heard(event)
+            if isinstance(event, ResponseCreated) and self.limits is not None:
+                self.limits.response_started()
             try:
                 wires = self._events.map(event, cause)
                 if isinstance(event, ResponseDone) and self._usage is not None:
