@@ -13,9 +13,9 @@ import base64
 import contextlib
 import json
 import threading
-from http import HTTPStatus
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import numpy as np
