@@ -20,6 +20,7 @@ from pipeline.errors import (
     EngineTimeout,
     EngineUnavailable,
     InvalidInput,
+    InvalidToolCall,
     ModelLoadError,
     StageError,
     VoxlineError,
@@ -36,6 +37,8 @@ def status_of(exc: VoxlineError) -> int:
         return 413 if exc.code == "request_too_large" else 400
     if isinstance(exc, EngineTimeout):
         return 504
+    if isinstance(exc, InvalidToolCall):
+        return 502  # the model's output broke the tool's schema: a bad answer from upstream
     if isinstance(exc, EngineOverloaded | EngineUnavailable | ModelLoadError):
         return 503
     return 500
