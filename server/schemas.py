@@ -33,8 +33,9 @@ from pipeline.audio import encode_wav
 from pipeline.errors import InvalidInput
 from pipeline.fallback_types import StageFallback
 from pipeline.stages import validate_chat
+from pipeline.tool_calls import parse_tool_choice, parse_tools
 from pipeline.turn import TurnResult
-from pipeline.types import GenerationParams, Message, Role
+from pipeline.types import GenerationParams, Message, Role, ToolCall
 
 T = TypeVar("T")
 
@@ -53,25 +54,63 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCallIn(BaseModel):
+    """The function of a tool call in an assistant message."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field(max_length=32_768)
+
+
+class ToolCallIn(BaseModel):
+    """A tool call of an earlier assistant message (``messages[i].tool_calls[j]``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1, max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
-    """A message as clients send it: ``content`` is a string or a list of text parts."""
+    """A message as clients send it: ``content`` is a string or a list of text parts; an
+    assistant message may carry ``tool_calls`` (then ``content`` may be null), and a ``tool``
+    message names the call it answers (``tool_call_id``)."""
 
     model_config = ConfigDict(extra="ignore")
 
     role: str
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallIn] | None = Field(default=None, max_length=32)
+    tool_call_id: str | None = Field(default=None, max_length=128)
 
     def to_message(self, index: int) -> Message:
-        """The pipeline's message (roles are checked by ``validate_chat``)."""
-        if self.content is None:
+        """The pipeline's message (roles and tool call ids are checked by ``validate_chat``)."""
+        calls = tuple(
+            ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ()
+        )
+        if self.content is None and not calls:
             raise InvalidInput("content is required", param=f"messages[{index}].content")
-        if isinstance(self.content, str):
+        if self.content is None:
+            text = ""
+        elif isinstance(self.content, str):
             text = self.content
         else:
             text = "".join(part.text for part in self.content)
         # "developer" is OpenAI's newer name for the system role; stock clients send it.
         role = "system" if self.role == "developer" else self.role
-        return Message(cast(Role, role), text)
+        if calls and role != "assistant":
+            raise InvalidInput(
+                "only assistant messages carry tool_calls", param=f"messages[{index}].tool_calls"
+            )
+        call_id = self.tool_call_id if role == "tool" else None
+        if role == "tool" and not call_id:
+            raise InvalidInput(
+                "a tool message needs the tool_call_id it answers",
+                param=f"messages[{index}].tool_call_id",
+            )
+        return Message(cast(Role, role), text, tool_calls=calls, tool_call_id=call_id)
 
 
 class StreamOptions(BaseModel):
@@ -98,6 +137,8 @@ class ChatCompletionRequest(BaseModel):
     n: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
 
     @property
     def include_usage(self) -> bool:
@@ -125,12 +166,21 @@ class ChatCompletionRequest(BaseModel):
             max_tokens, param = self.max_tokens, "max_tokens"
         if max_tokens is not None and max_tokens < 1:  # checked here to name the field sent
             raise InvalidInput(f"{param} must be at least 1", param=param)
+        tools = parse_tools(self.tools, param="tools", nested=True)
+        if self.tools is not None and len(tools) != len(self.tools):
+            raise InvalidInput(
+                "only tools of type 'function' are served here", param="tools", code="invalid_value"
+            )
         params = GenerationParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             stop=tuple(stops),
             seed=self.seed,
+            tools=tools,
+            tool_choice=parse_tool_choice(
+                self.tool_choice, tools, param="tool_choice", nested=True
+            ),
         )
         validate_chat(messages, params)
         return messages, params
@@ -138,7 +188,7 @@ class ChatCompletionRequest(BaseModel):
 
 # -- chat completions: response ---------------------------------------------------------------
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ChatUsage(BaseModel):
@@ -149,11 +199,44 @@ class ChatUsage(BaseModel):
     total_tokens: int
 
 
+class FunctionCallOut(BaseModel):
+    """The function of a tool call the model made."""
+
+    name: str | None = None
+    arguments: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ToolCallOut(BaseModel):
+    """A tool call the model made (``message.tool_calls[i]``, or a piece of one in a chunk:
+    then ``index`` says which, and only the first piece has ``id``, ``type`` and the name)."""
+
+    index: int | None = None
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallOut
+
+    @model_serializer(mode="wrap")
+    def _without_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 class AssistantMessage(BaseModel):
-    """The reply in a non-streamed completion."""
+    """The reply in a non-streamed completion (``content`` is null when it only calls tools)."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_no_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("tool_calls") is None:
+            out.pop("tool_calls", None)
+        return cast(dict[str, Any], out)
 
 
 class Choice(BaseModel):
@@ -181,6 +264,7 @@ class ChunkDelta(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
     @model_serializer(mode="wrap")
     def _without_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
