@@ -39,6 +39,7 @@ async def engines() -> AsyncIterator[Engines]:
     finally:
         await started.aclose()
 
+
 WEATHER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
