@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from models.weights import PACKAGED, ResolvedModel, resolve, size_bytes
 from pipeline.errors import InvalidInput, Stage, VoxlineError
 from pipeline.fallback import FallbackLLM, FallbackPolicy, FallbackSTT, FallbackTTS
+from pipeline.router import Router, RouterPolicy
 from pipeline.settings import (
     BackendName,
     FallbackSettings,
@@ -138,6 +140,39 @@ def build_llm(settings: Settings) -> FallbackLLM:
     return FallbackLLM(backends, policy_of(settings.llm.fallback))
 
 
+def tier_settings(settings: Settings, tier: str) -> Settings:
+    """``settings`` with the ``llm`` section of ``tier`` (the section itself for the default
+    tier; another tier's fields replace the section's where set).
+
+    Raises:
+        InvalidInput: no such tier.
+    """
+    if tier == settings.router.default_tier:
+        return settings
+    override = settings.llm.tiers.get(tier)
+    if override is None:
+        known = ", ".join([settings.router.default_tier, *settings.llm.tiers])
+        raise InvalidInput(f"unknown LLM tier {tier!r}; tiers: {known}", param="llm.tiers")
+    changes = {k: v for k, v in override.model_dump().items() if v is not None}
+    llm = settings.llm.model_copy(update={**changes, "tiers": {}})
+    # nested sections come back as dicts from model_dump: validate them into their models
+    llm = type(settings.llm).model_validate(llm.model_dump())
+    return settings.model_copy(update={"llm": llm})
+
+
+def build_tiers(settings: Settings) -> dict[str, FallbackLLM]:
+    """Every LLM tier's chain by name, the default tier first (not yet started)."""
+    names = [settings.router.default_tier, *settings.llm.tiers]
+    return {name: build_llm(tier_settings(settings, name)) for name in dict.fromkeys(names)}
+
+
+def router_of(settings: Settings, tiers: Mapping[str, LLM]) -> Router:
+    """The router over ``tiers`` with the ``router`` section's policy."""
+    r = settings.router
+    policy = RouterPolicy(**r.model_dump())
+    return Router(tiers, policy)
+
+
 def build_tts(settings: Settings) -> FallbackTTS:
     """The TTS chain of ``settings.tts`` (not yet started)."""
     backends = [_tts_backend(n, settings) for n in chain_of(settings.tts)]
@@ -156,16 +191,32 @@ def _require_url(hosted: HostedSettings, stage: str) -> HostedSettings:
 
 @dataclass(slots=True)
 class Engines:
-    """One engine per stage, started and warmed."""
+    """One engine per stage, started and warmed; and the LLM tiers with their router.
+
+    ``llm`` is the default tier's; ``router`` (``None``: only ``llm``) picks a tier per turn.
+    """
 
     stt: STT  # FallbackSTT from the registry; tests may hand in a single engine
     llm: LLM
     tts: TTS
+    router: Router | None = None
+
+    def llm_for(self, tier: str) -> LLM:
+        """The LLM of ``tier`` (``llm`` when there is no router or no such tier)."""
+        if self.router is None:
+            return self.llm
+        return self.router.tiers.get(tier, self.llm)
 
     async def aclose(self) -> None:
         """Close every engine (errors in one do not keep the others open)."""
+        llms = {id(self.llm): self.llm}
+        if self.router is not None:
+            llms.update({id(t): t for t in self.router.tiers.values()})
         await asyncio.gather(
-            self.stt.aclose(), self.llm.aclose(), self.tts.aclose(), return_exceptions=True
+            self.stt.aclose(),
+            *(llm.aclose() for llm in llms.values()),
+            self.tts.aclose(),
+            return_exceptions=True,
         )
 
 
@@ -177,9 +228,13 @@ async def _start(engine: STT | LLM | TTS, warm: bool) -> None:
 
 async def start_engines(settings: Settings, *, warm: bool = True) -> Engines:
     """Build, load and (optionally) warm the three engines, loading them concurrently."""
-    engines = Engines(build_stt(settings), build_llm(settings), build_tts(settings))
+    tiers = build_tiers(settings)
+    default = tiers[settings.router.default_tier]
+    engines = Engines(build_stt(settings), default, build_tts(settings), router_of(settings, tiers))
+    others = [t for name, t in tiers.items() if t is not default]
     try:
-        await asyncio.gather(*(_start(e, warm) for e in (engines.stt, engines.llm, engines.tts)))
+        stages: list[STT | LLM | TTS] = [engines.stt, engines.llm, engines.tts, *others]
+        await asyncio.gather(*(_start(e, warm) for e in stages))
     except BaseException:
         await engines.aclose()
         raise

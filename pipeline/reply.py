@@ -34,6 +34,7 @@ import numpy as np
 import soxr
 
 from pipeline.phrases import PhraseChunker, PhrasePolicy
+from pipeline.router import Route
 from pipeline.stages import LLM, TTS
 from pipeline.timing import ReplyTimes
 from pipeline.types import AudioChunk, GenerationParams, Message, ToolCall, ToolCallDelta, Usage
@@ -63,6 +64,8 @@ class Reply:
         policy: Where phrases are cut.
         output_rate: Rate of the audio handed out (``None``: the TTS's own rate).
         clock: Time source of ``times``.
+        route: The LLM tier ``llm`` is and why it was picked (``pipeline.router``), reported
+            with the reply's result.
     """
 
     def __init__(
@@ -77,8 +80,10 @@ class Reply:
         policy: PhrasePolicy | None = None,
         output_rate: int | None = None,
         clock: Clock = time.perf_counter,
+        route: Route | None = None,
     ) -> None:
         self.llm = llm
+        self.route = route
         self.tts = tts
         self.messages = list(messages)
         self.params = params

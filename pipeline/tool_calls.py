@@ -149,9 +149,16 @@ def check_schema(schema: object, param: str) -> None:
 
 
 def parse_tool_choice(
-    choice: object, tools: Sequence[FunctionTool], *, param: str, nested: bool
+    choice: object, tools: Sequence[FunctionTool] | None, *, param: str, nested: bool
 ) -> ToolChoice:
     """``tool_choice`` as the client sent it (``None``: ``auto``).
+
+    Args:
+        choice: The field as sent.
+        tools: The functions offered (``None``: not known here, e.g. a realtime update that
+            changes only ``tool_choice``: the session checks it against its tools).
+        param: The field's name for errors.
+        nested: Chat's shape (``{"type": "function", "function": {"name"}}``).
 
     Raises:
         InvalidInput: an unknown mode, a function that is not offered, or a call required
@@ -160,7 +167,7 @@ def parse_tool_choice(
     if choice is None:
         return "auto"
     if choice in ("auto", "none", "required"):
-        if choice == "required" and not tools:
+        if choice == "required" and tools is not None and not tools:
             raise InvalidInput(
                 "tool_choice 'required' needs at least one function in tools",
                 param=param,
@@ -170,7 +177,8 @@ def parse_tool_choice(
     if isinstance(choice, dict) and choice.get("type") == "function":
         body = choice.get("function") if nested else choice
         name = body.get("name") if isinstance(body, dict) else None
-        if not isinstance(name, str) or name not in {t.name for t in tools}:
+        known = {t.name for t in tools} if tools is not None else None
+        if not isinstance(name, str) or (known is not None and name not in known):
             raise InvalidInput(
                 f"{param} names a function that is not in tools: {str(name)[:64]!r}",
                 param=param,

@@ -32,6 +32,7 @@ from pydantic import (
 from pipeline.audio import encode_wav
 from pipeline.errors import InvalidInput
 from pipeline.fallback_types import StageFallback
+from pipeline.router import Route
 from pipeline.stages import validate_chat
 from pipeline.tool_calls import parse_tool_choice, parse_tools
 from pipeline.turn import TurnResult
@@ -396,6 +397,13 @@ def turn_json(result: TurnResult) -> dict[str, object]:
             "total_tokens": result.usage.total_tokens,
         },
     }
+
+
+def route_json(route: Route | None) -> dict[str, object]:
+    """The LLM tier that answered and why, for a JSON result (nothing without a router)."""
+    if route is None:
+        return {}
+    return {"llm_tier": route.tier, "route_reason": route.reason}
 
 
 def fallbacks_json(switches: Sequence[StageFallback]) -> list[dict[str, object]]:
