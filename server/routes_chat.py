@@ -28,6 +28,7 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from pipeline.errors import InvalidInput, VoxlineError
+from pipeline.router import Route
 from pipeline.tool_calls import must_call
 from pipeline.types import TextDelta
 from server.accounting import metered
@@ -47,6 +48,7 @@ from server.schemas import (
     ToolCallOut,
     completion_id,
     now,
+    route_json,
 )
 from server.state import engines_of, state_of
 from server.streaming import EventStream, cancel_on_disconnect, client_gone, sse
@@ -109,21 +111,27 @@ async def chat_completions(
     """
     messages, params = body.to_pipeline()
     engines = engines_of(request)
-    if must_call(params) and not engines.llm.capabilities.tools:
-        raise InvalidInput(
-            "this server's model cannot call functions: use tool_choice 'auto'",
-            param="tool_choice",
-        )
     model = body.model or state_of(request).settings.llm.model
     state = state_of(request)
 
     def charge(_: list[TextDelta], __: float) -> None:
         state.accounting.settle(current_request_id() or completion_id())
 
-    deltas = metered(engines.llm.stream(messages, params), charge)
+    llm, route = engines.llm, None
+    if engines.router is not None:
+        # ``model`` naming a tier pins it; any other model name leaves the choice to the router
+        route = engines.router.route(messages, params, pinned=body.model)
+        llm = engines.router.llm(route)
+        state.observe_route(route, "chat completion")
+    if must_call(params) and not llm.capabilities.tools:
+        raise InvalidInput(
+            "this server's model cannot call functions: use tool_choice 'auto'",
+            param="tool_choice",
+        )
+    deltas = metered(llm.stream(messages, params), charge)
     if not body.stream:
         try:
-            return await cancel_on_disconnect(request, _complete(deltas, model))
+            return await cancel_on_disconnect(request, _complete(deltas, model, route))
         except ClientDisconnect:
             return client_gone()
     try:
@@ -133,11 +141,13 @@ async def chat_completions(
     except BaseException:
         await deltas.aclose()
         raise
-    chunks = _chunks(first, deltas, model, include_usage=body.include_usage)
+    chunks = _chunks(first, deltas, model, include_usage=body.include_usage, route=route)
     return EventStream(chunks, on_close=deltas.aclose)
 
 
-async def _complete(deltas: AsyncGenerator[TextDelta, None], model: str) -> ChatCompletion:
+async def _complete(
+    deltas: AsyncGenerator[TextDelta, None], model: str, route: Route | None
+) -> ChatCompletion:
     parts: list[str] = []
     last: TextDelta | None = None
     async with contextlib.aclosing(deltas):
@@ -154,6 +164,7 @@ async def _complete(deltas: AsyncGenerator[TextDelta, None], model: str) -> Chat
         model=model,
         choices=[Choice(message=message, finish_reason=_finish(last))],
         usage=_usage(last),
+        voxline=route_json(route) or None,
     )
 
 
@@ -163,15 +174,20 @@ async def _chunks(
     model: str,
     *,
     include_usage: bool,
+    route: Route | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The SSE body: role chunk, content chunks, finish chunk, usage chunk, ``[DONE]``."""
     cid, created = completion_id(), now()
     # OpenAI sends "usage": null on every chunk when usage was asked for, and no key otherwise.
     exclude = None if include_usage else {"usage"}
 
-    def chunk(choices: list[ChunkChoice], usage: ChatUsage | None = None) -> bytes:
+    def chunk(
+        choices: list[ChunkChoice],
+        usage: ChatUsage | None = None,
+        voxline: dict[str, str] | None = None,
+    ) -> bytes:
         out = ChatCompletionChunk(
-            id=cid, created=created, model=model, choices=choices, usage=usage
+            id=cid, created=created, model=model, choices=choices, usage=usage, voxline=voxline
         )
         return sse(out.model_dump_json(exclude=exclude))
 
@@ -208,7 +224,8 @@ async def _chunks(
             log.exception("chat stream failed")
             yield sse(error_body("internal server error", type_="server_error"), event="error")
             return
-        yield chunk([ChunkChoice(delta=ChunkDelta(), finish_reason=_finish(last))])
+        finish = ChunkChoice(delta=ChunkDelta(), finish_reason=_finish(last))
+        yield chunk([finish], voxline=route_json(route) or None)
         if include_usage:
             yield chunk([], usage=_usage(last))
         yield sse("[DONE]")

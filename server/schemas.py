@@ -258,6 +258,15 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: ChatUsage
+    voxline: dict[str, str] | None = None
+    """``llm_tier`` and ``route_reason``: the tier that answered and why (with LLM tiers)."""
+
+    @model_serializer(mode="wrap")
+    def _without_no_route(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("voxline") is None:
+            out.pop("voxline", None)
+        return cast(dict[str, Any], out)
 
 
 class ChunkDelta(BaseModel):
@@ -290,6 +299,15 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: ChatUsage | None = None
+    voxline: dict[str, str] | None = None
+    """On the finish chunk: the LLM tier that answered and why (with LLM tiers)."""
+
+    @model_serializer(mode="wrap")
+    def _without_no_route(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("voxline") is None:
+            out.pop("voxline", None)
+        return cast(dict[str, Any], out)
 
 
 def completion_id() -> str:
@@ -376,6 +394,10 @@ class TurnResponse(BaseModel):
     usage: TurnUsage
     cost_usd: float | None = None
     audio: TurnAudio
+    llm_tier: str | None = None
+    """The LLM tier that answered (``pipeline.router``)."""
+    route_reason: str | None = None
+    """Why the router picked it."""
 
 
 def turn_json(result: TurnResult) -> dict[str, object]:
@@ -387,6 +409,7 @@ def turn_json(result: TurnResult) -> dict[str, object]:
         "backends": asdict(result.backends),
         "fallbacks": fallbacks_json(result.fallbacks),
         "cost_usd": result.cost_usd,
+        **route_json(result.route),
         "audio": {
             "seconds": round(result.audio.duration, 3),
             "sample_rate": result.audio.sample_rate,
@@ -399,7 +422,7 @@ def turn_json(result: TurnResult) -> dict[str, object]:
     }
 
 
-def route_json(route: Route | None) -> dict[str, object]:
+def route_json(route: Route | None) -> dict[str, str]:
     """The LLM tier that answered and why, for a JSON result (nothing without a router)."""
     if route is None:
         return {}
