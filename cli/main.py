@@ -25,6 +25,7 @@ from rich.table import Table
 
 from benchmarks.cli import bench
 from benchmarks.eval.cli import evaluate
+from cli.doctor import doctor
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
 from pipeline.errors import InvalidInput, StageError, VoxlineError
@@ -233,6 +234,7 @@ def models(
         sys.exit(1)
 
 
+app.command()(doctor)
 app.command()(bench)
 app.command("eval")(evaluate)
 

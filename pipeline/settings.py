@@ -97,8 +97,10 @@ class TTSGpuSettings(BaseModel):
 
     model_config = ConfigDict(use_attribute_docstrings=True)
 
-    engine: Literal["piper", "gpt_sovits"] = "gpt_sovits"
-    """Engine on the GPU (GPT-SoVITS needs ``GPT_SOVITS_HOME`` and ``GPT_SOVITS_PYTHON``)."""
+    engine: Literal["auto", "piper", "gpt_sovits"] = "auto"
+    """Engine on the GPU. ``auto``: GPT-SoVITS when it is configured (its home and python set,
+    here or as ``GPT_SOVITS_HOME`` / ``GPT_SOVITS_PYTHON``), else Piper (on CUDA only with
+    onnxruntime-gpu; without it the default chain does not list Piper twice)."""
     model: str | None = None
     """Piper only: the voice reference on the GPU (unset: the stage's model)."""
 
@@ -299,8 +301,20 @@ class GptSovitsSettings(BaseModel):
     """Device of the worker's model."""
     is_half: bool = True
     """fp16 on CUDA (ignored on CPU)."""
-    pool_size: int = Field(default=1, ge=1, le=16)
-    """Worker processes, each with its own model: concurrent requests served at once."""
+    pool_size: int = Field(default=0, ge=0, le=16)
+    """Worker processes, each with its own model: concurrent requests served at once. 0: sized
+    by device memory: the first worker loads and warms up, reports what it holds, and as many
+    more start as fit in the free memory less ``memory_reserve_gib``, up to ``pool_max_size``
+    (on a CPU also at most one per two cores)."""
+    pool_max_size: int = Field(default=4, ge=1, le=16)
+    """Most workers a pool sized by memory (``pool_size`` 0) starts."""
+    memory_reserve_gib: float = Field(default=4.0, ge=0.0)
+    """Device memory (GPU, or RAM on a CPU) a pool sized by memory leaves free for the other
+    engines on the device and for activations."""
+    segment_pause_s: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Silence between the text segments of one request (upstream's ``fragment_interval``,
+    0.3 s by default there). The silence upstream appends after a request's last segment is
+    dropped, so phrases spoken one after another join without a hole."""
     # a bounded int, not Literal[0, 1, 2, 3]: an int Literal rejects the env var's string "3"
     streaming_mode: int = Field(default=2, ge=0, le=3)
     """Upstream's streaming mode: 0 off, 1 best quality (slowest), 2 medium, 3 fastest."""
@@ -315,7 +329,8 @@ class GptSovitsSettings(BaseModel):
     request_timeout_s: float = 60.0
     """Seconds to the first chunk, and between chunks, before the worker is declared hung."""
     threads: int = Field(default=0, ge=0)
-    """torch threads per worker (0: the cores divided between the ``pool_size`` workers)."""
+    """torch threads per worker (0: the cores divided between the ``pool_size`` workers, or, for
+    a pool sized by memory, between one worker per two cores)."""
     extra_pythonpath: list[Path] = []
     """Folders put before the checkout on the workers' PYTHONPATH (e.g. a torchaudio stand-in
     on a CPU host where no torchaudio build matches torch)."""

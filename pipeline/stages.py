@@ -354,12 +354,22 @@ class TTS(_Stage):
     capabilities: TTSCapabilities
 
     async def synthesize(
-        self, text: str, voice: str | None = None, *, speed: float = 1.0
+        self,
+        text: str,
+        voice: str | None = None,
+        *,
+        speed: float = 1.0,
+        language: str | None = None,
     ) -> AsyncGenerator[AudioChunk, None]:
         """Speak ``text`` with ``voice`` (``None``: the backend's default voice).
 
+        ``language`` is the text's language for a backend that declares
+        ``capabilities.languages`` (GPT-SoVITS: ``yue``, ``auto``...); a backend that declares
+        none speaks its voice's own language and ignores it.
+
         Raises:
-            InvalidInput: empty or too long text, an unknown voice, a speed out of range.
+            InvalidInput: empty or too long text, an unknown voice or language, a speed out of
+                range.
             StageError: the engine failed.
         """
         if not text.strip():
@@ -376,12 +386,25 @@ class TTS(_Stage):
             )
         if not (0.25 <= speed <= 4.0) or math.isnan(speed):
             raise InvalidInput("speed must be between 0.25 and 4.0", param="speed")
-        timed = self._timed(self._synthesize(text, voice, speed), chars=len(text))
+        languages = self.capabilities.languages
+        if language is not None and languages:
+            if language not in languages:
+                raise InvalidInput(
+                    f"unsupported language {language!r}; available: {_preview(languages)}",
+                    param="language",
+                )
+            source = self._synthesize(text, voice, speed, language=language)
+        else:  # engines without languages keep the three-argument form
+            source = self._synthesize(text, voice, speed)
+        timed = self._timed(source, chars=len(text))
         async with contextlib.aclosing(timed):  # closed now when the consumer stops (see STT)
             async for item in timed:
                 assert isinstance(item, AudioChunk)
                 yield item  # never empty: _timed drops empty chunks
 
     @abc.abstractmethod
-    def _synthesize(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
-        """Engine work: the input is validated; yield mono float32 chunks."""
+    def _synthesize(
+        self, text: str, voice: str | None, speed: float, language: str | None = None
+    ) -> AsyncIterator[AudioChunk]:
+        """Engine work: the input is validated; yield mono float32 chunks. ``language`` is
+        passed only to engines that declare ``capabilities.languages``."""
