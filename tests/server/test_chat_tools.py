@@ -275,3 +275,31 @@ async def test_required_call_on_a_model_without_tools_is_a_400(
         )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "tool_choice"
+
+
+async def test_model_naming_a_tier_pins_it_and_the_route_is_in_the_result(
+    engines: Engines,
+) -> None:
+    from pipeline.router import Router
+
+    router = Router({"small": engines.llm, "large": engines.llm})
+    app = create_app(
+        make_settings(), engines=Engines(engines.stt, engines.llm, engines.tts, router)
+    )
+    async with http_client(app) as client:
+        routed = await client.post(
+            "/v1/chat/completions", json={"model": "gpt-4o", "messages": ASK, "max_tokens": 4}
+        )
+        pinned = await client.post(
+            "/v1/chat/completions", json={"model": "small", "messages": ASK, "max_tokens": 4}
+        )
+        async with client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": "m", "messages": ASK, "tools": TOOLS, "max_tokens": 4, "stream": True},
+        ) as streamed:
+            lines = [line async for line in streamed.aiter_lines() if line.startswith("data: {")]
+    assert routed.json()["voxline"] == {"llm_tier": "large", "route_reason": "question"}
+    assert pinned.json()["voxline"] == {"llm_tier": "small", "route_reason": "pinned"}
+    finish = [json.loads(line[6:]) for line in lines if '"finish_reason":"' in line]
+    assert finish[-1]["voxline"] == {"llm_tier": "large", "route_reason": "tools"}
