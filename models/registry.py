@@ -182,10 +182,9 @@ def tier_settings(settings: Settings, tier: str) -> Settings:
         known = ", ".join([settings.router.default_tier, *settings.llm.tiers])
         raise InvalidInput(f"unknown LLM tier {tier!r}; tiers: {known}", param="llm.tiers")
     changes = {k: v for k, v in override.model_dump().items() if v is not None}
-    llm = settings.llm.model_copy(update={**changes, "tiers": {}})
-    # nested sections come back as dicts from model_dump: validate them into their models
-    llm = type(settings.llm).model_validate(llm.model_dump())
-    return settings.model_copy(update={"llm": llm})
+    # validated whole, so nested sections (hosted, gpu) become their models again
+    merged = {**settings.llm.model_dump(), **changes, "tiers": {}}
+    return settings.model_copy(update={"llm": type(settings.llm).model_validate(merged)})
 
 
 def build_tiers(settings: Settings) -> dict[str, FallbackLLM]:
@@ -283,6 +282,7 @@ class ModelInfo:
     license: str | None
     loads: bool | None  # None: not checked
     error: str | None = None
+    tier: str | None = None  # an LLM tier other than the default (``llm.tiers``)
 
 
 def _info(stage: Stage, backend: BackendName, engine: str, ref: str) -> ModelInfo:
@@ -329,11 +329,20 @@ _BUILDERS = {"stt": _stt_backend, "llm": _llm_backend, "tts": _tts_backend}
 
 def describe_models(settings: Settings) -> list[ModelInfo]:
     """Every backend of every stage's chain: engine, model, where its weights come from, size."""
-    return [
+    infos = [
         _backend_info(stage, backend, settings)
         for stage in _STAGES
         for backend in chain_of(getattr(settings, stage))
     ]
+    for tier in settings.llm.tiers:
+        if tier == settings.router.default_tier:
+            continue
+        tiered = tier_settings(settings, tier)
+        infos += [
+            dataclasses.replace(_backend_info("llm", backend, tiered), tier=tier)
+            for backend in chain_of(tiered.llm)
+        ]
+    return infos
 
 
 async def check_loads(settings: Settings) -> list[ModelInfo]:
@@ -344,7 +353,8 @@ async def check_loads(settings: Settings) -> list[ModelInfo]:
             checked.append(info)
             continue
         try:
-            engine = _BUILDERS[info.stage](info.backend, settings)
+            scope = settings if info.tier is None else tier_settings(settings, info.tier)
+            engine = _BUILDERS[info.stage](info.backend, scope)
             try:
                 await engine.start()
             finally:
