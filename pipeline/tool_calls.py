@@ -269,6 +269,10 @@ async def checked_calls(
             yield delta
     usage = last.usage if last is not None else None
     done = [c.done() for _, c in sorted(calls.items())]
+    if last is not None and last.tool_calls:
+        # checked (and maybe repaired) already, by the backend a fallback chain called: its
+        # calls are final, the pieces streamed were their first attempt's
+        done = list(last.tool_calls)
     if not done and not must_call(params):
         if last is not None:
             yield last

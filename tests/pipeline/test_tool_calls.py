@@ -202,3 +202,14 @@ async def test_the_reply_hands_calls_out_after_the_audio_said_before_them() -> N
     assert reply.finish_reason == "tool_calls"
     assert reply.tool_calls[0].name == "get_weather"
     assert reply.text == ""
+
+
+async def test_a_chain_keeps_the_repair_its_backend_made() -> None:
+    backend = ScriptedLLM(
+        "caller",
+        tool_calls=[("get_weather", '{"city": "Oslo", "days": 0}'), ("get_weather", VALID)],
+    )
+    chain = FallbackLLM([backend])
+    deltas = await collect(chain, ASK, params())
+    assert json.loads(deltas[-1].tool_calls[0].arguments) == json.loads(VALID)
+    assert len(backend.calls) == 2  # the backend's one repair, none more at the chain's level
