@@ -125,7 +125,7 @@ class ServerEvents:
             "type": "realtime",
             "object": "realtime.session",
             "id": self.session_id,
-            "model": self.model,
+            "model": cfg.tier or self.model,  # a pinned LLM tier, else the model asked for
             "output_modalities": ["audio"],
             "instructions": cfg.instructions,
             "tools": [
