@@ -21,6 +21,7 @@ from pipeline.router import Route
 from pipeline.settings import Settings
 from pipeline.vad import VAD
 from server.accounting import Accounting
+from server.jobs.service import JobService
 from server.logging_setup import log_call
 from server.metrics import Metrics
 from server.tracing import Tracing
@@ -34,7 +35,8 @@ class AppState:
 
     ``vad`` is the one loaded VAD model; each realtime session ``fork()`` s it (its own state,
     the same weights). ``store`` is the durable state (``VOXLINE_STATE__URL``), opened here (its
-    schema migrated) and closed by the app's lifespan.
+    schema migrated) and closed by the app's lifespan. ``jobs`` is the job queue and this
+    process's job worker (started and stopped by the lifespan).
     """
 
     def __init__(
@@ -54,8 +56,15 @@ class AppState:
         self.metrics = Metrics()
         self.ledger = Ledger.from_settings(settings.pricing)
         self.ledger.listeners.append(self.metrics.observe_charge)
-        self.accounting = Accounting(self.ledger, self.metrics)
+        self.accounting = Accounting(self.ledger, self.metrics, self.store)
         self.tracing = Tracing.from_settings(settings)
+        self.jobs = JobService(
+            self.store,
+            settings,
+            engines=lambda: self.engines,
+            vad=self.load_vad,
+            accounting=self.accounting,
+        )
         self._listened: set[int] = set()
         if engines is not None:
             self.listen(engines)
