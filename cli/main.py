@@ -272,7 +272,8 @@ def models(
     for i in infos:
         size = "-" if i.size_bytes is None else f"{i.size_bytes / 1e6:.0f} MB"
         loads = {None: "not checked", True: "yes", False: f"no: {i.error}"}[i.loads]
-        table.add_row(i.stage, i.backend, i.engine, i.ref, i.source, size, i.license or "-", loads)
+        stage = i.stage if i.tier is None else f"{i.stage}:{i.tier}"
+        table.add_row(stage, i.backend, i.engine, i.ref, i.source, size, i.license or "-", loads)
     Console().print(table)
     if any(i.loads is False for i in infos):
         sys.exit(1)

@@ -12,6 +12,12 @@ next thing the consumer reads.
 This is the one path from LLM text to speech: the realtime session's responses and every HTTP
 voice turn (``pipeline.turn``) are built on it.
 
+A reply may call functions (``GenerationParams.tools``): the calls' pieces
+(``ToolCallDelta``) go through the phrase queue, so they reach the consumer after the audio of
+the text said before them, and ``items()`` yields them between the spoken chunks;
+``tool_calls`` holds the complete, validated calls once the LLM is done. ``chunks()`` is the
+audio alone, for consumers that offer no tools.
+
 Audio leaves at ``output_rate`` through one streaming resampler for the whole reply: resampling
 each chunk on its own would put a click at every chunk boundary.
 """
@@ -28,9 +34,10 @@ import numpy as np
 import soxr
 
 from pipeline.phrases import PhraseChunker, PhrasePolicy
+from pipeline.router import Route
 from pipeline.stages import LLM, TTS
 from pipeline.timing import ReplyTimes
-from pipeline.types import AudioChunk, GenerationParams, Message, Usage
+from pipeline.types import AudioChunk, GenerationParams, Message, ToolCall, ToolCallDelta, Usage
 
 Clock = Callable[[], float]
 
@@ -57,6 +64,8 @@ class Reply:
         policy: Where phrases are cut.
         output_rate: Rate of the audio handed out (``None``: the TTS's own rate).
         clock: Time source of ``times``.
+        route: The LLM tier ``llm`` is and why it was picked (``pipeline.router``), reported
+            with the reply's result.
     """
 
     def __init__(
@@ -71,8 +80,10 @@ class Reply:
         policy: PhrasePolicy | None = None,
         output_rate: int | None = None,
         clock: Clock = time.perf_counter,
+        route: Route | None = None,
     ) -> None:
         self.llm = llm
+        self.route = route
         self.tts = tts
         self.messages = list(messages)
         self.params = params
@@ -85,9 +96,13 @@ class Reply:
         self.usage = Usage()
         self.finish_reason: str | None = None
         self.phrases: list[str] = []
+        self.tool_calls: tuple[ToolCall, ...] = ()
+        """The functions the LLM called, complete and validated (set when it is done)."""
         self._parts: list[str] = []
-        self._phrase_queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._out: asyncio.Queue[SpokenChunk | BaseException | None] = asyncio.Queue()
+        self._phrase_queue: asyncio.Queue[str | ToolCallDelta | None] = asyncio.Queue()
+        self._out: asyncio.Queue[SpokenChunk | ToolCallDelta | BaseException | None] = (
+            asyncio.Queue()
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -105,7 +120,17 @@ class Reply:
             ]
 
     async def chunks(self) -> AsyncIterator[SpokenChunk]:
-        """The reply's audio in order, as it becomes ready.
+        """The reply's audio in order, as it becomes ready (function calls left out).
+
+        Raises:
+            VoxlineError: a stage failed (or refused its input); nothing follows it.
+        """
+        async for item in self.items():
+            if isinstance(item, SpokenChunk):
+                yield item
+
+    async def items(self) -> AsyncIterator[SpokenChunk | ToolCallDelta]:
+        """The reply's audio and the pieces of its function calls, in the order said.
 
         Raises:
             VoxlineError: a stage failed (or refused its input); nothing follows it.
@@ -132,6 +157,13 @@ class Reply:
                         self.usage = delta.usage
                     if delta.finish_reason is not None:
                         self.finish_reason = delta.finish_reason
+                        self.tool_calls = delta.tool_calls
+                    if delta.tool_call is not None:
+                        # what was said before the call is spoken before it goes out
+                        for phrase in chunker.flush():
+                            self._hand_over(phrase)
+                        self._phrase_queue.put_nowait(delta.tool_call)
+                        continue
                     if not delta.text:
                         continue
                     self.times.first_token = self.times.first_token or self._clock()
@@ -156,6 +188,9 @@ class Reply:
         phrase = ""
         try:
             while (next_phrase := await self._phrase_queue.get()) is not None:
+                if isinstance(next_phrase, ToolCallDelta):
+                    self._out.put_nowait(next_phrase)
+                    continue
                 index, phrase = index + 1, next_phrase
                 self.times.first_handed = self.times.first_handed or self._clock()
                 audio = self.tts.synthesize(phrase, self.voice, speed=self.speed)

@@ -60,6 +60,7 @@ from pipeline.listener import Heard, Listener, Turn, Utterance, new_id
 from pipeline.phrases import PhrasePolicy
 from pipeline.reply import Reply
 from pipeline.responder import Responder
+from pipeline.router import Router
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.settings import SessionSettings
 from pipeline.stages import LLM, STT, TTS
@@ -105,6 +106,7 @@ class Session:
         clock: Monotonic time source of every timing (injectable for tests).
         response_scope: Entered around each response with its id (the tasks of its LLM and
             TTS calls run inside it): the server opens the response's trace there.
+        router: Picks the LLM tier of each response (``None``: ``llm`` answers every turn).
 
     Operations never raise for the client's mistakes or a stage's failure: they emit an
     ``ErrorEvent`` and the session stays usable. Once ``aclose()`` has run, they do nothing.
@@ -122,8 +124,10 @@ class Session:
         phrase_policy: PhrasePolicy | None = None,
         clock: Callable[[], float] = time.perf_counter,
         response_scope: Callable[[str], AbstractContextManager[object]] | None = None,
+        router: Router | None = None,
     ) -> None:
         self.stt, self.llm, self.tts = stt, llm, tts
+        self.router = router
         self.settings = settings = settings or SessionSettings()
         self._config = config or SessionConfig(turn_detection=TurnDetection.from_settings(settings))
         self._config.validate()
@@ -223,6 +227,31 @@ class Session:
         item_id = new_id("item")
         self._add_user_item(item_id, text=text)
         return item_id
+
+    @_operation
+    async def add_tool_output(self, call_id: str, output: str) -> str:
+        """Add a function's result (``function_call_output``) answering the model's call
+        ``call_id``; returns its item id. The next response reads it."""
+        calls = [i for i in self._history.items if i.kind == "function_call"]
+        if not any(i.call_id == call_id for i in calls):
+            raise InvalidInput(
+                f"no function call {call_id[:64]!r} in the conversation",
+                param="item.call_id",
+                code="invalid_value",
+            )
+        if any(
+            i.kind == "function_call_output" and i.call_id == call_id for i in self._history.items
+        ):
+            raise InvalidInput(
+                f"the call {call_id[:64]!r} already has its output",
+                param="item.call_id",
+                code="invalid_value",
+            )
+        previous = self._history.last_id
+        item = Item(new_id("item"), "tool", output, kind="function_call_output", call_id=call_id)
+        self._history.add(item)
+        self._emit(ItemAdded(item.snapshot(), previous))
+        return item.item_id
 
     @_operation
     async def create_response(self) -> None:
@@ -366,12 +395,20 @@ class Session:
         responses.speculate(messages, utt, utt.result.frames)
 
     def _make_reply(self, messages: list[Message]) -> Reply:
+        # the seam between transcript and LLM: the router picks the tier, the functions the
+        # client offered ride in the params
         cfg = self._config
+        params = cfg.reply_params
+        llm, route = self.llm, None
+        if self.router is not None:
+            route = self.router.route(messages, params, pinned=cfg.tier)
+            llm = self.router.llm(route)
         return Reply(
-            self.llm,
+            llm,
             self.tts,
             messages,
-            params=cfg.params,
+            route=route,
+            params=params,
             voice=cfg.voice,
             speed=cfg.speed,
             policy=self.phrase_policy,

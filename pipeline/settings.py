@@ -169,6 +169,32 @@ class STTSettings(BaseModel):
         return None if value is None or value.strip().lower() in {"", "auto", "none"} else value
 
 
+class LLMTierSettings(BaseModel):
+    """One more LLM tier (``VOXLINE_LLM__TIERS``, JSON): the fields of the ``llm`` section it
+    changes; unset ones are the section's. Each tier is a fallback chain of its own."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    engine: Literal["auto", "transformers", "llamacpp", "hosted"] | None = None
+    """Engine of the tier's ``cpu`` backend (``hosted``: its chain is the hosted backend)."""
+    model: str | None = None
+    """Model reference (a ``.gguf`` path, a directory, ``packaged:<name>`` or a hub id)."""
+    device: Device | None = None
+    """Device of the engine when built on its own."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Default cap on generated tokens per reply."""
+    context_tokens: int | None = Field(default=None, ge=256)
+    """Context window."""
+    threads: int | None = Field(default=None, ge=0)
+    """CPU threads."""
+    hosted: HostedSettings | None = None
+    """The tier's ``hosted`` backend."""
+    chain: list[BackendName] | None = None
+    """Ordered backends of the tier's chain."""
+    gpu: LLMGpuSettings | None = None
+    """The tier's ``gpu`` backend."""
+
+
 class LLMSettings(BaseModel):
     """The language model."""
 
@@ -211,6 +237,36 @@ class LLMSettings(BaseModel):
     """Deadlines and circuit breaker of the chain."""
     gpu: LLMGpuSettings = LLMGpuSettings()
     """The ``gpu`` backend (used when the chain names it)."""
+    tiers: dict[str, LLMTierSettings] = {}
+    """More LLM tiers by name, as JSON, e.g. ``{"large": {"model": "/models/qwen2.5-1.5b.gguf"},
+    "hosted": {"engine": "hosted", "hosted": {"base_url": "https://.../v1"}}}``; this section
+    is the ``router.default_tier``. Empty: one tier, every turn on this model."""
+
+
+class RouterSettings(BaseModel):
+    """Which LLM tier answers each turn (``pipeline.router``): the tier each cheap signal sends
+    a turn to. The ``llm`` section itself is the ``default_tier``; the others are
+    ``llm.tiers``. A tier named here but not configured falls back to the default tier."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    default_tier: str = "small"
+    """The name of the ``llm`` section's own tier: small talk and unclassified turns."""
+    tool_tier: str | None = "large"
+    """Turns with functions offered, or a function's result to read."""
+    knowledge_tier: str | None = "large"
+    """Turns grounded in passages the knowledge base retrieved."""
+    hard_tier: str | None = "hosted"
+    """Long or hard requests (compare, calculate, write code...); without it, the
+    ``long_answer_tier``."""
+    long_answer_tier: str | None = "large"
+    """Requests for an explanation, a description, a list."""
+    question_tier: str | None = "large"
+    """Other questions (facts: the smallest model gets them wrong most)."""
+    hard_words: int = Field(default=40, ge=1)
+    """A request of at least this many words is hard."""
+    long_answer_tokens: int = Field(default=256, ge=1)
+    """A request with a ``max_tokens`` of at least this asks for a long answer."""
 
 
 class GptSovitsVoice(BaseModel):
@@ -622,6 +678,8 @@ class Settings(BaseSettings):
     """Durable jobs."""
     ray: RaySettings = RaySettings()
     """Ray Serve deployment."""
+    router: RouterSettings = RouterSettings()
+    """Which LLM tier answers each turn."""
     cache_dir: Path = Path.home() / ".cache" / "voxline"
     """Where derived artefacts (dequantized GGUF weights, ...) are cached."""
     hf_offline: bool = False

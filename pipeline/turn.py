@@ -26,6 +26,7 @@ from pipeline.errors import InvalidInput
 from pipeline.fallback_types import StageFallback, collect_reports
 from pipeline.phrases import PhrasePolicy
 from pipeline.reply import Reply
+from pipeline.router import Route, Router
 from pipeline.stages import LLM, STT, TTS
 from pipeline.timing import TurnMarks, turn_timings
 from pipeline.types import (
@@ -58,6 +59,8 @@ class TurnResult:
     """Every switch to another backend during the turn, in order."""
     cost_usd: float | None = None
     """What the turn cost, priced by the server's accounting (``None``: not priced)."""
+    route: Route | None = None
+    """The LLM tier that answered and why (``None``: no router)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,8 @@ async def run_turn(
     output_rate: int | None = None,
     on_event: OnEvent | None = None,
     clock: Clock = time.perf_counter,
+    router: Router | None = None,
+    tier: str | None = None,
 ) -> TurnResult:
     """Run one turn and return its transcript, reply, audio and timings.
 
@@ -124,6 +129,8 @@ async def run_turn(
         output_rate: Sample rate of the returned audio (``None``: the TTS's own rate).
         on_event: Hears the transcript, each phrase's text and the audio as they happen.
         clock: Time source of the timings.
+        router: Picks the LLM tier from the transcript (``None``: ``llm`` answers).
+        tier: A tier pinned by the request (the router's ``pinned``).
 
     Raises:
         InvalidInput: silent input, or no speech recognised.
@@ -146,10 +153,15 @@ async def run_turn(
             raise InvalidInput("no speech was recognised in the audio", code="no_speech")
         emit(TranscriptReady(transcript))
         messages = [Message("system", system_prompt), *history, Message("user", transcript)]
+        route = None
+        if router is not None:
+            route = router.route(messages, params, pinned=tier)
+            llm = router.llm(route)
         reply = Reply(
             llm,
             tts,
             messages,
+            route=route,
             params=params,
             voice=voice,
             speed=speed,
@@ -186,4 +198,5 @@ async def run_turn(
         usage=reply.usage,
         phrases=tuple(reply.phrases),
         fallbacks=reports.switches(),
+        route=route,
     )

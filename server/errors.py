@@ -20,6 +20,7 @@ from pipeline.errors import (
     EngineTimeout,
     EngineUnavailable,
     InvalidInput,
+    InvalidToolCall,
     ModelLoadError,
     StageError,
     VoxlineError,
@@ -52,6 +53,8 @@ def status_of(exc: VoxlineError) -> int:
         return 409
     if isinstance(exc, EngineTimeout):
         return 504
+    if isinstance(exc, InvalidToolCall):
+        return 502  # the model's output broke the tool's schema: a bad answer from upstream
     if isinstance(exc, StoreUnavailable):
         return 503
     if isinstance(exc, EngineOverloaded | EngineUnavailable | ModelLoadError):

@@ -115,6 +115,12 @@ class Metrics:
         self.cost = Counter(
             "voxline_cost_usd", "Cost charged by the ledger, in USD.", ["backend"], registry=r
         )
+        self.routes = Counter(
+            "voxline_llm_routes",
+            "Turns answered by each LLM tier, and the router's reason.",
+            ["tier", "reason"],
+            registry=r,
+        )
         self.active_sessions = Gauge(
             "voxline_active_sessions", "Realtime sessions open now.", registry=r
         )
@@ -190,6 +196,10 @@ class Metrics:
                 ``circuit_open``, never an error message.
         """
         self.fallbacks.labels(stage, from_, to, reason).inc()
+
+    def count_route(self, tier: str, reason: str) -> None:
+        """A turn routed to an LLM tier."""
+        self.routes.labels(tier, reason).inc()
 
     def add_cost(self, usd: float, backend: str) -> None:
         """Add ``usd`` spent on ``backend``."""

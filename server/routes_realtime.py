@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -54,6 +55,7 @@ from pipeline.events import (
     TranscriptCompleted,
     UsageReported,
 )
+from pipeline.router import Route
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.stages import CallRecord
@@ -64,6 +66,7 @@ from server.edge.realtime import RealtimeLimits
 from server.logging_setup import bind
 from server.realtime_events import ServerEvents, Wire, error_event
 from server.realtime_protocol import (
+    AddToolOutput,
     AddUserText,
     AppendAudio,
     BadClientEvent,
@@ -122,6 +125,9 @@ async def realtime(
             config = session_config(settings, dict(who.session), engines.tts.capabilities.voices)
         except InvalidInput as exc:  # valid when minted; the engines may have changed since
             log.warning("a client secret's session no longer applies: %s", exc.code)
+    router = engines.router
+    if router is not None and model in router.tiers:
+        config = dataclasses.replace(config, tier=model)  # ?model= naming a tier pins it
     events = ServerEvents(
         model=model or "voxline", config=config, transcription_model=engines.stt.name
     )
@@ -134,10 +140,12 @@ async def realtime(
         config=config,
         settings=settings.session,
         response_scope=functools.partial(_traced, state, events.session_id, heard),
+        router=router,
     )
     parser = ClientEventParser(
         max_append_bytes=min(settings.audio.max_bytes, MAX_APPEND_BYTES),
         voices=lambda: engines.tts.capabilities.voices,
+        tiers=tuple(router.tiers) if router is not None else (),
     )
     connection = _Connection(
         websocket,
@@ -149,6 +157,7 @@ async def realtime(
         usage=SessionUsage(state.accounting, events.session_id, who),
         observe_turn=state.metrics.observe_turn,
         heard=heard,
+        observe_route=functools.partial(state.observe_route, where="realtime response"),
     )
     if who is not None:
         connection.limits = RealtimeLimits(
@@ -207,8 +216,10 @@ class _Connection:
         usage: SessionUsage | None = None,
         observe_turn: Callable[[TurnTimings], None] = lambda _: None,
         heard: _LastTranscription | None = None,
+        observe_route: Callable[[Route | None], None] = lambda _: None,
     ) -> None:
         self._ws = websocket
+        self._observe_route = observe_route
         self._usage = usage
         self._observe_turn = observe_turn
         self._heard = heard
@@ -328,6 +339,8 @@ class _Connection:
                 await session.clear()
             case AddUserText(text=text):
                 await session.add_user_text(text)
+            case AddToolOutput(call_id=call_id, output=output):
+                await session.add_tool_output(call_id, output)
             case CreateResponse():
                 await session.create_response()
             case CancelResponse(response_id=rid):
@@ -363,6 +376,8 @@ class _Connection:
                 self.limits.response_started()
             try:
                 wires = self._events.map(event, cause)
+                if isinstance(event, ResponseDone):
+                    self._observe_route(event.route)
                 if isinstance(event, ResponseDone) and self._usage is not None:
                     self._observe_turn(event.timings)
                     billed = self._usage.report()

@@ -61,6 +61,10 @@ async def create_turn(
         str | None, Form(description="System prompt for this turn (default from settings).")
     ] = None,
     max_tokens: Annotated[int | None, Form(ge=1, description="Cap on reply tokens.")] = None,
+    tier: Annotated[
+        str | None,
+        Form(description="Answer with this LLM tier (default: the router picks one per turn)."),
+    ] = None,
     stream: Annotated[
         bool,
         Form(
@@ -81,6 +85,11 @@ async def create_turn(
     settings = state_of(request).settings
     engines = engines_of(request)
     _check_voice(engines, voice)
+    router = engines.router
+    if tier and router is None:
+        raise InvalidInput("this server has one LLM: tier is not available", param="tier")
+    if router is not None:
+        router.check_pin(tier or None, param="tier")
     audio = await _decode(await file.read(), settings, engines.stt.sample_rate)
     # the key's audio quota, with the seconds this upload would add, before the engines run
     await require_quota(state_of(request).store, UsageAmounts(audio_seconds=audio.duration))
@@ -98,6 +107,8 @@ async def create_turn(
         ),
         voice=voice or settings.tts.voice,
         language=_language(language, settings),
+        router=router,
+        tier=tier or None,
     )
     if not stream:
         try:
@@ -129,6 +140,7 @@ async def _accounted(state: AppState, audio: AudioChunk, **turn: Any) -> TurnRes
         result = await run_turn(audio, **turn)
         trace.record_result(result, audio_in_seconds=audio.duration)
     state.metrics.observe_turn(result.timings)
+    state.observe_route(result.route, "turn")
     cost = await state.accounting.settle(request_id or "-")
     return dataclasses.replace(result, cost_usd=round(cost, 8))
 

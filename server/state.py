@@ -17,6 +17,7 @@ from pipeline.errors import EngineUnavailable
 from pipeline.fallback_core import Chain
 from pipeline.fallback_types import FallbackReport
 from pipeline.ledger import Ledger
+from pipeline.router import Route
 from pipeline.settings import Settings
 from pipeline.vad import VAD
 from server.accounting import Accounting
@@ -72,7 +73,8 @@ class AppState:
         """Hook metrics, traces and stage logs into every backend of every chain (once each:
         tests hand the same engines to many apps). Per backend, so the ``backend`` label names
         the engine that served, and so a fallback is visible."""
-        for chain in (engines.stt, engines.llm, engines.tts):
+        tiers = list(engines.router.tiers.values()) if engines.router is not None else []
+        for chain in (engines.stt, engines.llm, engines.tts, *tiers):
             backends = chain.backends if isinstance(chain, Chain) else [chain]
             for backend in backends:
                 if id(backend) in self._listened:
@@ -92,6 +94,13 @@ class AppState:
             self.metrics.count_fallback(
                 report.stage, switch.from_backend, switch.to_backend or "none", switch.reason
             )
+
+    def observe_route(self, route: Route | None, where: str) -> None:
+        """A turn's LLM tier and why, in the metrics and the log."""
+        if route is None:
+            return
+        self.metrics.count_route(route.tier, route.reason)
+        log.info("%s answered by LLM tier %s (%s)", where, route.tier, route.reason)
 
     async def load_vad(self) -> VAD:
         """The shared VAD, loaded now if the warm-up has not (tests hand in engines only).
