@@ -13,6 +13,7 @@ from typing import Literal
 
 from pipeline.errors import InvalidInput, StageError, VoxlineError
 from pipeline.fallback_types import StageFallback
+from pipeline.knowledge import KnowledgeReport
 from pipeline.session_config import SessionConfig
 from pipeline.stages import CallRecord
 from pipeline.types import AudioChunk, Backends, Role, TurnTimings, Usage
@@ -225,6 +226,7 @@ class ResponseDone:
         backends: Which backend served each stage.
         error: The failure, when ``status`` is ``failed``.
         fallbacks: Every switch to another backend while the reply was made.
+        knowledge: Retrieval and groundedness, when the session searches vector stores.
     """
 
     response_id: str
@@ -237,6 +239,7 @@ class ResponseDone:
     backends: Backends
     error: ErrorEvent | None = None
     fallbacks: tuple[StageFallback, ...] = ()
+    knowledge: KnowledgeReport | None = None
 
 
 @dataclass(frozen=True, slots=True)

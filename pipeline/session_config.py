@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.errors import InvalidInput
+from pipeline.knowledge import FileSearch
 from pipeline.settings import SessionSettings, Settings
 from pipeline.stages import validate_chat
 from pipeline.types import GenerationParams, Message
@@ -65,6 +66,8 @@ class SessionConfig:
         input_sample_rate: Rate of the client's audio (for the transport; ``append_audio``
             takes chunks at any rate).
         output_sample_rate: Rate of the audio deltas (``None``: the TTS engine's own).
+        file_search: The vector stores replies are grounded in (OpenAI's ``file_search`` tool
+            in ``session.tools``; ``None``: no retrieval).
     """
 
     instructions: str = "You are a helpful voice assistant."
@@ -75,6 +78,7 @@ class SessionConfig:
     language: str | None = None
     input_sample_rate: int = 24_000
     output_sample_rate: int | None = 24_000
+    file_search: FileSearch | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionConfig:

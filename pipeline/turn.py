@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.audio import rms_dbfs
 from pipeline.errors import InvalidInput
 from pipeline.fallback_types import StageFallback, collect_reports
+from pipeline.knowledge import FileSearch, Grounded, Grounder, KnowledgeReport
 from pipeline.phrases import PhrasePolicy
 from pipeline.reply import Reply
 from pipeline.stages import LLM, STT, TTS
@@ -58,6 +59,8 @@ class TurnResult:
     """Every switch to another backend during the turn, in order."""
     cost_usd: float | None = None
     """What the turn cost, priced by the server's accounting (``None``: not priced)."""
+    knowledge: KnowledgeReport | None = None
+    """What retrieval found and how grounded the answer was (``None``: no ``file_search``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,8 @@ async def run_turn(
     output_rate: int | None = None,
     on_event: OnEvent | None = None,
     clock: Clock = time.perf_counter,
+    grounder: Grounder | None = None,
+    file_search: FileSearch | None = None,
 ) -> TurnResult:
     """Run one turn and return its transcript, reply, audio and timings.
 
@@ -124,11 +129,16 @@ async def run_turn(
         output_rate: Sample rate of the returned audio (``None``: the TTS's own rate).
         on_event: Hears the transcript, each phrase's text and the audio as they happen.
         clock: Time source of the timings.
+        grounder: Retrieval and groundedness (``pipeline.knowledge``); used when
+            ``file_search`` names vector stores.
+        file_search: The request's ``file_search`` tool.
 
     Raises:
-        InvalidInput: silent input, or no speech recognised.
+        InvalidInput: silent input, no speech recognised, or ``file_search`` without a grounder.
         StageError: a stage failed.
     """
+    if file_search is not None and grounder is None:
+        raise InvalidInput("this server has no knowledge base", param="tools")
     if rms_dbfs(audio.samples) < SILENCE_DBFS:
         raise InvalidInput("the audio is silent: no speech to answer", code="no_speech")
     emit = on_event or _ignore
@@ -144,6 +154,10 @@ async def run_turn(
             raise InvalidInput("no speech was recognised in the audio", code="no_speech")
         emit(TranscriptReady(transcript))
         messages = [Message("system", system_prompt), *history, Message("user", transcript)]
+        grounded: Grounded | None = None
+        if grounder is not None and file_search is not None:
+            grounded = await grounder.ground(messages, file_search)
+            messages = grounded.messages
         reply = Reply(
             llm,
             tts,
@@ -154,6 +168,8 @@ async def run_turn(
             policy=phrase_policy,
             output_rate=output_rate,
             clock=clock,
+            text=grounded.fixed_reply if grounded is not None else None,
+            vet=grounded.vet if grounded is not None else None,
         )
         chunks: list[AudioChunk] = []
         first_audio: float | None = None
@@ -169,6 +185,7 @@ async def run_turn(
         finally:
             await reply.aclose()
         timings = turn_timings(marks, reply.times, first_audio, clock())
+        knowledge = await grounded.report(reply.text) if grounded is not None else None
     rate = chunks[0].sample_rate if chunks else (output_rate or tts.capabilities.sample_rate)
     samples = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
     return TurnResult(
@@ -184,4 +201,5 @@ async def run_turn(
         usage=reply.usage,
         phrases=tuple(reply.phrases),
         fallbacks=reports.switches(),
+        knowledge=knowledge,
     )
