@@ -89,9 +89,7 @@ def extract_text(data: bytes, filename: str, *, max_chars: int = 5_000_000) -> s
 
 def _decode(data: bytes) -> str:
     if b"\x00" in data[:8192]:
-        raise InvalidInput(
-            "the file is binary, not text", param="file", code="invalid_file"
-        )
+        raise InvalidInput("the file is binary, not text", param="file", code="invalid_file")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

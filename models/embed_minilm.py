@@ -174,9 +174,7 @@ class MiniLMEmbedder(Embedder):
             if self.threads:
                 options.intra_op_num_threads = self.threads
                 options.inter_op_num_threads = 1
-            session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             fast = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         except (OSError, ValueError, RuntimeError, ImportError) as exc:
             raise ModelLoadError(

@@ -247,7 +247,9 @@ def grounded_messages(
             sources.append(f"[{n}] ({passage.filename}) {text}")
             budget -= len(text)
         content = (
-            f"{GROUNDING_INSTRUCTION}\n\nSources:\n" + "\n".join(sources) + f"\n\nQuestion: {question}"
+            f"{GROUNDING_INSTRUCTION}\n\nSources:\n"
+            + "\n".join(sources)
+            + f"\n\nQuestion: {question}"
         )
     out = list(messages)
     out[at] = Message("user", content)
@@ -284,8 +286,9 @@ def file_search_of(tools: object, *, param: str = "tools") -> FileSearch | None:
         kind = tool.get("type")
         if kind != "file_search":
             raise InvalidInput(
-                f"{where}: tools of type {str(kind)[:32]!r} are not supported (only file_search)",
-                param=f"{where}.type",
+                f"{where}: tools of type {str(kind)[:32]!r} are not supported yet "
+                "(only file_search)",
+                param=param,
                 code="unsupported_value",
             )
         if found is not None:

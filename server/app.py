@@ -23,11 +23,13 @@ from pipeline.vad import VAD
 from server import (
     routes_audio,
     routes_chat,
+    routes_files,
     routes_health,
     routes_metrics,
     routes_realtime,
     routes_turns,
     routes_usage,
+    routes_vector_stores,
 )
 from server.accounting import MeterMiddleware
 from server.errors import install_error_handlers
@@ -46,6 +48,8 @@ ROUTERS = (
     routes_realtime.router,
     routes_metrics.router,
     routes_usage.router,
+    routes_files.router,
+    routes_vector_stores.router,
 )
 """Every route of the API. Imported, not discovered: a route module that fails to import fails
 the start, loudly."""
@@ -74,6 +78,7 @@ def create_app(
         try:
             yield
         finally:
+            await state.stop_ingestions()
             state.ledger.close()
             await asyncio.to_thread(state.store.close)
             await asyncio.to_thread(state.tracing.shutdown)
@@ -85,7 +90,8 @@ def create_app(
 
     app = FastAPI(title="voxline", version="0.1.0", lifespan=lifespan)
     app.state.voxline = state
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.audio.max_bytes + 1024 * 1024)
+    largest = max(settings.audio.max_bytes, settings.kb.max_file_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=largest + 1024 * 1024)
     app.add_middleware(MeterMiddleware)  # a meter per request: server.accounting
     # added last = outermost: every request is counted and carries a request id
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)

@@ -24,8 +24,10 @@ from pipeline.errors import (
     StageError,
     VoxlineError,
 )
+from store.errors import Conflict, NotFound, StoreUnavailable
 
 _AUDIO_STATUS = {"audio_too_large": 413, "unsupported_format": 415}
+_INPUT_STATUS = {"request_too_large": 413, "file_too_large": 413}
 
 
 def status_of(exc: VoxlineError) -> int:
@@ -33,7 +35,13 @@ def status_of(exc: VoxlineError) -> int:
     if isinstance(exc, AudioDecodeError):
         return _AUDIO_STATUS.get(exc.code or "", 400)
     if isinstance(exc, InvalidInput):
-        return 413 if exc.code == "request_too_large" else 400
+        return _INPUT_STATUS.get(exc.code or "", 400)
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, StoreUnavailable):
+        return 503
     if isinstance(exc, EngineTimeout):
         return 504
     if isinstance(exc, EngineOverloaded | EngineUnavailable | ModelLoadError):
@@ -54,6 +62,9 @@ def body_of(exc: VoxlineError) -> dict[str, Any]:
         return error_body(
             exc.message, type_="invalid_request_error", param=exc.param, code=exc.code
         )
+    if isinstance(exc, NotFound | Conflict):
+        code = "not_found" if isinstance(exc, NotFound) else "conflict"
+        return error_body(str(exc), type_="invalid_request_error", code=code)
     if isinstance(exc, StageError):
         return error_body(
             exc.message, type_="server_error", code=f"{exc.stage}_{type(exc).__name__}"

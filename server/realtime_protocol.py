@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import ValidationError
 
 from pipeline.errors import InvalidInput
+from pipeline.knowledge import FileSearch, file_search_of
 from pipeline.session_config import SessionConfig, TurnDetection
 from server import realtime_schema as wire
 
@@ -74,6 +75,8 @@ class UpdateSession:
         max_tokens: A token cap, or ``"inf"`` for the server's default cap.
         turn_detection: Server VAD fields to change, or ``"off"`` for manual turns.
         language: STT language; ``""`` asks the engine to detect it.
+        file_search: The ``file_search`` tool of ``session.tools``; ``"off"``: tools were set
+            without one (retrieval stops).
     """
 
     instructions: str | None = None
@@ -85,6 +88,7 @@ class UpdateSession:
     language: str | None = None
     input_sample_rate: int | None = None
     output_sample_rate: int | None = None
+    file_search: FileSearch | Literal["off"] | None = None
 
     def changes(self, current: SessionConfig, default_vad: TurnDetection) -> dict[str, object]:
         """Keyword arguments for ``Session.update`` (``SessionConfig`` field names).
@@ -100,6 +104,8 @@ class UpdateSession:
                 out[name] = value
         if self.language is not None:
             out["language"] = self.language or None
+        if self.file_search is not None:
+            out["file_search"] = None if self.file_search == "off" else self.file_search
         if self.temperature is not None or self.max_tokens is not None:
             params = current.params
             if self.temperature is not None:
@@ -281,8 +287,9 @@ class ClientEventParser:
     def _update(self, s: wire.SessionFields) -> UpdateSession:
         if s.type == "transcription":
             raise _unsupported("session.type", "transcription-only sessions are not supported")
-        if s.tools:
-            raise _unsupported("session.tools", "tools (function calling) are not supported yet")
+        file_search: FileSearch | Literal["off"] | None = None
+        if "tools" in s.model_fields_set:
+            file_search = file_search_of(s.tools or [], param="session.tools") or "off"
         for name in ("output_modalities", "modalities"):
             modalities = getattr(s, name)
             if modalities is not None and "audio" not in modalities:
@@ -313,6 +320,7 @@ class ClientEventParser:
             language=transcription.language if transcription is not None else None,
             input_sample_rate=_rate(a_in.format, s.input_audio_format, "input"),
             output_sample_rate=_rate(a_out.format, s.output_audio_format, "output"),
+            file_search=file_search,
         )
 
 

@@ -39,7 +39,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import suppress
 from typing import Annotated
 
@@ -48,11 +48,13 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from pipeline.audio import decode_pcm16
 from pipeline.errors import InvalidInput, VoxlineError
 from pipeline.events import ErrorEvent, ResponseDone, TranscriptCompleted, UsageReported
+from pipeline.knowledge import FileSearch, KnowledgeReport
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.stages import CallRecord
 from pipeline.types import TurnTimings
 from server.accounting import SessionUsage
+from server.kb import caller, grounder_for
 from server.logging_setup import bind
 from server.realtime_events import ServerEvents, Wire, error_event
 from server.realtime_protocol import (
@@ -111,6 +113,7 @@ async def realtime(
         model=model or "voxline", config=config, transcription_model=engines.stt.name
     )
     heard = _LastTranscription(engines.stt.name)
+    owner = caller()
     session = Session(
         engines.stt,
         engines.llm,
@@ -119,6 +122,7 @@ async def realtime(
         config=config,
         settings=settings.session,
         response_scope=functools.partial(_traced, state, events.session_id, heard),
+        grounder=grounder_for(state.kb, owner),
     )
     parser = ClientEventParser(
         max_append_bytes=min(settings.audio.max_bytes, MAX_APPEND_BYTES),
@@ -134,6 +138,8 @@ async def realtime(
         usage=SessionUsage(state.accounting, events.session_id),
         observe_turn=state.metrics.observe_turn,
         heard=heard,
+        check_stores=functools.partial(_check_stores, state, owner),
+        observe_knowledge=state.observe_knowledge,
     )
     log.info("realtime session %s opened (model %s)", events.session_id, events.model)
     try:
@@ -141,6 +147,11 @@ async def realtime(
             await connection.run()
     finally:
         log.info("realtime session %s closed", events.session_id)
+
+
+async def _check_stores(state: AppState, owner: str | None, ids: Sequence[str]) -> None:
+    """Refuse a ``file_search`` naming a store that is not the caller's (before it is used)."""
+    await asyncio.to_thread(state.kb.check_stores, ids, owner)
 
 
 class _LastTranscription:
@@ -184,8 +195,12 @@ class _Connection:
         usage: SessionUsage | None = None,
         observe_turn: Callable[[TurnTimings], None] = lambda _: None,
         heard: _LastTranscription | None = None,
+        check_stores: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+        observe_knowledge: Callable[[KnowledgeReport], None] = lambda _: None,
     ) -> None:
         self._ws = websocket
+        self._check_stores = check_stores
+        self._observe_knowledge = observe_knowledge
         self._usage = usage
         self._observe_turn = observe_turn
         self._heard = heard
@@ -288,6 +303,9 @@ class _Connection:
                 if pcm:
                     await session.append_audio(decode_pcm16(pcm, session.config.input_sample_rate))
             case UpdateSession():
+                search = command.file_search
+                if isinstance(search, FileSearch) and self._check_stores is not None:
+                    await self._check_stores(search.vector_store_ids)
                 await session.update(**command.changes(session.config, self._default_vad))
             case CommitAudio():
                 await session.commit()
@@ -328,6 +346,8 @@ class _Connection:
                 self._heard.heard(event)
             try:
                 wires = self._events.map(event, cause)
+                if isinstance(event, ResponseDone) and event.knowledge is not None:
+                    self._observe_knowledge(event.knowledge)
                 if isinstance(event, ResponseDone) and self._usage is not None:
                     self._observe_turn(event.timings)
                     billed = self._usage.report()

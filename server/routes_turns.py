@@ -17,6 +17,7 @@ import asyncio
 import base64
 import dataclasses
 import functools
+import json
 import logging
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
@@ -28,10 +29,12 @@ from starlette.requests import ClientDisconnect
 from models.registry import Engines
 from pipeline.audio import decode_audio, to_pcm16
 from pipeline.errors import InvalidInput, VoxlineError
+from pipeline.knowledge import FileSearch, file_search_of
 from pipeline.settings import Settings
 from pipeline.turn import ReplyAudio, ReplyText, TranscriptReady, TurnEvent, TurnResult, run_turn
 from pipeline.types import AudioChunk, GenerationParams
 from server.errors import body_of, error_body
+from server.kb import caller, grounder_for
 from server.logging_setup import current_request_id
 from server.schemas import (
     turn_json,
@@ -59,6 +62,16 @@ async def create_turn(
         str | None, Form(description="System prompt for this turn (default from settings).")
     ] = None,
     max_tokens: Annotated[int | None, Form(ge=1, description="Cap on reply tokens.")] = None,
+    tools: Annotated[
+        str | None,
+        Form(
+            description=(
+                'A JSON list of OpenAI tools: [{"type": "file_search", "vector_store_ids":'
+                ' ["vs_..."]}] grounds the answer in those vector stores (citations in the'
+                " result)."
+            )
+        ),
+    ] = None,
     stream: Annotated[
         bool,
         Form(
@@ -79,6 +92,13 @@ async def create_turn(
     settings = state_of(request).settings
     engines = engines_of(request)
     _check_voice(engines, voice)
+    state = state_of(request)
+    search = _file_search(tools)
+    grounder = None
+    if search is not None:
+        owner = caller()
+        await asyncio.to_thread(state.kb.check_stores, search.vector_store_ids, owner)
+        grounder = grounder_for(state.kb, owner)
     audio = await _decode(await file.read(), settings, engines.stt.sample_rate)
     turn = functools.partial(
         _accounted,
@@ -94,6 +114,8 @@ async def create_turn(
         ),
         voice=voice or settings.tts.voice,
         language=_language(language, settings),
+        grounder=grounder,
+        file_search=search,
     )
     if not stream:
         try:
@@ -125,6 +147,8 @@ async def _accounted(state: AppState, audio: AudioChunk, **turn: Any) -> TurnRes
         result = await run_turn(audio, **turn)
         trace.record_result(result, audio_in_seconds=audio.duration)
     state.metrics.observe_turn(result.timings)
+    if result.knowledge is not None:
+        state.observe_knowledge(result.knowledge)
     cost = state.accounting.settle(request_id or "-")
     return dataclasses.replace(result, cost_usd=round(cost, 8))
 
@@ -134,6 +158,17 @@ async def _stop(task: asyncio.Task[TurnResult]) -> None:
     if not task.done():
         task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+def _file_search(tools: str | None) -> FileSearch | None:
+    """The ``file_search`` tool of the ``tools`` form field (a JSON list)."""
+    if tools is None or not tools.strip():
+        return None
+    try:
+        parsed = json.loads(tools)
+    except ValueError as exc:
+        raise InvalidInput("tools must be a JSON list", param="tools", code="invalid_json") from exc
+    return file_search_of(parsed, param="tools")
 
 
 def _check_voice(engines: Engines, voice: str | None) -> None:

@@ -32,6 +32,7 @@ from pydantic import (
 from pipeline.audio import encode_wav
 from pipeline.errors import InvalidInput
 from pipeline.fallback_types import StageFallback
+from pipeline.knowledge import KnowledgeReport
 from pipeline.stages import validate_chat
 from pipeline.turn import TurnResult
 from pipeline.types import GenerationParams, Message, Role
@@ -278,6 +279,45 @@ class FallbackOut(BaseModel):
     after_output: bool = False
 
 
+class CitationOut(BaseModel):
+    """A source the answer was given: a chunk of a file in a vector store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file_id: str
+    filename: str
+    chunk: int = Field(ge=0)
+    score: float
+    text: str
+
+
+class SupportOut(BaseModel):
+    """How well the answer is supported by its sources."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: float = Field(ge=0, le=1)
+    threshold: float
+    flagged: bool
+    replaced: bool
+    scorer: str
+    ms: float
+
+
+class KnowledgeOut(BaseModel):
+    """Retrieval and groundedness of a turn that searched vector stores."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector_store_ids: list[str]
+    retrieval_ms: float
+    scores: list[float]
+    top_score: float | None
+    dont_know: bool
+    llm_called: bool
+    support: SupportOut | None
+
+
 class TurnResponse(BaseModel):
     """``POST /v1/turns`` result (and, without audio data, ``voxline turn --json``)."""
 
@@ -291,6 +331,8 @@ class TurnResponse(BaseModel):
     usage: TurnUsage
     cost_usd: float | None = None
     audio: TurnAudio
+    citations: list[CitationOut] | None = None
+    knowledge: KnowledgeOut | None = None
 
 
 def turn_json(result: TurnResult) -> dict[str, object]:
@@ -310,6 +352,44 @@ def turn_json(result: TurnResult) -> dict[str, object]:
             "prompt_tokens": result.usage.prompt_tokens,
             "completion_tokens": result.usage.completion_tokens,
             "total_tokens": result.usage.total_tokens,
+        },
+        **knowledge_json(result.knowledge),
+    }
+
+
+def knowledge_json(report: KnowledgeReport | None) -> dict[str, object]:
+    """``citations`` and ``knowledge`` of a grounded turn or response (nothing without one)."""
+    if report is None:
+        return {}
+    support = report.support
+    return {
+        "citations": [
+            {
+                "file_id": c.file_id,
+                "filename": c.filename,
+                "chunk": c.chunk,
+                "score": c.score,
+                "text": c.text,
+            }
+            for c in report.citations
+        ],
+        "knowledge": {
+            "vector_store_ids": list(report.vector_store_ids),
+            "retrieval_ms": report.retrieval_ms,
+            "scores": list(report.scores),
+            "top_score": report.top_score,
+            "dont_know": report.dont_know,
+            "llm_called": report.llm_called,
+            "support": None
+            if support is None
+            else {
+                "score": support.score,
+                "threshold": support.threshold,
+                "flagged": support.flagged,
+                "replaced": support.replaced,
+                "scorer": support.scorer,
+                "ms": support.ms,
+            },
         },
     }
 

@@ -16,10 +16,12 @@ from models.vad_silero import SileroVAD
 from pipeline.errors import EngineUnavailable
 from pipeline.fallback_core import Chain
 from pipeline.fallback_types import FallbackReport
+from pipeline.knowledge import KnowledgeReport
 from pipeline.ledger import Ledger
 from pipeline.settings import Settings
 from pipeline.vad import VAD
 from server.accounting import Accounting
+from server.kb import KnowledgeBase, knowledge_base
 from server.logging_setup import log_call
 from server.metrics import Metrics
 from server.tracing import Tracing
@@ -55,6 +57,9 @@ class AppState:
         self.ledger.listeners.append(self.metrics.observe_charge)
         self.accounting = Accounting(self.ledger, self.metrics)
         self.tracing = Tracing.from_settings(settings)
+        self.kb: KnowledgeBase = knowledge_base(self.store, settings)
+        """Files, vector stores and retrieval (its model loads on first use)."""
+        self.ingestions: set[asyncio.Task[object]] = set()
         self._listened: set[int] = set()
         if engines is not None:
             self.listen(engines)
@@ -95,6 +100,43 @@ class AppState:
             await asyncio.to_thread(vad.load)
             self.vad = self.vad or vad  # another connection may have loaded one meanwhile
         return self.vad
+
+    def observe_knowledge(self, report: KnowledgeReport) -> None:
+        """A grounded turn's metrics and log line (ids and numbers only: the question, the
+        answer and the passages are content, logged only with ``log_content``)."""
+        self.metrics.observe_knowledge(report)
+        support = report.support
+        log.info(
+            "grounded answer",
+            extra={
+                "vector_store_ids": list(report.vector_store_ids),
+                "retrieval_ms": report.retrieval_ms,
+                "scores": list(report.scores),
+                "citations": [
+                    {"file_id": c.file_id, "chunk": c.chunk, "score": c.score}
+                    for c in report.citations
+                ],
+                "dont_know": report.dont_know,
+                "support": None if support is None else support.score,
+                "flagged": bool(support and support.flagged),
+                "replaced": bool(support and support.replaced),
+            },
+        )
+
+    def ingest_later(self, vector_store_id: str, file_id: str) -> None:
+        """Add a file to a store in the background (its record says ``in_progress`` until
+        done); the app's shutdown stops it between batches."""
+        task = asyncio.create_task(
+            asyncio.to_thread(self.kb.ingest, vector_store_id, file_id), name="kb-ingest"
+        )
+        self.ingestions.add(task)
+        task.add_done_callback(self.ingestions.discard)
+
+    async def stop_ingestions(self) -> None:
+        """Stop the files being added (they end ``failed``: add them again)."""
+        self.kb.closing.set()
+        if self.ingestions:
+            await asyncio.gather(*self.ingestions, return_exceptions=True)
 
 
 def state_of(request: Request) -> AppState:
