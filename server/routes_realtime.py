@@ -151,7 +151,7 @@ async def realtime(
 
 async def _check_stores(state: AppState, owner: str | None, ids: Sequence[str]) -> None:
     """Refuse a ``file_search`` naming a store that is not the caller's (before it is used)."""
-    await asyncio.to_thread(state.kb.check_stores, ids, owner)
+    await asyncio.to_thread(state.kb.check_stores, ids, owner, "session.tools.vector_store_ids")
 
 
 class _LastTranscription:

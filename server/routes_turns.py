@@ -97,7 +97,8 @@ async def create_turn(
     grounder = None
     if search is not None:
         owner = caller()
-        await asyncio.to_thread(state.kb.check_stores, search.vector_store_ids, owner)
+        ids, param = search.vector_store_ids, "tools[0].vector_store_ids"
+        await asyncio.to_thread(state.kb.check_stores, ids, owner, param)
         grounder = grounder_for(state.kb, owner)
     audio = await _decode(await file.read(), settings, engines.stt.sample_rate)
     turn = functools.partial(

@@ -327,8 +327,10 @@ class KnowledgeBase:
 
     # ---------------------------------------------------------------- search
 
-    def check_stores(self, vector_store_ids: Sequence[str], owner: str | None) -> None:
-        """Raise if one of the stores is not the caller's.
+    def check_stores(
+        self, vector_store_ids: Sequence[str], owner: str | None, param: str = "vector_store_ids"
+    ) -> None:
+        """Raise if one of the stores is not the caller's (``param``: where the ids were).
 
         Raises:
             InvalidInput: ``vector_store_not_found`` naming the first unknown store.
@@ -339,7 +341,7 @@ class KnowledgeBase:
             except NotFound as exc:
                 raise InvalidInput(
                     f"no vector store {vs_id[:64]!r}",
-                    param="vector_store_ids",
+                    param=param,
                     code="vector_store_not_found",
                 ) from exc
 
