@@ -10,10 +10,11 @@ sentence of the answer is scored on two things:
   above ~0.3, and a restatement above ~0.8);
 - **words**: the share of its content words (numbers, names, nouns: not stop words, not words
   of the question) that appear in the sources. Sentence embeddings barely tell "6 months" from
-  "12 months"; this does, and a number the sources never mention counts double.
+  "12 months"; this does.
 
-A sentence's support is the mean of the two; the answer's is its weakest sentence's (one
-invented claim is enough to flag an answer). A sentence that only declines ("I don't know")
+A sentence's support is the mean of the two, scaled by the share of its numbers (digits) that
+the sources state: a number they never mention is the classic invention, and voids the claim.
+The answer's support is its weakest sentence's (one invented claim is enough to flag it). A sentence that only declines ("I don't know")
 is supported by definition. The scale is calibrated on the golden knowledge-base answers
 (docs/knowledge.md).
 """
@@ -80,11 +81,9 @@ class EmbeddingSupport:
         scores = []
         for claim, sense in zip(claims, meaning, strict=True):
             words = _content(claim, asked)
-            if words:
-                weights = [2.0 if w[0].isdigit() else 1.0 for w in words]
-                found = sum(wt for w, wt in zip(words, weights, strict=True) if w in known)
-                lexical = found / sum(weights)
-            else:
-                lexical = 1.0  # nothing beyond the question's own words
-            scores.append(0.5 * float(sense) + 0.5 * lexical)
+            lexical = sum(w in known for w in words) / len(words) if words else 1.0
+            numbers = [w for w in words if w[0].isdigit()]
+            # a number the sources never state is the classic invention: it voids the claim
+            exact = sum(n in known for n in numbers) / len(numbers) if numbers else 1.0
+            scores.append((0.5 * float(sense) + 0.5 * lexical) * exact)
         return round(min(scores), 4)

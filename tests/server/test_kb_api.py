@@ -56,7 +56,9 @@ def _stored(app: FastAPI) -> tuple[int, int]:
 async def _ingested(client: openai.AsyncOpenAI, *paths: Path) -> tuple[VectorStore, list[str]]:
     ids = []
     for path in paths:
-        uploaded = await client.files.create(file=(path.name, path.read_bytes()), purpose="assistants")
+        uploaded = await client.files.create(
+            file=(path.name, path.read_bytes()), purpose="assistants"
+        )
         ids.append(uploaded.id)
     store = await client.vector_stores.create(name="aero")
     for file_id in ids:
@@ -205,19 +207,31 @@ async def test_a_file_over_the_limit_is_413_and_a_bad_purpose_400() -> None:
 async def test_a_static_chunking_strategy_is_used_and_reported(
     client: openai.AsyncOpenAI, app: FastAPI
 ) -> None:
-    uploaded = await client.files.create(file=("manual.md", MANUAL.read_bytes()), purpose="assistants")
+    uploaded = await client.files.create(
+        file=("manual.md", MANUAL.read_bytes()), purpose="assistants"
+    )
     store = await client.vector_stores.create(name="small chunks")
-    strategy = {"type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 20}}
+    strategy = {
+        "type": "static",
+        "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 20},
+    }
     done = await client.vector_stores.files.create_and_poll(
-        vector_store_id=store.id, file_id=uploaded.id, chunking_strategy=strategy  # type: ignore[arg-type]
+        vector_store_id=store.id,
+        file_id=uploaded.id,
+        chunking_strategy=strategy,  # type: ignore[arg-type]
     )
     assert done.chunking_strategy is not None and done.chunking_strategy.type == "static"
     small = _state(app).store.vectors.count(store.id)
     default = await client.vector_stores.create(name="default chunks")
-    await client.vector_stores.files.create_and_poll(vector_store_id=default.id, file_id=uploaded.id)
+    await client.vector_stores.files.create_and_poll(
+        vector_store_id=default.id, file_id=uploaded.id
+    )
     assert small > _state(app).store.vectors.count(default.id) > 0
     async with http_client(app) as http:
-        bad = {"type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 90}}
+        bad = {
+            "type": "static",
+            "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 90},
+        }
         r = await http.post(
             f"/v1/vector_stores/{store.id}/files",
             json={"file_id": uploaded.id, "chunking_strategy": bad},
@@ -233,7 +247,9 @@ async def test_search_reports_its_timings(client: openai.AsyncOpenAI, app: FastA
         assert body["object"] == "vector_store.search_results.page"
         timing = body["voxline"]
         assert timing["embed_ms"] > 0 and timing["search_ms"] > 0
-        assert timing["retrieval_ms"] == pytest.approx(timing["embed_ms"] + timing["search_ms"], abs=0.02)
+        assert timing["retrieval_ms"] == pytest.approx(
+            timing["embed_ms"] + timing["search_ms"], abs=0.02
+        )
         empty = await http.post(f"/v1/vector_stores/{store.id}/search", json={"query": "  "})
         assert empty.status_code == 400
         bad_filter = await http.post(

@@ -24,7 +24,6 @@ from tests.server.conftest import (
     AppFactory,
     LiveServer,
     http_client,
-    make_settings,
     openai_client,
     spoken_wav,
 )
@@ -176,4 +175,3 @@ async def _until(rt: RealtimeClient, kind: str, seconds: float = 30) -> dict[str
                 return received.event
         waited += 0.5
     raise AssertionError(f"no {kind} within {seconds} s")
-
