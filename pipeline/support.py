@@ -14,9 +14,9 @@ sentence of the answer is scored on two things:
 
 A sentence's support is the mean of the two, scaled by the share of its numbers (digits) that
 the sources state: a number they never mention is the classic invention, and voids the claim.
-The answer's support is its weakest sentence's (one invented claim is enough to flag it). A sentence that only declines ("I don't know")
-is supported by definition. The scale is calibrated on the golden knowledge-base answers
-(docs/knowledge.md).
+The answer's support is its weakest sentence's (one invented claim is enough to flag it). A
+sentence that only declines ("I don't know") is supported by definition. How the scores fall on
+the golden knowledge-base answers: docs/knowledge.md.
 """
 
 from __future__ import annotations

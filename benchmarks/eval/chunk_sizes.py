@@ -75,7 +75,7 @@ def measure(
         order = np.argsort(-row)[:10]
         best.append(float(row[order[0]]))
         if q.answerable:
-            found = [i for i, c in enumerate(order) if _hit(*chunks[c], q)]
+            found = [i for i, c in enumerate(order) if _hit(chunks[c][0], chunks[c][1], q)]
             ranks.append(found[0] + 1 if found else None)
     answerable = [b for b, q in zip(best, questions, strict=True) if q.answerable]
     unanswerable = [b for b, q in zip(best, questions, strict=True) if not q.answerable]

@@ -1,4 +1,4 @@
-"""Document text from the golden corpus' real files (md, txt, html, pdf) and refusals of bad ones."""
+"""Document text from the golden corpus' real files (md, txt, html, pdf); bad files refused."""
 
 from __future__ import annotations
 

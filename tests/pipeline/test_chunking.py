@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from pipeline.chunking import chunk_text, estimate_tokens, sentences
@@ -44,7 +46,7 @@ def test_sentences_are_never_cut_and_neighbours_overlap() -> None:
         assert estimate_tokens(chunk.text) <= 40
         parts = sentences(chunk.text)
         assert all(p in said for p in parts)  # whole sentences only
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         assert sentences(a.text)[-1] == sentences(b.text)[0]  # one sentence of overlap
     assert {s for c in chunks for s in sentences(c.text)} == set(said)  # nothing lost
 

@@ -37,7 +37,7 @@ def _added(kb: KnowledgeBase, owner: str | None, *names: str) -> str:
         record, new = kb.attach(vs.id, f.id, owner)
         assert new and record.status == "in_progress"
         progress: list[tuple[int, int]] = []
-        done = kb.ingest(vs.id, f.id, lambda a, b: progress.append((a, b)))
+        done = kb.ingest(vs.id, f.id, lambda a, b, seen=progress: seen.append((a, b)))
         assert done.status == "completed" and done.chunks == progress[-1][0] == progress[-1][1]
     return vs.id
 
