@@ -25,6 +25,7 @@ from rich.table import Table
 
 from benchmarks.cli import bench
 from benchmarks.eval.cli import evaluate
+from cli.kb import app as kb_app
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
 from pipeline.errors import InvalidInput, StageError, VoxlineError
@@ -235,6 +236,7 @@ def models(
 
 app.command()(bench)
 app.command("eval")(evaluate)
+app.add_typer(kb_app, name="kb")
 
 
 if __name__ == "__main__":  # pragma: no cover
