@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,15 +41,24 @@ def _free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def local_server(
-    config: ConfigSpec, log_path: Path, *, ready_timeout_s: float = 300.0
+    config: ConfigSpec,
+    log_path: Path,
+    *,
+    ready_timeout_s: float = 300.0,
+    extra_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[StartedServer]:
-    """Run ``voxline serve`` on a free local port with ``config`` until the block exits.
+    """Run ``voxline serve`` on a free local port with ``config`` until the block exits
+    (``extra_env``: more variables for the process, over the configuration's).
 
     Raises:
         EngineUnavailable: the server exited or was not ready within ``ready_timeout_s``.
     """
     port = _free_port()
-    env = {**os.environ, **config.environ()}
+    env = {**os.environ, **config.environ(), **(extra_env or {})}
+    # a state store of the benchmark's own (the retrieval scenario's vector store is kept there
+    # between runs), never the user's data directory
+    cache = Path(env.get("VOXLINE_CACHE_DIR") or Path.home() / ".cache" / "voxline")
+    env.setdefault("VOXLINE_STATE__DATA_DIR", str(cache / "bench" / "state"))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1"]
     with log_path.open("wb") as log:
