@@ -15,8 +15,12 @@ What this module decides (and nothing else does):
   in front of the user's question in the last user message, numbered and named by file, with
   the instruction to answer only from them (``grounded_messages``); earlier turns stay as they
   were, so the history the session keeps never holds passages;
-- **"I don't know"**: a passage is relevant when its cosine similarity reaches the relevance
-  threshold. With none, the turn either speaks a fixed reply without calling the LLM
+- **"I don't know"**: a passage is relevant when its *relevance* reaches the relevance
+  threshold: its cosine similarity plus ``keyword_weight`` times the share of the question's
+  content words it contains (``keyword_coverage``). Dense similarity alone separates answerable
+  from unanswerable questions poorly (the embedding model puts any question about the product
+  near any chunk about it); the words the question asks about being there, or not, is the
+  missing evidence (measured in docs/knowledge.md). With none, the turn either speaks a fixed reply without calling the LLM
   (``dont_know="fixed"``) or tells the LLM explicitly that the documents hold no answer
   (``"llm"``);
 - **groundedness**: after the reply, its support against the passages it was given is scored
@@ -31,6 +35,7 @@ the ``SupportScorer`` are protocols: this module knows no store and no engine.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,13 +148,14 @@ class KnowledgePolicy:
     """How retrieved passages become a reply (the ``kb`` settings, see ``KBSettings``)."""
 
     top_k: int = 3
-    relevance_threshold: float = 0.4
+    relevance_threshold: float = 0.45
     dont_know: Literal["fixed", "llm"] = "fixed"
     dont_know_reply: str = "I don't know. The documents I can search don't say."
     support_threshold: float = 0.5
     replace_unsupported: bool = False
     safe_reply: str = "I'm not sure. I couldn't find a clear answer in the documents."
     max_context_chars: int = 2400
+    keyword_weight: float = 0.3
 
     @classmethod
     def from_settings(cls, kb: Any) -> KnowledgePolicy:
@@ -191,6 +197,7 @@ class KnowledgeReport:
         vector_store_ids: The stores searched.
         retrieval_ms: Query embedding plus search.
         scores: The similarity of every passage retrieved, best first (relevant or not).
+        relevance: Their relevance (similarity plus keyword coverage), in the same order.
         citations: The passages the answer was given, best first.
         dont_know: Nothing relevant was retrieved: the answer is "I don't know".
         llm_called: Whether the LLM answered (``False``: a fixed reply was spoken).
@@ -204,11 +211,33 @@ class KnowledgeReport:
     dont_know: bool
     llm_called: bool
     support: Support | None = None
+    relevance: tuple[float, ...] = ()
 
     @property
     def top_score(self) -> float | None:
         """The best retrieval score (``None``: nothing was retrieved)."""
         return self.scores[0] if self.scores else None
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset(
+    """a an the is are was were be been of in on at to it its that this these those and or but
+    which what who whom how many much do does did there their they i you your my me we our can
+    could should would will may might must when where why with for from by as if about after
+    before into out up so not no any some have has had get got make please tell know""".split()
+)
+
+
+def _stems(text: str) -> set[str]:
+    # a five-letter prefix is stemming enough here: "replacement" meets "replace"
+    return {w[:5] for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
+
+
+def keyword_coverage(query: str, text: str) -> float:
+    """The share of ``query``'s content words (stop words out, stemmed to five letters) that
+    ``text`` contains, in [0, 1] (0 for a query of stop words only)."""
+    asked = _stems(query)
+    return len(asked & _stems(text)) / len(asked) if asked else 0.0
 
 
 DONT_KNOW_INSTRUCTION = (
@@ -383,12 +412,20 @@ class Grounder:
         threshold = (
             policy.relevance_threshold if search.score_threshold is None else search.score_threshold
         )
-        relevant = tuple(p for p in retrieval.passages if p.score >= threshold)
+        relevance = [
+            p.score + policy.keyword_weight * keyword_coverage(query, p.text)
+            for p in retrieval.passages
+        ]
+        relevant = tuple(
+            p for p, r in zip(retrieval.passages, relevance, strict=True) if r >= threshold
+        )
         fixed = None
         if not relevant and policy.dont_know == "fixed":
             fixed = policy.dont_know_reply
         prepared = grounded_messages(messages, relevant, max_chars=policy.max_context_chars)
-        return Grounded(self, search, retrieval, relevant, prepared, fixed)
+        return Grounded(
+            self, search, retrieval, relevant, prepared, fixed, tuple(round(r, 4) for r in relevance)
+        )
 
     async def check(self, answer: str, grounded: Grounded) -> Support | None:
         """The answer's support against the passages it was given (``None``: nothing to check
@@ -414,6 +451,7 @@ class Grounded:
         passages: The relevant passages, in the prompt.
         messages: The conversation with the passages in front of the question.
         fixed_reply: Speak this instead of calling the LLM (nothing relevant, ``fixed``).
+        relevance: Each retrieved passage's relevance (similarity plus keyword coverage).
         support: The answer's support, once scored.
     """
 
@@ -423,6 +461,7 @@ class Grounded:
     passages: tuple[Passage, ...]
     messages: list[Message]
     fixed_reply: str | None
+    relevance: tuple[float, ...] = ()
     support: Support | None = None
 
     @property
@@ -457,4 +496,5 @@ class Grounded:
             dont_know=not self.passages,
             llm_called=self.fixed_reply is None,
             support=self.support,
+            relevance=self.relevance,
         )

@@ -305,6 +305,7 @@ def _partial_report(grounded: Grounded | None) -> KnowledgeReport | None:
         grounded.citations,
         dont_know=not grounded.passages,
         llm_called=grounded.fixed_reply is None,
+        relevance=grounded.relevance,
     )
 
 

@@ -441,9 +441,12 @@ class KBSettings(BaseModel):
     top_k: int = Field(default=3, ge=1, le=50)
     """Passages retrieved per turn (a request's ``file_search.max_num_results`` overrides it);
     each one costs LLM prefill."""
-    relevance_threshold: float = Field(default=0.4, ge=-1.0, le=1.0)
-    """Cosine similarity below which a passage is not relevant. A turn with no relevant
-    passage is answered "I don't know" (``dont_know``)."""
+    relevance_threshold: float = Field(default=0.45, ge=-1.0, le=2.0)
+    """Relevance (cosine similarity + ``keyword_weight`` x the share of the question's words
+    in the passage) below which a passage is not relevant. A turn with no relevant passage is
+    answered "I don't know" (``dont_know``)."""
+    keyword_weight: float = Field(default=0.3, ge=0.0, le=1.0)
+    """Weight of keyword coverage in a passage's relevance (0: cosine similarity alone)."""
     dont_know: Literal["fixed", "llm"] = "fixed"
     """When nothing relevant is retrieved: ``fixed`` speaks ``dont_know_reply`` without calling
     the LLM; ``llm`` tells the LLM explicitly that the documents hold no answer."""

@@ -312,6 +312,7 @@ class KnowledgeOut(BaseModel):
     vector_store_ids: list[str]
     retrieval_ms: float
     scores: list[float]
+    relevance: list[float]
     top_score: float | None
     dont_know: bool
     llm_called: bool
@@ -377,6 +378,7 @@ def knowledge_json(report: KnowledgeReport | None) -> dict[str, object]:
             "vector_store_ids": list(report.vector_store_ids),
             "retrieval_ms": report.retrieval_ms,
             "scores": list(report.scores),
+            "relevance": list(report.relevance),
             "top_score": report.top_score,
             "dont_know": report.dont_know,
             "llm_called": report.llm_called,

@@ -175,13 +175,14 @@ async def build(settings: Settings, corpus: Path) -> ServerKnowledgeBase:
         url = await stack.enter_async_context(
             _server(settings, state_dir, state_dir / "server.log")
         )
+        # a few small files, read once before any turn: not worth a thread
+        documents = sorted(p for p in corpus.rglob("*") if p.suffix.lower() in READ)  # noqa: ASYNC240
         async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="eval") as client:
             store = await client.vector_stores.create(name="golden-kb")
-            for path in sorted(corpus.rglob("*")):
-                if path.suffix.lower() not in READ:
-                    continue
+            for path in documents:
                 name = path.relative_to(corpus).as_posix()
-                f = await client.files.create(file=(name, path.read_bytes()), purpose="assistants")
+                data = path.read_bytes()
+                f = await client.files.create(file=(name, data), purpose="assistants")
                 done = await client.vector_stores.files.create_and_poll(
                     vector_store_id=store.id, file_id=f.id, poll_interval_ms=200
                 )

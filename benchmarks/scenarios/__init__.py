@@ -1,9 +1,10 @@
 """The benchmark scenarios, by name, and the engines each needs started in process.
 
 ``stt``, ``llm``, ``tts`` and ``turn`` run the engines in this process; ``realtime`` and
-``load`` talk to a server over the WebSocket, ``retrieval`` to its knowledge base over HTTP (a running one given by ``--url``, or one the
-benchmark starts with the same configuration). ``compare`` is not a scenario of its own: it
-runs the other named scenarios once per ``--config`` (see ``benchmarks.runner``).
+``load`` talk to a server over the WebSocket, ``retrieval`` to its knowledge base over HTTP (a
+running one given by ``--url``, or one the benchmark starts with the same configuration).
+``compare`` is not a scenario of its own: it runs the other named scenarios once per
+``--config`` (see ``benchmarks.runner``).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ in ``run_turn`` and the realtime session (scripted stages and retriever: tests/f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from pipeline.knowledge import (
     KnowledgePolicy,
     file_search_of,
     grounded_messages,
+    keyword_coverage,
 )
 from pipeline.reply import Reply
 from pipeline.session import Session
@@ -285,3 +287,21 @@ async def test_a_session_without_a_knowledge_base_refuses_file_search(vad: Siler
     events = await _session_events(session, ErrorEvent)
     assert events[-1].param == "session.tools" and session.config.file_search is None
     await session.aclose()
+
+
+def test_keyword_coverage_counts_the_questions_content_words() -> None:
+    assert keyword_coverage("How do I lock the control panel?", "hold the Lock key: panels") == 2 / 3
+    assert keyword_coverage("What is it?", "anything") == 0.0  # stop words only
+    assert keyword_coverage("replacement filters", "Replace the filter.") == 1.0
+
+
+async def test_keywords_make_a_passage_relevant() -> None:
+    lock = passage("To lock the control panel, hold the Lock key.", 0.33)
+    other = passage("The warranty lasts two years.", 0.36)
+    policy = KnowledgePolicy(relevance_threshold=0.45, keyword_weight=0.3)
+    grounder = Grounder(ScriptedRetriever([lock, other]), policy)
+    grounded = await grounder.ground([Message("user", "How do I lock the control panel?")], SEARCH)
+    assert grounded.passages == (lock,)  # 0.33 + 0.3 x 3/3 beats 0.36 + 0
+    assert grounded.relevance == (0.36, 0.63)
+    alone = Grounder(ScriptedRetriever([lock]), dataclasses.replace(policy, keyword_weight=0.0))
+    assert (await alone.ground([Message("user", "lock the panel")], SEARCH)).passages == ()

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from benchmarks.data import speech_end_seconds
 from benchmarks.eval.context import EvalContext
 from benchmarks.eval.golden import KbQuestion, load_audio_16k
 from benchmarks.eval.scorecard import Direction, Metric, SuiteResult, latency, rate
@@ -38,7 +39,6 @@ from benchmarks.eval.scoring import (
     says_dont_know,
     semantic_similarities,
 )
-from benchmarks.data import speech_end_seconds
 from benchmarks.stats import percentile, wer
 from pipeline.errors import InvalidInput
 from pipeline.settings import Settings
