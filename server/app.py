@@ -117,6 +117,10 @@ async def _warm(state: AppState) -> Engines:
         await state.load_vad()
     except VoxlineError as exc:  # only realtime needs it: its route retries and reports it
         log.error("the VAD failed to load: %s", exc)
+    try:  # the first grounded turn must not pay for loading the embedding model
+        await asyncio.to_thread(state.kb.query_embedder)
+    except VoxlineError as exc:  # only file_search needs it: a search retries and reports it
+        log.error("the knowledge base's embedding model failed to load: %s", exc)
     return state.engines
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import Request
 
@@ -59,7 +60,11 @@ class AppState:
         self.tracing = Tracing.from_settings(settings)
         self.kb: KnowledgeBase = knowledge_base(self.store, settings)
         """Files, vector stores and retrieval (its model loads on first use)."""
-        self.ingestions: set[asyncio.Task[object]] = set()
+        self.ingestions: set[asyncio.Future[object]] = set()
+        # one file indexed at a time, on a thread of its own: indexing never takes the default
+        # executor's threads, which the turns need (VAD, store calls, retrieval)
+        self._ingest_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-ingest")
+        self._queued: set[tuple[str, str]] = set()
         self._listened: set[int] = set()
         if engines is not None:
             self.listen(engines)
@@ -124,19 +129,29 @@ class AppState:
         )
 
     def ingest_later(self, vector_store_id: str, file_id: str) -> None:
-        """Add a file to a store in the background (its record says ``in_progress`` until
-        done); the app's shutdown stops it between batches."""
-        task = asyncio.create_task(
-            asyncio.to_thread(self.kb.ingest, vector_store_id, file_id), name="kb-ingest"
-        )
-        self.ingestions.add(task)
-        task.add_done_callback(self.ingestions.discard)
+        """Index a file into a store in the background, after the files queued before it (its
+        record says ``in_progress`` until done); the app's shutdown stops it between batches
+        (it ends ``failed``: add it again)."""
+        key = (vector_store_id, file_id)
+        self._queued.add(key)
+
+        def run() -> object:
+            self._queued.discard(key)
+            return self.kb.ingest(vector_store_id, file_id)
+
+        future = asyncio.get_running_loop().run_in_executor(self._ingest_pool, run)
+        self.ingestions.add(future)
+        future.add_done_callback(self.ingestions.discard)
 
     async def stop_ingestions(self) -> None:
         """Stop the files being added (they end ``failed``: add them again)."""
         self.kb.closing.set()
+        self._ingest_pool.shutdown(wait=False, cancel_futures=True)  # queued files never start
         if self.ingestions:
             await asyncio.gather(*self.ingestions, return_exceptions=True)
+        for vector_store_id, file_id in list(self._queued):  # say so, rather than in_progress
+            await asyncio.to_thread(self.kb.abandon, vector_store_id, file_id)
+        self._queued.clear()
 
 
 def state_of(request: Request) -> AppState:

@@ -141,6 +141,7 @@ def _answer(text: str, response: dict[str, Any], v2v_ms: float | None) -> Ground
     usage = response.get("usage") or {}
     cost = usage.get("cost_usd")
     dont_know = knowledge.get("dont_know")
+    support = (knowledge.get("support") or {}).get("score")
     return GroundedAnswer(
         text,
         citations,
@@ -148,6 +149,7 @@ def _answer(text: str, response: dict[str, Any], v2v_ms: float | None) -> Ground
         dont_know=True if dont_know else None,
         v2v_ms=v2v_ms,
         cost_usd=float(cost) if cost is not None else None,
+        support=float(support) if support is not None else None,
     )
 
 

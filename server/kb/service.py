@@ -247,6 +247,16 @@ class KnowledgeBase:
             return self._finish(record, "failed", error=exc)
         return self._finish(record, "completed", chunks=chunks, usage=used)
 
+    def abandon(self, vector_store_id: str, file_id: str) -> None:
+        """Mark a file that was queued but never indexed (the server stopped) as failed."""
+        try:
+            record = self.catalog.store_file(vector_store_id, file_id)
+        except NotFound:
+            return
+        if record.status == "in_progress":
+            stopped = InvalidInput("the server stopped before the file was indexed: add it again")
+            self._finish(record, "failed", error=stopped)
+
     def _embed_file(self, record: StoreFileRecord, progress: Progress | None) -> tuple[int, int]:
         from models.doc_text import extract_text
 

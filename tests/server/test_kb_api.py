@@ -257,3 +257,30 @@ async def test_search_reports_its_timings(client: openai.AsyncOpenAI, app: FastA
             json={"query": "noise", "filters": {"type": "near", "key": "a", "value": 1}},
         )
         assert bad_filter.status_code == 400
+
+
+async def test_files_queued_when_the_server_stops_end_failed() -> None:
+    app = create_app(make_settings())
+    state = _state(app)
+    async with openai_client(app) as client:
+        store = await client.vector_stores.create(name="stopping")
+        ids = [
+            (await client.files.create(file=(p.name, p.read_bytes()), purpose="assistants")).id
+            for p in sorted((CORPUS / "tarvo-aero5").iterdir())
+        ]
+        for file_id in ids:  # queued one after another on the indexing thread
+            await client.vector_stores.files.create(vector_store_id=store.id, file_id=file_id)
+        await state.stop_ingestions()
+        files = (await client.vector_stores.files.list(vector_store_id=store.id)).data
+    statuses = {f.status for f in files}
+    assert statuses <= {"completed", "failed"} and "failed" in statuses
+    failed = [f for f in files if f.status == "failed"]
+    assert all(f.last_error is not None for f in failed)
+    for f in failed:  # nothing of a failed file is searchable
+        with state.store.db.read() as conn:
+            import sqlalchemy as sa
+
+            n = conn.execute(
+                sa.text("SELECT count(*) FROM vectors WHERE owner = :f"), {"f": f.id}
+            ).scalar_one()
+        assert n == 0

@@ -73,6 +73,7 @@ class GroundedAnswer:
         dont_know: whether it declined to answer; ``None``: judged from the text.
         v2v_ms: voice-to-voice of a spoken turn (``SpokenKnowledgeBase``), client clock.
         cost_usd: what the turn cost, as the server billed it.
+        support: the server's support score of the answer against its sources.
     """
 
     text: str
@@ -80,6 +81,7 @@ class GroundedAnswer:
     dont_know: bool | None = None
     v2v_ms: float | None = None
     cost_usd: float | None = None
+    support: float | None = None
 
 
 class KnowledgeBase(Protocol):
@@ -236,6 +238,7 @@ async def run(ctx: EvalContext) -> SuiteResult:
                 "citations": [{"file": c.file, "score": c.score} for c in a.citations],
                 "v2v_ms": a.v2v_ms,
                 "cost_usd": a.cost_usd,
+                "support": a.support,
                 "answer_correct": s.answer_correct,
                 "citation_correct": s.citation_correct,
                 "dont_know": s.dont_know,
