@@ -20,9 +20,9 @@ What this module decides (and nothing else does):
   content words it contains (``keyword_coverage``). Dense similarity alone separates answerable
   from unanswerable questions poorly (the embedding model puts any question about the product
   near any chunk about it); the words the question asks about being there, or not, is the
-  missing evidence (measured in docs/knowledge.md). With none, the turn either speaks a fixed reply without calling the LLM
-  (``dont_know="fixed"``) or tells the LLM explicitly that the documents hold no answer
-  (``"llm"``);
+  missing evidence (measured in docs/knowledge.md). With no relevant passage, the turn either
+  speaks a fixed reply without calling the LLM (``dont_know="fixed"``) or tells the LLM
+  explicitly that the documents hold no answer (``"llm"``);
 - **groundedness**: after the reply, its support against the passages it was given is scored
   (a ``SupportScorer``); below the support threshold the answer is flagged, and with
   ``replace_unsupported`` the reply is held until it is scored (``vet``) and a safe reply is
@@ -423,9 +423,8 @@ class Grounder:
         if not relevant and policy.dont_know == "fixed":
             fixed = policy.dont_know_reply
         prepared = grounded_messages(messages, relevant, max_chars=policy.max_context_chars)
-        return Grounded(
-            self, search, retrieval, relevant, prepared, fixed, tuple(round(r, 4) for r in relevance)
-        )
+        scored = tuple(round(r, 4) for r in relevance)
+        return Grounded(self, search, retrieval, relevant, prepared, fixed, scored)
 
     async def check(self, answer: str, grounded: Grounded) -> Support | None:
         """The answer's support against the passages it was given (``None``: nothing to check

@@ -41,7 +41,9 @@ def test_a_server_gets_exactly_the_eval_settings(
 
 
 def test_turn_metrics_summarize_v2v_and_cost() -> None:
-    answers = [GroundedAnswer("a", v2v_ms=float(ms), cost_usd=0.001) for ms in range(100, 1100, 100)]
+    answers = [
+        GroundedAnswer("a", v2v_ms=float(ms), cost_usd=0.001) for ms in range(100, 1100, 100)
+    ]
     metrics = turn_metrics([*answers, GroundedAnswer("b")])
     assert metrics["v2v_p50_ms"].value == 550.0 and metrics["v2v_p50_ms"].n == 10
     assert metrics["v2v_p95_ms"].value == pytest.approx(955.0)

@@ -290,7 +290,9 @@ async def test_a_session_without_a_knowledge_base_refuses_file_search(vad: Siler
 
 
 def test_keyword_coverage_counts_the_questions_content_words() -> None:
-    assert keyword_coverage("How do I lock the control panel?", "hold the Lock key: panels") == 2 / 3
+    assert (
+        keyword_coverage("How do I lock the control panel?", "hold the Lock key: panels") == 2 / 3
+    )
     assert keyword_coverage("What is it?", "anything") == 0.0  # stop words only
     assert keyword_coverage("replacement filters", "Replace the filter.") == 1.0
 
