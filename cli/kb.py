@@ -181,4 +181,3 @@ def search(
         out.print(f"[bold]{p.score:.3f}[/] {escape(p.filename)} #{p.chunk}", highlight=False)
         out.print(escape(p.text), highlight=False)
     console.print(f"embed {found.embed_ms:.1f} ms, search {found.search_ms:.1f} ms")
-
