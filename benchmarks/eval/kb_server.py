@@ -146,7 +146,7 @@ def _answer(text: str, response: dict[str, Any], v2v_ms: float | None) -> Ground
         text,
         citations,
         # retrieval found nothing: the reply is the fixed "don't know" (else judged by text)
-        dont_know=True if dont_know else None,
+        dont_know=True if dont_know and not knowledge.get("llm_called") else None,
         v2v_ms=v2v_ms,
         cost_usd=float(cost) if cost is not None else None,
         support=float(support) if support is not None else None,
