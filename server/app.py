@@ -90,8 +90,12 @@ def create_app(
 
     app = FastAPI(title="voxline", version="0.1.0", lifespan=lifespan)
     app.state.voxline = state
-    largest = max(settings.audio.max_bytes, settings.kb.max_file_bytes)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=largest + 1024 * 1024)
+    form = 1024 * 1024  # room for a multipart form around the file
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.audio.max_bytes + form,
+        paths={"/v1/files": settings.kb.max_file_bytes + form},  # documents, not audio
+    )
     app.add_middleware(MeterMiddleware)  # a meter per request: server.accounting
     # added last = outermost: every request is counted and carries a request id
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)

@@ -7,6 +7,7 @@ they arrive and answer 413 as soon as the limit is passed, before anything is pa
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -24,16 +25,37 @@ class _TooLarge(HTTPException):
 
 
 class BodyLimitMiddleware:
-    """Reject HTTP request bodies larger than ``max_bytes`` with 413 (OpenAI error shape)."""
+    """Reject HTTP request bodies larger than ``max_bytes`` with 413 (OpenAI error shape).
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    Args:
+        app: The ASGI app.
+        max_bytes: The limit of every route not in ``paths``.
+        paths: Limits of their own for exact paths (``/v1/files`` takes documents).
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, paths: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.paths = dict(paths or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.paths.get(scope["path"].rstrip("/"), self.default_max_bytes)
+        await _Limited(self.app, limit)(scope, receive, send)
+
+
+class _Limited:
+    """One request's body limit (the middleware picks it by path)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             await self._reject(send)

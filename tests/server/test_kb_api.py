@@ -284,3 +284,18 @@ async def test_files_queued_when_the_server_stops_end_failed() -> None:
                 sa.text("SELECT count(*) FROM vectors WHERE owner = :f"), {"f": f.id}
             ).scalar_one()
         assert n == 0
+
+
+async def test_documents_have_their_own_body_limit() -> None:
+    from pipeline.settings import AudioLimits, KBSettings
+
+    # audio bodies are small here; a 100 KB document is still taken, one over kb.max_file_bytes is not
+    app = create_app(
+        make_settings(audio=AudioLimits(max_bytes=20_000), kb=KBSettings(max_file_bytes=2_000_000))
+    )
+    async with openai_client(app) as client:
+        doc = ("Plenty of words in a sentence. " * 3300).encode()
+        assert (await client.files.create(file=("long.txt", doc), purpose="assistants")).bytes
+        with pytest.raises(openai.APIStatusError) as refused:
+            await client.files.create(file=("huge.txt", b"x " * 2_000_000), purpose="assistants")
+    assert refused.value.status_code == 413
