@@ -289,7 +289,7 @@ async def test_files_queued_when_the_server_stops_end_failed() -> None:
 async def test_documents_have_their_own_body_limit() -> None:
     from pipeline.settings import AudioLimits, KBSettings
 
-    # audio bodies are small here; a 100 KB document is still taken, one over kb.max_file_bytes is not
+    # audio bodies are small here: a 100 KB document is still taken, a 4 MB one is not
     app = create_app(
         make_settings(audio=AudioLimits(max_bytes=20_000), kb=KBSettings(max_file_bytes=2_000_000))
     )
