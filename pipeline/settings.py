@@ -39,7 +39,9 @@ class HostedSettings(BaseModel):
     """Retries of a request that failed before any output (connection errors, 429, 5xx)."""
 
 
-BackendName = Literal["gpu", "cpu", "hosted"]
+BackendName = Literal["gpu", "cpu", "hosted", "ray"]
+"""``ray``: the stage's Ray Serve deployment (docs/ray.md); the others run in this process or,
+for ``hosted``, behind an OpenAI-compatible URL."""
 
 
 class FallbackSettings(BaseModel):
@@ -74,6 +76,9 @@ class STTGpuSettings(BaseModel):
     """Model reference (hub id or faster-whisper size, or a local CTranslate2 directory)."""
     compute_type: str = "float16"
     """CTranslate2 compute type on the GPU."""
+    window_floor_ms: int = Field(default=30_000, ge=1000, le=30_000)
+    """Shortest encoder window on the GPU (see ``stt.window_floor_ms``): the full 30 s until the
+    short window is measured on large-v3-turbo; a GPU encodes 30 s in milliseconds anyway."""
 
 
 class LLMGpuSettings(BaseModel):
@@ -94,8 +99,10 @@ class TTSGpuSettings(BaseModel):
 
     model_config = ConfigDict(use_attribute_docstrings=True)
 
-    engine: Literal["piper", "gpt_sovits"] = "gpt_sovits"
-    """Engine on the GPU (GPT-SoVITS needs ``GPT_SOVITS_HOME`` and ``GPT_SOVITS_PYTHON``)."""
+    engine: Literal["auto", "piper", "gpt_sovits"] = "auto"
+    """Engine on the GPU. ``auto``: GPT-SoVITS when it is configured (its home and python set,
+    here or as ``GPT_SOVITS_HOME`` / ``GPT_SOVITS_PYTHON``), else Piper (on CUDA only with
+    onnxruntime-gpu; without it the default chain does not list Piper twice)."""
     model: str | None = None
     """Piper only: the voice reference on the GPU (unset: the stage's model)."""
 
@@ -123,6 +130,28 @@ class STTSettings(BaseModel):
     """Drop non-speech with faster-whisper's Silero VAD before decoding."""
     cpu_threads: int = Field(default=0, ge=0)
     """CTranslate2 intra-op threads on CPU (0: the library's default)."""
+    window_margin_ms: int = Field(default=3000, ge=0, le=30_000)
+    """Whisper encodes the audio plus this much padding (at least ``window_floor_ms``) instead
+    of a fixed 30-second window: a 3 s question costs a third of the time, at the same WER.
+    Too little room after the speech and the decoder repeats itself or stops early (measured:
+    whisper-base on 10-25 s utterances needs 3 s; tiny.en less)."""
+    window_floor_ms: int = Field(default=10_000, ge=1000, le=30_000)
+    """The shortest encoder window; 30000 restores Whisper's fixed 30-second window. Below
+    about 8 s, tiny.en and base repeat short phrases ("ten of clubs") until cut off."""
+    max_tokens_per_second: float = Field(default=12.0, gt=0.0, le=100.0)
+    """Cap on decoded tokens per second of audio (plus 16): a decoder stuck in a loop stops
+    there. Fast English speech needs about 6."""
+    silence_dbfs: float = Field(default=-50.0, ge=-120.0, le=0.0)
+    """Audio, or a 30-second window of it, with no 30 ms frame louder than this (RMS) is
+    silence: it transcribes to empty text with no decoding (Whisper hallucinates on silence)."""
+    file_fallback: bool = True
+    """Whisper's temperature fallback for file transcriptions (``/v1/audio/transcriptions``): a
+    window that decodes as a loop or improbably is decoded again at higher temperatures.
+    Realtime transcriptions never use it (deterministic and bounded)."""
+    realtime_deadline_ms: int = Field(default=1000, ge=0)
+    """After this long a realtime transcription retries nothing (a window that looped is kept
+    as decoded); every window is still decoded once within its token budget, so no words are
+    dropped and the time stays proportional to the audio."""
     hosted: HostedSettings = HostedSettings()
     """The ``hosted`` backend: an OpenAI-compatible endpoint."""
     chain: list[BackendName] | None = None
@@ -218,8 +247,20 @@ class GptSovitsSettings(BaseModel):
     """Device of the worker's model."""
     is_half: bool = True
     """fp16 on CUDA (ignored on CPU)."""
-    pool_size: int = Field(default=1, ge=1, le=16)
-    """Worker processes, each with its own model: concurrent requests served at once."""
+    pool_size: int = Field(default=0, ge=0, le=16)
+    """Worker processes, each with its own model: concurrent requests served at once. 0: sized
+    by device memory: the first worker loads and warms up, reports what it holds, and as many
+    more start as fit in the free memory less ``memory_reserve_gib``, up to ``pool_max_size``
+    (on a CPU also at most one per two cores)."""
+    pool_max_size: int = Field(default=4, ge=1, le=16)
+    """Most workers a pool sized by memory (``pool_size`` 0) starts."""
+    memory_reserve_gib: float = Field(default=4.0, ge=0.0)
+    """Device memory (GPU, or RAM on a CPU) a pool sized by memory leaves free for the other
+    engines on the device and for activations."""
+    segment_pause_s: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Silence between the text segments of one request (upstream's ``fragment_interval``,
+    0.3 s by default there). The silence upstream appends after a request's last segment is
+    dropped, so phrases spoken one after another join without a hole."""
     # a bounded int, not Literal[0, 1, 2, 3]: an int Literal rejects the env var's string "3"
     streaming_mode: int = Field(default=2, ge=0, le=3)
     """Upstream's streaming mode: 0 off, 1 best quality (slowest), 2 medium, 3 fastest."""
@@ -234,7 +275,8 @@ class GptSovitsSettings(BaseModel):
     request_timeout_s: float = 60.0
     """Seconds to the first chunk, and between chunks, before the worker is declared hung."""
     threads: int = Field(default=0, ge=0)
-    """torch threads per worker (0: the cores divided between the ``pool_size`` workers)."""
+    """torch threads per worker (0: the cores divided between the ``pool_size`` workers, or, for
+    a pool sized by memory, between one worker per two cores)."""
     extra_pythonpath: list[Path] = []
     """Folders put before the checkout on the workers' PYTHONPATH (e.g. a torchaudio stand-in
     on a CPU host where no torchaudio build matches torch)."""
@@ -366,6 +408,7 @@ class PricingSettings(BaseModel):
     whisper-1, gpt-4o-mini and tts-1 when this was written: edit them for your provider (a second
     voxline server as the hosted backend costs what its machine costs: set them to 0). Local
     engines are priced by the seconds they ran times an hourly rate for the machine kind.
+    Charges are stored in the state store (``state``), each with the API key it was for.
     """
 
     model_config = ConfigDict(use_attribute_docstrings=True)
@@ -382,9 +425,6 @@ class PricingSettings(BaseModel):
     """Local engines on a CPU: USD per engine-hour (a share of a small cloud VM)."""
     local_gpu_usd_per_hour: float = Field(default=2.0, ge=0.0)
     """Local engines on a GPU: USD per engine-hour (about an on-demand datacenter GPU)."""
-    ledger_path: Path | None = None
-    """JSON-lines file every charge is appended to, replayed at start so totals survive a
-    restart (unset: in memory only)."""
 
 
 class StateSettings(BaseModel):
@@ -411,6 +451,142 @@ class StateSettings(BaseModel):
     """SQLite only. ``NORMAL``: a commit is in the WAL file when the call returns, so killing
     the process loses nothing; a power cut may lose the last commits (the file stays
     consistent). ``FULL``: every commit is synced to disk too (about 5 ms more per write)."""
+
+
+class EdgeSettings(BaseModel):
+    """The edge of the server: API keys, origins and hosts, per-key limits (README, "Security").
+
+    Auth is on as soon as one API key exists (``voxline keys create``); until then the server
+    answers loopback clients only. Browsers are accepted from the server's own origin, loopback
+    origins and ``allowed_origins``; the ``Host`` header must be a loopback name, the address the
+    connection arrived on, or one of ``allowed_hosts`` (DNS rebinding).
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    allowed_origins: list[str] = []
+    """Browser origins allowed besides the server's own and loopback ones, exactly as browsers
+    send them (``https://app.example.com``; ``*``: any origin). Others are refused with 403,
+    WebSocket handshakes included."""
+    allowed_hosts: list[str] = []
+    """``Host`` names accepted besides loopback names and the address the connection arrived
+    on: ``voice.example.com``, ``*.example.com``, or ``*`` (no check). Set it to the name
+    clients use when the server is exposed."""
+    allow_remote_without_keys: bool = False
+    """Serve non-loopback clients while no API key exists (no authentication at all). Off: the
+    server refuses them, and ``voxline serve`` refuses to bind a non-loopback address."""
+    metrics_from_loopback: bool = False
+    """Let loopback clients scrape ``/metrics`` without a key (a local Prometheus); otherwise
+    ``/metrics`` needs a key with the ``admin`` scope once keys exist."""
+    client_secret_ttl_s: int = Field(default=600, ge=10, le=7200)
+    """Lifetime of a realtime client secret when the request sets none (OpenAI's default)."""
+    demo_login_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
+    """Lifetime of a demo login: the client secret its cookie holds."""
+    session_lease_ttl_s: float = Field(default=30.0, ge=2.0)
+    """Seconds a realtime session's slot (``max_sessions`` per key) outlives its last renewal:
+    a crashed replica's sessions stop counting after this."""
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest JSON request body (chat, speech, client secrets), refused with 413 before it is
+    parsed. Uploads (transcriptions, turns, the demo) are bounded by ``audio.max_bytes``."""
+
+
+class JobSettings(BaseModel):
+    """Durable jobs (``POST /v1/jobs``): long audio, long text, batches of turns (docs/jobs.md).
+
+    Jobs live in the state store, so they survive a restart: a job whose worker died is taken
+    over once its lease lapses and resumes after its last finished chunk.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    workers: int = Field(default=1, ge=0, le=64)
+    """Jobs this process runs at once (0: it only accepts jobs; another replica runs them)."""
+    chunk_parallelism: int = Field(default=2, ge=1, le=64)
+    """Chunks of one job in flight at once (they run at batch priority: interactive work first)."""
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    """Largest job upload in bytes (audio file, text, JSONL); larger ones are refused (413)."""
+    max_seconds: float = Field(default=4 * 3600.0, gt=0.0)
+    """Longest audio a transcription job accepts, in seconds (checked while decoding)."""
+    max_text_chars: int = Field(default=1_000_000, ge=1)
+    """Longest text a speech job accepts, in characters."""
+    max_turns: int = Field(default=1000, ge=1)
+    """Most lines in the JSONL file of a turns job."""
+    max_pending: int = Field(default=1000, ge=1)
+    """Queued and running jobs of all callers together; past it a submission gets 429."""
+    max_pending_per_key: int = Field(default=20, ge=1)
+    """Queued and running jobs of one API key (or of anonymous callers); past it 429."""
+    chunk_seconds: float = Field(default=30.0, ge=5.0, le=600.0)
+    """Longest audio chunk of a transcription job: audio is cut at the longest silence before
+    this (whisper reads 30 s windows)."""
+    min_chunk_seconds: float = Field(default=10.0, ge=0.5, le=600.0)
+    """A cut is not made before this many seconds of chunk (fewer, longer chunks)."""
+    min_silence_ms: int = Field(default=300, ge=32, le=10_000)
+    """Silence (Silero VAD) long enough to cut at; a chunk with no voiced frame is skipped."""
+    speech_chunk_chars: int = Field(default=600, ge=50, le=4096)
+    """Largest text chunk of a speech job (whole sentences up to this many characters)."""
+    lease_ttl_s: float = Field(default=30.0, gt=0.0)
+    """A worker renews its claim on a job this often (a third of it, in fact); a job whose
+    worker died is taken over this long after its last renewal."""
+    poll_interval_s: float = Field(default=1.0, gt=0.0)
+    """How often an idle worker looks for queued jobs (and for jobs whose worker died)."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Times a job may be started (a worker that died counts); the next one fails it."""
+
+
+class RayStageSettings(BaseModel):
+    """One stage as a Ray Serve deployment: replicas, autoscaling, resources."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    num_replicas: int = Field(default=1, ge=1)
+    """Replicas when autoscaling is off."""
+    autoscaling: bool = False
+    """Let Ray Serve scale between ``min_replicas`` and ``max_replicas``."""
+    min_replicas: int = Field(default=1, ge=0)
+    """Autoscaling: fewest replicas."""
+    max_replicas: int = Field(default=2, ge=1)
+    """Autoscaling: most replicas."""
+    target_ongoing_requests: float = Field(default=2.0, gt=0.0)
+    """Autoscaling: requests in flight per replica that Serve aims for."""
+    max_ongoing_requests: int = Field(default=8, ge=1)
+    """Requests a replica takes at once; more wait in Serve's queue."""
+    num_cpus: float = Field(default=0.25, ge=0.0)
+    """CPUs Ray reserves per replica (for placement only: fractions share a core; the engine's
+    own thread settings decide what it uses)."""
+    num_gpus: float = Field(default=0.0, ge=0.0)
+    """GPUs (or a fraction of one) Ray reserves per replica."""
+    chain: list[Literal["gpu", "cpu", "hosted"]] | None = None
+    """The backends inside each replica (unset: ``gpu`` then ``cpu`` on a machine with CUDA,
+    else ``cpu``)."""
+
+
+class RaySettings(BaseModel):
+    """Ray Serve: the stages as deployments, the API as their ingress (docs/ray.md)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    address: str | None = None
+    """Ray cluster address (``auto``, ``HOST:PORT``, ``ray://HOST:10001``; ``local``: start one
+    in this process). Unset: no Ray; a chain naming ``ray`` needs it."""
+    app_name: str = "voxline"
+    """Ray Serve application name (the stage deployments are looked up in it)."""
+    namespace: str = "voxline"
+    """Ray namespace the server and its deployments share."""
+    replica_retries: int = Field(default=1, ge=0, le=8)
+    """A stage call whose replica died is retried this many times (Serve routes it to another
+    replica); what was already streamed is not repeated."""
+    job_tasks: bool = True
+    """On Ray, run job chunks as Ray tasks (any node) rather than in the ingress process."""
+    task_num_cpus: float = Field(default=0.25, ge=0.0)
+    """CPUs Ray reserves per job chunk task (the engine work is in the stage replicas)."""
+    stt: RayStageSettings = RayStageSettings()
+    """The STT deployment."""
+    llm: RayStageSettings = RayStageSettings()
+    """The LLM deployment."""
+    tts: RayStageSettings = RayStageSettings()
+    """The TTS deployment."""
+    ingress: RayStageSettings = RayStageSettings(num_cpus=0.25)
+    """The API deployment (HTTP routes and the realtime WebSocket)."""
 
 
 class KBSettings(BaseModel):
@@ -495,6 +671,12 @@ class Settings(BaseSettings):
     """The cost ledger's price table."""
     state: StateSettings = StateSettings()
     """The durable state store."""
+    edge: EdgeSettings = EdgeSettings()
+    """API keys, origins, hosts and per-key limits."""
+    jobs: JobSettings = JobSettings()
+    """Durable jobs."""
+    ray: RaySettings = RaySettings()
+    """Ray Serve deployment."""
     kb: KBSettings = KBSettings()
     """The knowledge base (files, vector stores, retrieval, groundedness)."""
     cache_dir: Path = Path.home() / ".cache" / "voxline"

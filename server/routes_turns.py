@@ -33,6 +33,7 @@ from pipeline.knowledge import FileSearch, file_search_of
 from pipeline.settings import Settings
 from pipeline.turn import ReplyAudio, ReplyText, TranscriptReady, TurnEvent, TurnResult, run_turn
 from pipeline.types import AudioChunk, GenerationParams
+from server.edge.quotas import require_quota
 from server.errors import body_of, error_body
 from server.kb import caller, grounder_for
 from server.logging_setup import current_request_id
@@ -42,6 +43,7 @@ from server.schemas import (
 )
 from server.state import AppState, engines_of, state_of
 from server.streaming import EventStream, cancel_on_disconnect, client_gone, sse
+from store import UsageAmounts
 
 log = logging.getLogger("voxline.server.turns")
 
@@ -101,6 +103,8 @@ async def create_turn(
         await asyncio.to_thread(state.kb.check_stores, ids, owner, param)
         grounder = grounder_for(state.kb, owner)
     audio = await _decode(await file.read(), settings, engines.stt.sample_rate)
+    # the key's audio quota, with the seconds this upload would add, before the engines run
+    await require_quota(state_of(request).store, UsageAmounts(audio_seconds=audio.duration))
     turn = functools.partial(
         _accounted,
         state_of(request),
@@ -150,7 +154,7 @@ async def _accounted(state: AppState, audio: AudioChunk, **turn: Any) -> TurnRes
     state.metrics.observe_turn(result.timings)
     if result.knowledge is not None:
         state.observe_knowledge(result.knowledge)
-    cost = state.accounting.settle(request_id or "-")
+    cost = await state.accounting.settle(request_id or "-")
     return dataclasses.replace(result, cost_usd=round(cost, 8))
 
 

@@ -22,6 +22,7 @@ from pipeline.ledger import Ledger
 from pipeline.settings import Settings
 from pipeline.vad import VAD
 from server.accounting import Accounting
+from server.jobs.service import JobService
 from server.kb import KnowledgeBase, knowledge_base
 from server.logging_setup import log_call
 from server.metrics import Metrics
@@ -36,7 +37,8 @@ class AppState:
 
     ``vad`` is the one loaded VAD model; each realtime session ``fork()`` s it (its own state,
     the same weights). ``store`` is the durable state (``VOXLINE_STATE__URL``), opened here (its
-    schema migrated) and closed by the app's lifespan.
+    schema migrated) and closed by the app's lifespan. ``jobs`` is the job queue and this
+    process's job worker (started and stopped by the lifespan).
     """
 
     def __init__(
@@ -56,7 +58,7 @@ class AppState:
         self.metrics = Metrics()
         self.ledger = Ledger.from_settings(settings.pricing)
         self.ledger.listeners.append(self.metrics.observe_charge)
-        self.accounting = Accounting(self.ledger, self.metrics)
+        self.accounting = Accounting(self.ledger, self.metrics, self.store)
         self.tracing = Tracing.from_settings(settings)
         self.kb: KnowledgeBase = knowledge_base(self.store, settings)
         """Files, vector stores and retrieval (its model loads on first use)."""
@@ -65,6 +67,13 @@ class AppState:
         # executor's threads, which the turns need (VAD, store calls, retrieval)
         self._ingest_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-ingest")
         self._queued: set[tuple[str, str]] = set()
+        self.jobs = JobService(
+            self.store,
+            settings,
+            engines=lambda: self.engines,
+            vad=self.load_vad,
+            accounting=self.accounting,
+        )
         self._listened: set[int] = set()
         if engines is not None:
             self.listen(engines)

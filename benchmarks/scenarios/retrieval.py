@@ -11,9 +11,10 @@ own timing of each search beside the client's round trip:
 
 The store is a synthetic corpus of exactly ``CHUNKS`` short sections (one chunk each, made
 deterministically from a word list; search cost does not depend on chunk length, only on the
-number of chunks), uploaded through ``/v1/files`` and ingested once: a later run finds the
-store by its name and reuses it (a server the benchmark starts keeps its state under
-``<cache_dir>/bench/state``). Queries are the golden knowledge-base questions.
+number of chunks), uploaded through ``/v1/files`` and indexed (about a minute on 2 cores): a
+server given with ``--url`` that already has the store (by its name) reuses it; a server the
+benchmark starts has a fresh state store each time. Queries are the golden knowledge-base
+questions.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from pathlib import Path
 from pipeline.knowledge import Grounder, KnowledgePolicy, Retrieval
 from pipeline.settings import KBSettings, Settings
 from pipeline.support import EmbeddingSupport
+from server import identity
 from server.kb.service import KnowledgeBase
 from store import Store
 
@@ -28,10 +29,11 @@ __all__ = ["KnowledgeBase", "StoreRetriever", "caller", "grounder_for", "knowled
 
 
 def caller() -> str | None:
-    """The owner of the records the current request makes and may see: the API key id of the
-    request (the edge binds it), ``None`` without keys."""
-    # TODO(edge): `who = server.identity.current(); return who.key_id if who else None`
-    return None
+    """The owner of the records the current request makes and may see: the API key id the
+    edge bound for the request or realtime session (``server.identity``), ``None`` while the
+    server runs without keys."""
+    who = identity.current()
+    return who.key_id if who is not None else None
 
 
 class StoreRetriever:
