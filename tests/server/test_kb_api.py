@@ -299,3 +299,31 @@ async def test_documents_have_their_own_body_limit() -> None:
         with pytest.raises(openai.APIStatusError) as refused:
             await client.files.create(file=("huge.txt", b"x " * 2_000_000), purpose="assistants")
     assert refused.value.status_code == 413
+
+
+async def test_files_and_stores_belong_to_the_key_that_made_them() -> None:
+    from typing import Any
+
+    app = create_app(make_settings())
+    keys = _state(app).store.keys
+    alice, bob = keys.create("alice", ["audio"]), keys.create("bob", ["chat"])
+
+    def sdk(secret: str) -> openai.AsyncOpenAI:
+        transport: Any = http_client(app)
+        return openai.AsyncOpenAI(
+            base_url="http://test/v1", api_key=secret, max_retries=0, http_client=transport
+        )
+
+    async with sdk(alice.secret) as a, sdk(bob.secret) as b:
+        store, (file_id,) = await _ingested(a, MANUAL)
+        assert (await b.files.list()).data == [] and (await b.vector_stores.list()).data == []
+        with pytest.raises(openai.NotFoundError):
+            await b.files.retrieve(file_id)
+        with pytest.raises(openai.NotFoundError):
+            await b.vector_stores.search(store.id, query="filter")
+        with pytest.raises(openai.NotFoundError):
+            await b.files.delete(file_id)
+        assert (await a.vector_stores.search(store.id, query="filter")).data
+    async with openai_client(app) as anonymous:
+        with pytest.raises(openai.AuthenticationError):
+            await anonymous.files.list()
