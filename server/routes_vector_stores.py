@@ -42,26 +42,32 @@ class ExpiresAfter(BaseModel):
 class StaticChunking(BaseModel):
     """The sizes of ``{"type": "static", "static": {...}}``."""
 
-    max_chunk_size_tokens: int = Field(ge=100, le=4096)
-    chunk_overlap_tokens: int = Field(ge=0)
+    max_chunk_size_tokens: int = Field(ge=100, le=4096, strict=True)
+    chunk_overlap_tokens: int = Field(ge=0, strict=True)
 
 
-class ChunkingStrategy(BaseModel):
-    """OpenAI's ``chunking_strategy``: ``auto`` (the ``kb`` settings) or ``static``."""
+class AutoStrategy(BaseModel):
+    """``{"type": "auto"}``: the ``kb`` settings' sizes."""
 
-    type: Literal["auto", "static"]
-    static: StaticChunking | None = None
+    type: Literal["auto"]
 
     def sizes(self) -> tuple[int | None, int | None]:
-        """``(max tokens, overlap)``; ``None``: the settings'.
+        """``(None, None)``: the settings' sizes."""
+        return None, None
+
+
+class StaticStrategy(BaseModel):
+    """``{"type": "static", "static": {"max_chunk_size_tokens", "chunk_overlap_tokens"}}``."""
+
+    type: Literal["static"]
+    static: StaticChunking
+
+    def sizes(self) -> tuple[int | None, int | None]:
+        """``(max tokens, overlap)``.
 
         Raises:
-            InvalidInput: a static strategy without sizes, or an overlap over half a chunk.
+            InvalidInput: an overlap over half a chunk (OpenAI's rule too).
         """
-        if self.type == "auto":
-            return None, None
-        if self.static is None:
-            raise InvalidInput("a static chunking strategy needs its sizes", param="static")
         s = self.static
         if s.chunk_overlap_tokens > s.max_chunk_size_tokens // 2:
             raise InvalidInput(
@@ -69,6 +75,10 @@ class ChunkingStrategy(BaseModel):
                 param="chunking_strategy.static.chunk_overlap_tokens",
             )
         return s.max_chunk_size_tokens, s.chunk_overlap_tokens
+
+
+ChunkingStrategy = Annotated[AutoStrategy | StaticStrategy, Field(discriminator="type")]
+"""OpenAI's ``chunking_strategy``."""
 
 
 class CreateStore(BaseModel):
