@@ -27,6 +27,7 @@ from benchmarks.cli import bench
 from benchmarks.eval.cli import evaluate
 from cli.doctor import doctor
 from cli.jobs import app as jobs_app
+from cli.kb import app as kb_app
 from cli.keys import app as keys_app
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
@@ -283,6 +284,7 @@ app.command()(doctor)
 app.command()(bench)
 app.add_typer(keys_app, name="keys")
 app.command("eval")(evaluate)
+app.add_typer(kb_app, name="kb")
 app.add_typer(jobs_app, name="jobs")
 
 

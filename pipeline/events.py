@@ -13,6 +13,7 @@ from typing import Literal
 
 from pipeline.errors import InvalidInput, StageError, VoxlineError
 from pipeline.fallback_types import StageFallback
+from pipeline.knowledge import KnowledgeReport
 from pipeline.router import Route
 from pipeline.session_config import SessionConfig
 from pipeline.stages import CallRecord
@@ -279,6 +280,7 @@ class ResponseDone:
         backends: Which backend served each stage.
         error: The failure, when ``status`` is ``failed``.
         fallbacks: Every switch to another backend while the reply was made.
+        knowledge: Retrieval and groundedness, when the session searches vector stores.
     """
 
     response_id: str
@@ -295,6 +297,7 @@ class ResponseDone:
     """The function calls of the response, in order (outputs after the spoken message)."""
     route: Route | None = None
     """The LLM tier that answered and why (``pipeline.router``), when the server has tiers."""
+    knowledge: KnowledgeReport | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,10 @@ A reply may call functions (``GenerationParams.tools``): the calls' pieces
 the text said before them, and ``items()`` yields them between the spoken chunks;
 ``tool_calls`` holds the complete, validated calls once the LLM is done. ``chunks()`` is the
 audio alone, for consumers that offer no tools.
+Two variations serve the knowledge base (``pipeline.knowledge``): a reply with a fixed
+``text`` speaks it without calling the LLM (an "I don't know" that needs no model), and a reply
+with a ``vet`` holds the LLM's whole answer until ``vet`` has decided what to speak (the answer,
+or a safe reply when it is not supported by its sources).
 
 Audio leaves at ``output_rate`` through one streaming resampler for the whole reply: resampling
 each chunk on its own would put a click at every chunk boundary.
@@ -27,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +70,9 @@ class Reply:
         clock: Time source of ``times``.
         route: The LLM tier ``llm`` is and why it was picked (``pipeline.router``), reported
             with the reply's result.
+        text: Speak this instead of asking the LLM (no LLM call, no usage).
+        vet: Called with the LLM's whole reply before any of it is spoken; returns what to
+            speak instead (the same text, or a replacement).
     """
 
     def __init__(
@@ -81,6 +88,8 @@ class Reply:
         output_rate: int | None = None,
         clock: Clock = time.perf_counter,
         route: Route | None = None,
+        text: str | None = None,
+        vet: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self.llm = llm
         self.route = route
@@ -92,6 +101,8 @@ class Reply:
         self.policy = policy or PhrasePolicy()
         self.output_rate = output_rate
         self._clock = clock
+        self._fixed = text
+        self._vet = vet
         self.times = ReplyTimes(started=clock())
         self.usage = Usage()
         self.finish_reason: str | None = None
@@ -149,7 +160,11 @@ class Reply:
 
     async def _generate(self) -> None:
         chunker = PhraseChunker(self.policy)
+        held = self._vet is not None
         try:
+            if self._fixed is not None:
+                self._say_fixed(chunker, self._fixed)
+                return
             deltas = self.llm.stream(self.messages, self.params)
             async with contextlib.aclosing(deltas):
                 async for delta in deltas:
@@ -168,14 +183,31 @@ class Reply:
                         continue
                     self.times.first_token = self.times.first_token or self._clock()
                     self._parts.append(delta.text)
-                    for phrase in chunker.feed(delta.text):
-                        self._hand_over(phrase)
+                    if not held:
+                        for phrase in chunker.feed(delta.text):
+                            self._hand_over(phrase)
             self.times.llm_done = self._clock()
+            if held and self._vet is not None:
+                said = await self._vet(self.text)
+                if said != self.text:
+                    self._parts = [said]
+                for phrase in chunker.feed(self.text):
+                    self._hand_over(phrase)
             for phrase in chunker.flush():
                 self._hand_over(phrase)
             self._phrase_queue.put_nowait(None)
         except Exception as exc:  # delivered in order to the consumer, who reports it
             self._fail(exc)
+
+    def _say_fixed(self, chunker: PhraseChunker, text: str) -> None:
+        # no LLM ran: its "first token" and "done" are now, so the latency vocabulary still
+        # holds (the LLM's share of the turn is zero)
+        now = self._clock()
+        self.times.first_token = self.times.llm_done = now
+        self._parts = [text]
+        for phrase in [*chunker.feed(text), *chunker.flush()]:
+            self._hand_over(phrase)
+        self._phrase_queue.put_nowait(None)
 
     def _hand_over(self, phrase: str) -> None:
         self.times.first_phrase = self.times.first_phrase or self._clock()

@@ -47,6 +47,7 @@ from pipeline.events import (
 )
 from pipeline.fallback_types import FallbackReports, collect_reports
 from pipeline.history import History, Item, heard_text
+from pipeline.knowledge import Grounded, KnowledgeReport
 from pipeline.listener import Utterance, new_id
 from pipeline.metering import Meter
 from pipeline.reply import Reply, SpokenChunk
@@ -77,6 +78,8 @@ class Response:
     calls: dict[int, Item] = field(default_factory=dict)  # function calls by index
     arguments: dict[int, list[str]] = field(default_factory=dict)  # their arguments so far
     done_calls: list[FunctionCallDone] = field(default_factory=list)
+    grounded: Grounded | None = None  # what the reply was grounded in (file_search)
+    knowledge: KnowledgeReport | None = None
 
 
 class Responder:
@@ -84,7 +87,8 @@ class Responder:
 
     Args:
         history: The conversation (assistant items are added to it).
-        make_reply: Builds the reply to a conversation (the session's current voice, params...).
+        make_reply: Prepares the reply to a conversation (the session's current voice, params,
+            and its grounding when the session searches vector stores).
         messages: The conversation as the LLM sees it now.
         backends: The backends serving each stage now.
         emit: Sends an event to the client.
@@ -96,7 +100,7 @@ class Responder:
         self,
         history: History,
         *,
-        make_reply: Callable[[list[Message]], Reply],
+        make_reply: Callable[[list[Message]], Awaitable[tuple[Reply, Grounded | None]]],
         messages: Callable[[], list[Message]],
         backends: Callable[[], Backends],
         emit: Callable[[Event], None],
@@ -191,7 +195,7 @@ class Responder:
         error: ErrorEvent | None = None
         try:
             if resp.messages is not None:  # speculative: run ahead while held
-                resp.reply = self._make_reply(resp.messages)
+                resp.reply, resp.grounded = await self._make_reply(resp.messages)
                 resp.reply.start()
             await resp.released.wait()
             previous = self._history.last_id
@@ -203,7 +207,7 @@ class Responder:
                 resp.messages = self._messages()
                 if resp.marks is None:
                     resp.marks, self.pending_marks = self.pending_marks, None
-                resp.reply = self._make_reply(resp.messages)
+                resp.reply, resp.grounded = await self._make_reply(resp.messages)
             reply = resp.reply
             async for out in reply.items():
                 if isinstance(out, ToolCallDelta):
@@ -215,6 +219,8 @@ class Responder:
             resp.item.text = reply.text
             self._emit(ResponseAudioDone(resp.response_id, resp.item_id, reply.text))
             self._calls_done(resp, reply.tool_calls)
+            if resp.grounded is not None:  # its support is scored once the reply is out
+                resp.knowledge = await resp.grounded.report(reply.text)
         except asyncio.CancelledError:
             if resp.cancel_reason is None:
                 raise
@@ -352,8 +358,24 @@ class Responder:
                 resp.reports.switches() if resp.reports is not None else (),
                 tuple(resp.done_calls),
                 reply.route if reply is not None else None,
+                resp.knowledge or _partial_report(resp.grounded),
             )
         )
+
+
+def _partial_report(grounded: Grounded | None) -> KnowledgeReport | None:
+    """What a response that did not finish retrieved (no support: its answer was cut)."""
+    if grounded is None:
+        return None
+    return KnowledgeReport(
+        grounded.search.vector_store_ids,
+        grounded.retrieval.total_ms,
+        tuple(round(p.score, 4) for p in grounded.retrieval.passages),
+        grounded.citations,
+        dont_know=not grounded.passages,
+        llm_called=grounded.fixed_reply is None,
+        relevance=grounded.relevance,
+    )
 
 
 def _no_scope(_: str) -> AbstractContextManager[object]:

@@ -56,6 +56,7 @@ from pipeline.events import (
     UsageReported,
 )
 from pipeline.history import History, Item
+from pipeline.knowledge import Grounded, Grounder
 from pipeline.listener import Heard, Listener, Turn, Utterance, new_id
 from pipeline.phrases import PhrasePolicy
 from pipeline.reply import Reply
@@ -107,6 +108,8 @@ class Session:
         response_scope: Entered around each response with its id (the tasks of its LLM and
             TTS calls run inside it): the server opens the response's trace there.
         router: Picks the LLM tier of each response (``None``: ``llm`` answers every turn).
+        grounder: Retrieval for replies when the configuration names vector stores
+            (``config.file_search``); without one, such a configuration is refused.
 
     Operations never raise for the client's mistakes or a stage's failure: they emit an
     ``ErrorEvent`` and the session stays usable. Once ``aclose()`` has run, they do nothing.
@@ -125,12 +128,15 @@ class Session:
         clock: Callable[[], float] = time.perf_counter,
         response_scope: Callable[[str], AbstractContextManager[object]] | None = None,
         router: Router | None = None,
+        grounder: Grounder | None = None,
     ) -> None:
         self.stt, self.llm, self.tts = stt, llm, tts
         self.router = router
+        self.grounder = grounder
         self.settings = settings = settings or SessionSettings()
         self._config = config or SessionConfig(turn_detection=TurnDetection.from_settings(settings))
         self._config.validate()
+        self._check_knowledge(self._config)
         self.phrase_policy = phrase_policy or PhrasePolicy()
         self._clock = clock
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
@@ -298,6 +304,7 @@ class Session:
         except TypeError as exc:
             raise InvalidInput(f"unknown session field: {exc}", param="session") from exc
         config.validate()
+        self._check_knowledge(config)
         td = config.turn_detection
         if (td is None) != (self._config.turn_detection is None):
             self._responses.drop_spec()
@@ -394,16 +401,30 @@ class Session:
         messages = self._history.messages(self._config.instructions, [Message("user", text)])
         responses.speculate(messages, utt, utt.result.frames)
 
-    def _make_reply(self, messages: list[Message]) -> Reply:
-        # the seam between transcript and LLM: the router picks the tier, the functions the
-        # client offered ride in the params
+    def _check_knowledge(self, config: SessionConfig) -> None:
+        if config.file_search is not None and self.grounder is None:
+            raise InvalidInput(
+                "this server has no knowledge base: file_search is not available",
+                param="session.tools",
+                code="unsupported_value",
+            )
+
+    async def _make_reply(self, messages: list[Message]) -> tuple[Reply, Grounded | None]:
+        # the seam between transcript and LLM (docs/architecture.md, "Knowledge and tools"):
+        # retrieval first, then the router (which reads how much was retrieved) picks the tier;
+        # the functions the client offered ride in the params
         cfg = self._config
         params = cfg.reply_params
+        grounded = None
+        if cfg.file_search is not None and self.grounder is not None:
+            grounded = await self.grounder.ground(messages, cfg.file_search)
+            messages = grounded.messages
         llm, route = self.llm, None
         if self.router is not None:
-            route = self.router.route(messages, params, pinned=cfg.tier)
+            hits = len(grounded.passages) if grounded is not None else None
+            route = self.router.route(messages, params, pinned=cfg.tier, retrieval_hits=hits)
             llm = self.router.llm(route)
-        return Reply(
+        reply = Reply(
             llm,
             self.tts,
             messages,
@@ -414,7 +435,10 @@ class Session:
             policy=self.phrase_policy,
             output_rate=cfg.output_sample_rate,
             clock=self._clock,
+            text=grounded.fixed_reply if grounded is not None else None,
+            vet=grounded.vet if grounded is not None else None,
         )
+        return reply, grounded
 
     def _emit(self, event: Event) -> None:
         # work done while closing is still reported: it is billed (see UsageReported)

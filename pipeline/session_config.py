@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from pipeline.errors import InvalidInput
+from pipeline.knowledge import FileSearch
 from pipeline.settings import SessionSettings, Settings
 from pipeline.stages import validate_chat
 from pipeline.types import ForcedTool, FunctionTool, GenerationParams, Message, ToolChoice
@@ -69,6 +70,8 @@ class SessionConfig:
         tools: Functions the model may call (OpenAI's ``session.tools`` of type function).
         tool_choice: Whether it may, must or must not call one.
         tier: The LLM tier every response uses (``None``: the router picks per turn).
+        file_search: The vector stores replies are grounded in (OpenAI's ``file_search`` tool
+            in ``session.tools``; ``None``: no retrieval).
     """
 
     instructions: str = "You are a helpful voice assistant."
@@ -87,6 +90,8 @@ class SessionConfig:
     def reply_params(self) -> GenerationParams:
         """The LLM options of a reply: sampling, and the functions it may call."""
         return dataclasses.replace(self.params, tools=self.tools, tool_choice=self.tool_choice)
+
+    file_search: FileSearch | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionConfig:

@@ -47,10 +47,11 @@ from pipeline.events import (
     TranscriptFailed,
     TranscriptPartial,
 )
+from pipeline.knowledge import FileSearch
 from pipeline.listener import new_id
 from pipeline.session_config import SessionConfig
 from pipeline.types import ForcedTool, ToolChoice
-from server.schemas import fallbacks_json, route_json
+from server.schemas import fallbacks_json, knowledge_json, route_json
 
 Wire = dict[str, Any]
 """One server event, ready for ``json.dumps``."""
@@ -160,7 +161,12 @@ class ServerEvents:
                     "speed": cfg.speed,
                 },
             },
-            "voxline": {"temperature": cfg.params.temperature, "top_p": cfg.params.top_p},
+            "voxline": {
+                "temperature": cfg.params.temperature,
+                "top_p": cfg.params.top_p,
+                # OpenAI's realtime sessions have no file_search tool type: it is reported here
+                "file_search": _file_search(cfg.file_search),
+            },
         }
 
     def session_created(self) -> Wire:
@@ -403,6 +409,7 @@ class ServerEvents:
             },
             "fallbacks": fallbacks_json(event.fallbacks),
             **route_json(event.route),
+            **knowledge_json(event.knowledge),
         }
         out.append(wire_event("response.done", response=response))
         return out
@@ -428,6 +435,17 @@ class ServerEvents:
         return wire_event(
             kind, response_id=rid, item_id=item_id, output_index=0, content_index=0, **fields
         )
+
+
+def _file_search(search: FileSearch | None) -> Wire | None:
+    if search is None:
+        return None
+    return {
+        "type": "file_search",
+        "vector_store_ids": list(search.vector_store_ids),
+        "max_num_results": search.max_num_results,
+        "ranking_options": {"score_threshold": search.score_threshold},
+    }
 
 
 def _audio_part(transcript: str) -> Wire:

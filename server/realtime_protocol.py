@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import ValidationError
 
 from pipeline.errors import InvalidInput
+from pipeline.knowledge import FileSearch, file_search_of
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.tool_calls import parse_tool_choice, parse_tools
 from pipeline.types import FunctionTool, ToolChoice
@@ -76,6 +77,8 @@ class UpdateSession:
         max_tokens: A token cap, or ``"inf"`` for the server's default cap.
         turn_detection: Server VAD fields to change, or ``"off"`` for manual turns.
         language: STT language; ``""`` asks the engine to detect it.
+        file_search: The ``file_search`` tool of ``session.tools``; ``"off"``: tools were set
+            without one (retrieval stops).
     """
 
     instructions: str | None = None
@@ -90,6 +93,7 @@ class UpdateSession:
     tools: tuple[FunctionTool, ...] | None = None
     tool_choice: ToolChoice | None = None
     tier: str | None = None
+    file_search: FileSearch | Literal["off"] | None = None
 
     def changes(self, current: SessionConfig, default_vad: TurnDetection) -> dict[str, object]:
         """Keyword arguments for ``Session.update`` (``SessionConfig`` field names).
@@ -111,6 +115,8 @@ class UpdateSession:
             out["tool_choice"] = self.tool_choice
         if self.tier is not None:
             out["tier"] = self.tier or None  # "": a model that is no tier, the router decides
+        if self.file_search is not None:
+            out["file_search"] = None if self.file_search == "off" else self.file_search
         if self.temperature is not None or self.max_tokens is not None:
             params = current.params
             if self.temperature is not None:
@@ -313,10 +319,11 @@ class ClientEventParser:
         if s.type == "transcription":
             raise _unsupported("session.type", "transcription-only sessions are not supported")
         tools = None
+        file_search: FileSearch | Literal["off"] | None = None
         if "tools" in s.model_fields_set:
+            # function tools and the knowledge base's file_search; any other type is refused
             tools = parse_tools(s.tools or [], param="session.tools", nested=False)
-            if len(tools) != len(s.tools or []):
-                raise _unsupported("session.tools", "only tools of type 'function' are served")
+            file_search = file_search_of(s.tools or [], param="session.tools") or "off"
         tool_choice = None
         if s.tool_choice is not None:
             tool_choice = parse_tool_choice(
@@ -358,6 +365,7 @@ class ClientEventParser:
             tools=tools,
             tool_choice=tool_choice,
             tier=tier,
+            file_search=file_search,
         )
 
 

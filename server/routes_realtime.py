@@ -40,7 +40,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import suppress
 from typing import Annotated
 
@@ -55,6 +55,7 @@ from pipeline.events import (
     TranscriptCompleted,
     UsageReported,
 )
+from pipeline.knowledge import FileSearch, KnowledgeReport
 from pipeline.router import Route
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
@@ -63,6 +64,7 @@ from pipeline.types import TurnTimings
 from server import identity
 from server.accounting import SessionUsage
 from server.edge.realtime import RealtimeLimits
+from server.kb import caller, grounder_for
 from server.logging_setup import bind
 from server.realtime_events import ServerEvents, Wire, error_event
 from server.realtime_protocol import (
@@ -132,6 +134,7 @@ async def realtime(
         model=model or "voxline", config=config, transcription_model=engines.stt.name
     )
     heard = _LastTranscription(engines.stt.name)
+    owner = caller()
     session = Session(
         engines.stt,
         engines.llm,
@@ -141,6 +144,7 @@ async def realtime(
         settings=settings.session,
         response_scope=functools.partial(_traced, state, events.session_id, heard),
         router=router,
+        grounder=grounder_for(state.kb, owner),
     )
     parser = ClientEventParser(
         max_append_bytes=min(settings.audio.max_bytes, MAX_APPEND_BYTES),
@@ -158,6 +162,8 @@ async def realtime(
         observe_turn=state.metrics.observe_turn,
         heard=heard,
         observe_route=functools.partial(state.observe_route, where="realtime response"),
+        check_stores=functools.partial(_check_stores, state, owner),
+        observe_knowledge=state.observe_knowledge,
     )
     if who is not None:
         connection.limits = RealtimeLimits(
@@ -169,6 +175,11 @@ async def realtime(
             await connection.run()
     finally:
         log.info("realtime session %s closed", events.session_id)
+
+
+async def _check_stores(state: AppState, owner: str | None, ids: Sequence[str]) -> None:
+    """Refuse a ``file_search`` naming a store that is not the caller's (before it is used)."""
+    await asyncio.to_thread(state.kb.check_stores, ids, owner, "session.tools.vector_store_ids")
 
 
 class _LastTranscription:
@@ -217,9 +228,13 @@ class _Connection:
         observe_turn: Callable[[TurnTimings], None] = lambda _: None,
         heard: _LastTranscription | None = None,
         observe_route: Callable[[Route | None], None] = lambda _: None,
+        check_stores: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+        observe_knowledge: Callable[[KnowledgeReport], None] = lambda _: None,
     ) -> None:
         self._ws = websocket
         self._observe_route = observe_route
+        self._check_stores = check_stores
+        self._observe_knowledge = observe_knowledge
         self._usage = usage
         self._observe_turn = observe_turn
         self._heard = heard
@@ -332,6 +347,9 @@ class _Connection:
                 if pcm:
                     await session.append_audio(decode_pcm16(pcm, session.config.input_sample_rate))
             case UpdateSession():
+                search = command.file_search
+                if isinstance(search, FileSearch) and self._check_stores is not None:
+                    await self._check_stores(search.vector_store_ids)
                 await session.update(**command.changes(session.config, self._default_vad))
             case CommitAudio():
                 await session.commit()
@@ -378,6 +396,8 @@ class _Connection:
                 wires = self._events.map(event, cause)
                 if isinstance(event, ResponseDone):
                     self._observe_route(event.route)
+                if isinstance(event, ResponseDone) and event.knowledge is not None:
+                    self._observe_knowledge(event.knowledge)
                 if isinstance(event, ResponseDone) and self._usage is not None:
                     self._observe_turn(event.timings)
                     billed = self._usage.report()

@@ -34,6 +34,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pipeline.audio import encode_wav
 from pipeline.errors import InvalidInput
 from pipeline.fallback_types import StageFallback
+from pipeline.knowledge import KnowledgeReport
 from pipeline.router import Route
 from pipeline.stages import validate_chat
 from pipeline.tool_calls import parse_tool_choice, parse_tools
@@ -418,6 +419,46 @@ class FallbackOut(BaseModel):
     after_output: bool = False
 
 
+class CitationOut(BaseModel):
+    """A source the answer was given: a chunk of a file in a vector store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file_id: str
+    filename: str
+    chunk: int = Field(ge=0)
+    score: float
+    text: str
+
+
+class SupportOut(BaseModel):
+    """How well the answer is supported by its sources."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: float = Field(ge=0, le=1)
+    threshold: float
+    flagged: bool
+    replaced: bool
+    scorer: str
+    ms: float
+
+
+class KnowledgeOut(BaseModel):
+    """Retrieval and groundedness of a turn that searched vector stores."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector_store_ids: list[str]
+    retrieval_ms: float
+    scores: list[float]
+    relevance: list[float]
+    top_score: float | None
+    dont_know: bool
+    llm_called: bool
+    support: SupportOut | None
+
+
 class TurnResponse(BaseModel):
     """``POST /v1/turns`` result (and, without audio data, ``voxline turn --json``)."""
 
@@ -435,6 +476,8 @@ class TurnResponse(BaseModel):
     """The LLM tier that answered (``pipeline.router``)."""
     route_reason: str | None = None
     """Why the router picked it."""
+    citations: list[CitationOut] | None = None
+    knowledge: KnowledgeOut | None = None
 
 
 def turn_json(result: TurnResult) -> dict[str, object]:
@@ -455,6 +498,45 @@ def turn_json(result: TurnResult) -> dict[str, object]:
             "prompt_tokens": result.usage.prompt_tokens,
             "completion_tokens": result.usage.completion_tokens,
             "total_tokens": result.usage.total_tokens,
+        },
+        **knowledge_json(result.knowledge),
+    }
+
+
+def knowledge_json(report: KnowledgeReport | None) -> dict[str, object]:
+    """``citations`` and ``knowledge`` of a grounded turn or response (nothing without one)."""
+    if report is None:
+        return {}
+    support = report.support
+    return {
+        "citations": [
+            {
+                "file_id": c.file_id,
+                "filename": c.filename,
+                "chunk": c.chunk,
+                "score": c.score,
+                "text": c.text,
+            }
+            for c in report.citations
+        ],
+        "knowledge": {
+            "vector_store_ids": list(report.vector_store_ids),
+            "retrieval_ms": report.retrieval_ms,
+            "scores": list(report.scores),
+            "relevance": list(report.relevance),
+            "top_score": report.top_score,
+            "dont_know": report.dont_know,
+            "llm_called": report.llm_called,
+            "support": None
+            if support is None
+            else {
+                "score": support.score,
+                "threshold": support.threshold,
+                "flagged": support.flagged,
+                "replaced": support.replaced,
+                "scorer": support.scorer,
+                "ms": support.ms,
+            },
         },
     }
 
