@@ -185,6 +185,16 @@ def _file_search(tools: str | None) -> FileSearch | None:
         parsed = json.loads(tools)
     except ValueError as exc:
         raise InvalidInput("tools must be a JSON list", param="tools", code="invalid_json") from exc
+    if isinstance(parsed, list) and any(
+        isinstance(t, dict) and t.get("type") == "function" for t in parsed
+    ):
+        # a one-shot turn has no way to hand a call's output back: realtime and chat do
+        raise InvalidInput(
+            "a turn takes only file_search tools: call functions over /v1/realtime or "
+            "/v1/chat/completions",
+            param="tools",
+            code="unsupported_value",
+        )
     return file_search_of(parsed, param="tools")
 
 

@@ -71,7 +71,7 @@ def test_passages_go_before_the_question_best_first_within_the_budget() -> None:
     ("tools", "param"),
     [
         ("nope", "tools"),
-        ([{"type": "function", "name": "f"}], "tools"),
+        ([{"type": "mcp", "server_label": "x"}], "tools"),
         ([{"type": "file_search"}], "tools[0].vector_store_ids"),
         ([{"type": "file_search", "vector_store_ids": [1]}], "tools[0].vector_store_ids"),
         (
@@ -95,6 +95,13 @@ def test_bad_file_search_tools_name_the_field(tools: Any, param: str) -> None:
     with pytest.raises(InvalidInput) as refused:
         file_search_of(tools)
     assert refused.value.param == param
+
+
+def test_function_tools_are_left_to_their_own_parser() -> None:
+    function = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+    assert file_search_of([function]) is None
+    found = file_search_of([function, {"type": "file_search", "vector_store_ids": ["vs_1"]}])
+    assert found is not None and found.vector_store_ids == ("vs_1",)
 
 
 def test_a_file_search_tool_is_read_in_openais_shape() -> None:
