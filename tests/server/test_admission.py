@@ -33,6 +33,7 @@ from tests.server.conftest import LiveServer, http_client, make_settings, wait_t
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 LIMITS = LimitsSettings(max_sessions=2, engine_queue=1)
+FILE = ("notes.txt", b"Rome is the capital of Italy.", "text/plain")
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
 
 
@@ -219,3 +220,28 @@ async def test_clients_that_leave_mid_response_leave_no_engine_work_behind(
             assert (scheduler.in_use, scheduler.waiting) == (0, 0), scheduler.name
     llm_calls = [c for c in calls if c.stage == "llm"]
     assert llm_calls and all(c.tokens_out < settings.llm.max_tokens for c in llm_calls)
+
+
+async def test_while_draining_every_api_route_is_refused_and_the_probes_answer(
+    engines: Engines,
+) -> None:
+    calls = record_calls(engines)
+    app = create_app(make_settings(limits=LIMITS), engines=engines)
+    app.state.voxline.admission.draining = True
+    async with http_client(app) as client:
+        refused = [
+            await client.post("/v1/chat/completions", json=CHAT),
+            await client.post("/v1/files", data={"purpose": "assistants"}, files={"file": FILE}),
+            await client.get("/v1/files"),
+            await client.post("/v1/vector_stores", json={"name": "kb"}),
+            await client.post("/v1/jobs", data={"kind": "speech", "input": "Hello."}),
+            await client.get("/v1/jobs"),
+        ]
+        ready, healthy = await client.get("/readyz"), await client.get("/healthz")
+    for response in refused:
+        assert response.status_code == 503, (response.request.url, response.text)
+        assert response.headers["Retry-After"] == "1"
+        assert response.json()["error"]["code"] == "server_shutting_down"
+    assert (ready.status_code, ready.json()["status"]) == (503, "draining")
+    assert healthy.status_code == 200
+    assert calls == []
