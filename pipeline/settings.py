@@ -540,11 +540,12 @@ class LimitsSettings(BaseModel):
     """Realtime sessions served at once, server-wide; one more is refused at the handshake
     (503, ``Retry-After``). 0: ``sessions_per_core`` per CPU core (see that setting)."""
     sessions_per_core: float = Field(default=1.0, gt=0.0)
-    """What ``max_sessions`` 0 means: this many sessions per CPU core, at least 1. Measured
-    with ``voxline bench load`` on 2 cores with the default CPU models: 2 sessions keep the
-    voice-to-voice p95 within 1.5 s and 4 do not (README, "Admission and scheduling"); the
-    engines' work grows with sessions and is shared by the cores, so the limit scales with
-    them. A GPU serves many more: measure and set ``max_sessions``."""
+    """What ``max_sessions`` 0 means: this many sessions per CPU core, at least 1. Chosen from
+    ``voxline bench load`` on 2 cores with the default CPU models (README, "Overload,
+    backpressure and shutdown"): 2 sessions at once kept the voice-to-voice p95 within 1.5 s
+    in every run, 3 did not (1.3-3.4 s), 4 reached 3.0-4.5 s; the engines' work grows with
+    sessions and is shared by the cores, so the limit scales with them. A GPU serves many
+    more: measure and set ``max_sessions``."""
     engine_queue: int = Field(default=8, ge=0)
     """Calls that may wait for each engine (beyond its ``capacity``); past it the least
     urgent is refused (EngineBusy, 503)."""

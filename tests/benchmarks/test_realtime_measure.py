@@ -121,10 +121,12 @@ async def test_a_refused_session_is_an_engine_unavailable() -> None:
                 pass
 
 
-def test_load_levels_are_powers_of_two_up_to_the_limit() -> None:
+def test_load_levels_are_1_2_then_every_even_number_up_to_the_limit() -> None:
     assert load.levels(1) == [1]
     assert load.levels(4) == [1, 2, 4]
     assert load.levels(6) == [1, 2, 4, 6]
+    assert load.levels(8) == [1, 2, 4, 6, 8]
+    assert load.levels(3) == [1, 2, 3]
 
 
 def _ctx(url: str, slo_ms: float, max_sessions: int) -> BenchContext:
