@@ -116,7 +116,9 @@ async def test_without_the_denial_extension_a_refused_session_is_closed_with_101
         "path": "/v1/realtime",
         "raw_path": b"/v1/realtime",
         "query_string": b"model=voxline",
-        "headers": [],
+        "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 50_000),  # loopback: the edge serves it without a key
+        "server": ("127.0.0.1", 8_000),
         "subprotocols": [],
         "extensions": {},  # a server that cannot answer a handshake with an HTTP status
     }
