@@ -4,7 +4,9 @@ The first phrase goes to TTS as soon as it is speakable, a clause rather than a 
 paragraph, because time to first audio is what the user hears; later phrases prefer whole
 sentences (better prosody) and fall back to clause boundaries only when a sentence runs long.
 Decimal points ("3.5"), common abbreviations ("Dr.", "e.g.") and a period not followed by a space
-(yet) do not end a phrase.
+(yet) do not end a phrase. A first phrase cut for time (``first_max_words``, no punctuation yet)
+is not cut right after a word a phrase cannot end on ("the", "of", "and"...): it waits for up to
+two more words, because a phrase spoken as "The capital of" sounds broken.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+from pipeline.settings import ReplySettings
+from pipeline.turn_end import CONTINUATION_WORDS
+
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n+")
 _CLAUSE_END = re.compile(r"[,;:\u2014\u2013]+[\"')\]]*(?=\s)")
 _INITIALS = re.compile(r"(?:[^\W\d_]\.)*[^\W\d_]")  # "j", "u.s": letters, dot-separated
+_DANGLING_GRACE = 2  # more words a time cut may wait for, past a word it cannot end on
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc e.g i.e no approx fig inc ltd co".split()
 )
@@ -39,6 +45,16 @@ class PhrasePolicy:
     min_words: int = 8
     max_chars: int = 160
     first_max_words: int = 6
+
+    @classmethod
+    def from_settings(cls, settings: ReplySettings) -> PhrasePolicy:
+        """The policy the ``reply`` settings describe."""
+        return cls(
+            first_min_words=settings.first_phrase_min_words,
+            min_words=settings.phrase_min_words,
+            max_chars=settings.phrase_max_chars,
+            first_max_words=settings.first_phrase_max_words,
+        )
 
 
 class PhraseChunker:
@@ -80,7 +96,10 @@ class PhraseChunker:
                 return match.end()
         limit = self.policy.first_max_words
         if self._emitted == 0 and limit and text.endswith((" ", "\n")):
-            if len(text.split()) >= limit:
+            words = text.split()
+            if len(words) >= limit and (
+                len(words) >= limit + _DANGLING_GRACE or not _dangles(words[-1])
+            ):
                 return len(text)
         if len(text) > self.policy.max_chars:
             space = text.rfind(" ", 0, self.policy.max_chars)
@@ -95,6 +114,11 @@ class PhraseChunker:
         word = word.lstrip("\"'([")
         # a single letter ("J. Smith") or dotted letters ("U.S.") are initials, not a sentence end
         return word in _ABBREVIATIONS or _INITIALS.fullmatch(word) is not None
+
+
+def _dangles(word: str) -> bool:
+    """Whether a phrase cannot end on ``word`` ("the", "of"...)."""
+    return word.strip("\"'()[]").lower() in CONTINUATION_WORDS
 
 
 async def phrases(

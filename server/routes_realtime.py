@@ -48,6 +48,7 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from pipeline.audio import decode_pcm16
 from pipeline.errors import InvalidInput, VoxlineError
 from pipeline.events import ErrorEvent, ResponseDone, TranscriptCompleted, UsageReported
+from pipeline.phrases import PhrasePolicy
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.stages import CallRecord
@@ -118,6 +119,7 @@ async def realtime(
         vad.fork(),
         config=config,
         settings=settings.session,
+        phrase_policy=PhrasePolicy.from_settings(settings.reply),
         response_scope=functools.partial(_traced, state, events.session_id, heard),
     )
     parser = ClientEventParser(

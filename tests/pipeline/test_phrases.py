@@ -191,3 +191,28 @@ def test_first_phrase_is_cut_at_a_word_boundary_after_first_max_words() -> None:
 def test_first_max_words_zero_waits_for_punctuation() -> None:
     text = "The capital of France is Paris and it is lovely in spring."
     assert cut(text, PhrasePolicy(first_max_words=0)) == [text]
+
+
+def test_a_time_cut_waits_past_a_word_a_phrase_cannot_end_on() -> None:
+    policy = PhrasePolicy(first_max_words=6)
+    # the 6th word is "of": the cut waits one word, for "France"
+    assert cut("Paris is the capital city of France and the largest", policy)[0] == (
+        "Paris is the capital city of France"
+    )
+    # after two more such words ("um uh", then "and") it is cut anyway, two words late
+    assert cut("So you go to the um uh and then left", policy)[0] == "So you go to the um uh and"
+    # a 6th word a phrase can end on is cut at once
+    assert cut("The sun usually rises very early in summer", policy)[0] == (
+        "The sun usually rises very early"
+    )
+
+
+def test_policy_from_settings() -> None:
+    from pipeline.settings import ReplySettings
+
+    settings = ReplySettings(
+        first_phrase_min_words=2, first_phrase_max_words=4, phrase_min_words=5, phrase_max_chars=90
+    )
+    assert PhrasePolicy.from_settings(settings) == PhrasePolicy(
+        first_min_words=2, min_words=5, max_chars=90, first_max_words=4
+    )
