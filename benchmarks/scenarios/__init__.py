@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from benchmarks.context import BenchContext, ScenarioResult
-from benchmarks.scenarios import llm, load, realtime, stt, tts, turn
+from benchmarks.scenarios import endpoint, llm, load, phrasing, realtime, stt, tts, turn
 
 Scenario = Callable[[BenchContext, str], Awaitable[ScenarioResult]]
 
@@ -22,6 +22,8 @@ SCENARIOS: dict[str, Scenario] = {
     "turn": turn.run,
     "realtime": realtime.run,
     "load": load.run,
+    "endpoint": endpoint.run,
+    "phrasing": phrasing.run,
 }
 """Every runnable scenario; each is called as ``run(ctx, result_name)``."""
 
@@ -32,6 +34,8 @@ STAGES: dict[str, tuple[str, ...]] = {
     "turn": turn.STAGES,
     "realtime": (),
     "load": (),
+    "endpoint": endpoint.STAGES,
+    "phrasing": phrasing.STAGES,
 }
 """The in-process engines each scenario uses (started together before the first one runs)."""
 
