@@ -90,9 +90,14 @@ def inner_pause_s(audio: AudioChunk, *, frame_ms: int = 10, floor_db: float = 40
 
 
 def shipped_clips(ctx: BenchContext) -> list[Clip]:
-    """The ``pauses`` and ``heldout`` sets (each cut to ``--limit`` clips)."""
-    limit, audio = ctx.options.limit, ctx.settings.audio
-    return [c for name in ("pauses", "heldout") for c in load_dir(SETS[name], audio, limit)]
+    """The ``pauses`` and ``heldout`` sets; with ``--limit``, that many clips of each, spread
+    evenly over it (the files sort by voice: the first few would all be one voice)."""
+    clips: list[Clip] = []
+    for name in ("pauses", "heldout"):
+        every = load_dir(SETS[name], ctx.settings.audio)
+        step = len(every) / min(len(every), ctx.options.limit or len(every))
+        clips += [every[int(i * step)] for i in range(round(len(every) / step))]
+    return clips
 
 
 async def listen(
