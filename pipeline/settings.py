@@ -256,10 +256,10 @@ class ReplySettings(BaseModel):
 
     first_phrase_min_words: int = Field(default=3, ge=1)
     """The first phrase may end at a clause boundary (a comma...) once it has this many words."""
-    first_phrase_max_words: int = Field(default=6, ge=0)
+    first_phrase_max_words: int = Field(default=4, ge=0)
     """The first phrase is cut at a word boundary once it has this many words, even with no
-    punctuation yet (0: never): never right after a word that cannot end a phrase ("the",
-    "of"...), at most two words later."""
+    punctuation yet (0: never); not right after a word it should not end on ("the", "of", "is",
+    "any", a number...): up to three words later."""
     phrase_min_words: int = Field(default=8, ge=1)
     """Later phrases end at a clause boundary only once they have this many words (whole
     sentences sound better)."""

@@ -96,7 +96,8 @@ def shipped_clips(ctx: BenchContext) -> list[Clip]:
     for name in ("pauses", "heldout"):
         every = load_dir(SETS[name], ctx.settings.audio)
         step = len(every) / min(len(every), ctx.options.limit or len(every))
-        clips += [every[int(i * step)] for i in range(round(len(every) / step))]
+        picked = [every[int(i * step)] for i in range(round(len(every) / step))]
+        clips += [dataclasses.replace(c, name=f"{name}/{c.name}") for c in picked]
     return clips
 
 

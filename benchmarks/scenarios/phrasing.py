@@ -12,8 +12,10 @@ to its first chunk. Per candidate ``w<words>`` (``w0``: cut only at punctuation)
 - ``tts_first_audio_ms_<c>``: the TTS's first chunk of that phrase - its request;
 - ``first_audio_ms_<c>``: their sum (what the LLM and TTS add to voice-to-voice);
 - ``first_words_<c>``: words in the first phrase;
-- ``cut_at_punctuation_<c>``: 1 when the phrase ends at punctuation (a natural cut), 0 when it
-  was cut for time at a word boundary;
+- ``cut_natural_<c>``: 1 when the phrase ends at punctuation or is the whole reply (a natural
+  cut), 0 when it was cut for time at a word boundary; ``cut_weak_<c>``: 1 when a cut for time
+  ends on a word a phrase should not end on ("the", "of", "is": it sounds broken,
+  ``pipeline.phrases.dangles``);
 - ``tts_chunks_<c>``: the audio chunks the TTS spoke it in (Piper: more than one when it split
   the phrase at ``piper_first_phonemes``; a first phrase of a few words never is).
 
@@ -29,7 +31,7 @@ from collections.abc import Sequence
 from benchmarks.context import BenchContext, Sample, ScenarioResult, ms_since, repeat
 from benchmarks.data import Clip
 from benchmarks.stats import summarize
-from pipeline.phrases import PhraseChunker, PhrasePolicy
+from pipeline.phrases import PhraseChunker, PhrasePolicy, dangles
 from pipeline.stages import TTS
 from pipeline.types import Message
 
@@ -39,14 +41,17 @@ FIRST_WORDS: tuple[int, ...] = (0, 3, 4, 5, 6, 8)
 _PUNCTUATION = tuple(".!?…,;:\u2014\u2013\"')]")
 
 
-def first_phrase(deltas: Sequence[tuple[float, str]], policy: PhrasePolicy) -> tuple[str, float]:
-    """The first phrase the chunker cuts from timed deltas ``(ms, text)``, and when."""
+def first_phrase(
+    deltas: Sequence[tuple[float, str]], policy: PhrasePolicy
+) -> tuple[str, float, bool]:
+    """The first phrase the chunker cuts from timed deltas ``(ms, text)``, when, and whether it
+    is the whole reply (the LLM ended it)."""
     chunker = PhraseChunker(policy)
     for at, text in deltas:
         for phrase in chunker.feed(text):
-            return phrase, at
+            return phrase, at, False
     rest = next(iter(chunker.flush()), "")
-    return rest, deltas[-1][0] if deltas else 0.0
+    return rest, deltas[-1][0] if deltas else 0.0, True
 
 
 async def _first_audio(tts: TTS, text: str, voice: str | None) -> tuple[float | None, int]:
@@ -80,7 +85,7 @@ async def run(ctx: BenchContext, name: str = "phrasing") -> ScenarioResult:
         said: dict[str, str] = {}
         for n in FIRST_WORDS:
             label = f"w{n}"
-            phrase, at = first_phrase(deltas, dataclasses.replace(base, first_max_words=n))
+            phrase, at, whole = first_phrase(deltas, dataclasses.replace(base, first_max_words=n))
             if not phrase:
                 continue
             tts_ms, chunks = await _first_audio(ctx.tts, phrase, voice)
@@ -89,7 +94,9 @@ async def run(ctx: BenchContext, name: str = "phrasing") -> ScenarioResult:
             sample[f"tts_first_audio_ms_{label}"] = tts_ms
             sample[f"first_audio_ms_{label}"] = None if tts_ms is None else round(at + tts_ms, 1)
             sample[f"first_words_{label}"] = float(len(phrase.split()))
-            sample[f"cut_at_punctuation_{label}"] = float(phrase.endswith(_PUNCTUATION))
+            natural = whole or phrase.endswith(_PUNCTUATION)
+            sample[f"cut_natural_{label}"] = float(natural)
+            sample[f"cut_weak_{label}"] = float(not natural and dangles(phrase.split()[-1]))
             sample[f"tts_chunks_{label}"] = float(chunks)
         cuts[clip.name] = said
         return sample
@@ -118,6 +125,7 @@ def _row(result: ScenarioResult, label: str) -> dict[str, object]:
         "tts_first_audio_ms_p50": p50("tts_first_audio_ms"),
         "first_audio_ms_p50": p50("first_audio_ms"),
         "first_words_mean": mean("first_words"),
-        "cut_at_punctuation": mean("cut_at_punctuation"),
+        "cut_natural": mean("cut_natural"),
+        "cut_weak": mean("cut_weak"),
         "tts_chunks_mean": mean("tts_chunks"),
     }

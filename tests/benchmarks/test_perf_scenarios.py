@@ -59,12 +59,15 @@ async def test_listen_counts_a_false_end_at_a_mid_sentence_pause(vad: SileroVAD,
 def test_first_phrase_replays_the_chunker_on_timed_deltas() -> None:
     deltas = [(100.0, "The"), (120.0, " capital"), (140.0, " of"), (160.0, " France"),
               (180.0, " is"), (200.0, " Paris"), (220.0, "."), (240.0, " It")]  # fmt: skip
-    assert first_phrase(deltas, PhrasePolicy(first_max_words=4)) == ("The capital of France", 180.0)
+    four = PhrasePolicy(first_max_words=4)
+    assert first_phrase(deltas, four) == ("The capital of France", 180.0, False)
     assert first_phrase(deltas, PhrasePolicy(first_max_words=0)) == (
         "The capital of France is Paris.",
         240.0,  # a sentence end counts once the next character shows it is one
+        False,
     )
-    assert first_phrase(deltas[:3], PhrasePolicy(first_max_words=0)) == ("The capital of", 140.0)
+    whole = ("The capital of", 140.0, True)  # the reply ended there
+    assert first_phrase(deltas[:3], PhrasePolicy(first_max_words=0)) == whole
 
 
 def test_streaming_naive_ratio_per_answer_length() -> None:
