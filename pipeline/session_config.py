@@ -34,7 +34,7 @@ class TurnDetection:
     min_speech_ms: int = 100
     create_response: bool = True
     interrupt_response: bool = True
-    turn_end: TurnEndMode = "fixed"
+    turn_end: TurnEndMode = "smart"
     complete_silence_ms: int = 250
     incomplete_silence_ms: int = 1200
 

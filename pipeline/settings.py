@@ -344,7 +344,7 @@ class SessionSettings(BaseModel):
     silence_duration_ms: int = Field(default=400, ge=0, le=10_000)
     """Silence after the last voiced frame that ends a turn (OpenAI's default is 500); with
     ``turn_end=smart``, only when the transcript before the pause is unclear."""
-    turn_end: Literal["fixed", "smart"] = "fixed"
+    turn_end: Literal["fixed", "smart"] = "smart"
     """``fixed``: every turn ends after ``silence_duration_ms`` of silence. ``smart``: the
     transcript of the speech before a pause decides (``pipeline/turn_end.py``): one that reads
     complete ends the turn after ``complete_silence_ms``, one that stops mid-sentence ("a table
