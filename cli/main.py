@@ -24,6 +24,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from benchmarks.cli import bench
+from benchmarks.eval.cli import evaluate
+from cli.doctor import doctor
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
 from pipeline.errors import InvalidInput, StageError, VoxlineError
@@ -234,7 +236,9 @@ def models(
         sys.exit(1)
 
 
+app.command()(doctor)
 app.command()(bench)
+app.command("eval")(evaluate)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,7 @@ adapter -> worker (our stdin)::
                                    yaml goes to config_dir/tts_infer-<pid>.yaml (default: $TMPDIR)
     {"op": "run", "id": int, "inputs": {...}}   the dict given to upstream's TTS.run()
     {"op": "cancel", "id": int}    stop that request (a no-op if it already finished)
+    {"op": "stats", "id": int}     report the memory this worker holds (between requests)
     {"op": "exit"}                 or end of stdin: exit after the current chunk
 
 worker -> adapter (our original stdout)::
@@ -30,8 +31,17 @@ worker -> adapter (our original stdout)::
     {"type": "cancelled", "id": int}  the generator was closed after a cancel
     {"type": "error", "id": int | null, "error": str, "message": str}  upstream raised
                                    (id null: loading failed, and the process exits)
+    {"type": "stats", "id": int, "device": str, "worker_bytes": int, "free_bytes": int}
+                                   on CUDA: torch's peak reserved memory and the device's free
+                                   memory; on a CPU: peak RSS and the system's available memory
 
-Every run gets exactly one of done / cancelled / error, after its chunks. Upstream prints freely
+Every run gets exactly one of done / cancelled / error, after its chunks.
+
+Silence: upstream appends ``fragment_interval`` seconds of zeros after every text segment (0.3 s
+unless the run inputs say otherwise). Between two segments that is a pause; after the last one it
+is a hole before the next phrase, which voxline sends as the next request. So the exact zeros at
+the end of every chunk are held back and sent just before the next chunk with sound: the pauses
+inside a request stay, the silence at its end is never sent. Upstream prints freely
 (and native libraries write to fd 1), so before importing it we point fd 1 and ``sys.stdout`` at
 stderr and write frames to a private duplicate of the original stdout: nothing but frames reaches
 the adapter's pipe.
@@ -203,6 +213,8 @@ class _Requests:
                     with self._lock:
                         self._cancels.setdefault(int(frame["id"]), threading.Event())
                     self.queue.put(frame)
+                elif op == "stats":
+                    self.queue.put(frame)
                 elif op == "cancel":
                     self._cancel(int(frame["id"]))
                 elif op == "exit":
@@ -238,10 +250,47 @@ def _is_placeholder(sample_rate: int, audio: Any, output_rate: int) -> bool:
     return sample_rate != output_rate and not np.any(audio)
 
 
+def _trailing_zeros(samples: Any) -> int:
+    """How many exact zeros end ``samples`` (upstream's padding is exact zeros)."""
+    nonzero = np.flatnonzero(samples)
+    return int(samples.size if nonzero.size == 0 else samples.size - 1 - nonzero[-1])
+
+
+def _meminfo(path: str, key: str) -> int:
+    """A ``kB`` field of a /proc file, in bytes (0 where there is no /proc)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _stats(tts: Any, request_id: int) -> dict[str, Any]:
+    device = str(tts.configs.device)
+    torch: Any = sys.modules.get("torch")  # upstream imported it; we never import it ourselves
+    if device.startswith("cuda") and torch is not None:
+        free, _total = torch.cuda.mem_get_info(tts.configs.device)
+        worker = torch.cuda.max_memory_reserved(tts.configs.device)
+    else:
+        worker = _meminfo("/proc/self/status", "VmHWM")
+        free = _meminfo("/proc/meminfo", "MemAvailable")
+    return {
+        "type": "stats",
+        "id": request_id,
+        "device": device,
+        "worker_bytes": int(worker),
+        "free_bytes": int(free),
+    }
+
+
 def _serve(tts: Any, frame: dict[str, Any], requests: _Requests, out: _Channel, rate: int) -> None:
     request_id = int(frame["id"])
     cancel = requests.begin(request_id)
     generator = None
+    held: list[tuple[int, Any]] = []  # silence waiting for more sound (dropped at the end)
     try:
         if cancel.is_set():
             out.send({"type": "cancelled", "id": request_id})
@@ -253,8 +302,15 @@ def _serve(tts: Any, frame: dict[str, Any], requests: _Requests, out: _Channel, 
             samples = np.asarray(audio).reshape(-1)
             if _is_placeholder(int(sample_rate), samples, rate):
                 continue
-            pcm = samples.astype("<i2", copy=False).tobytes()
-            out.send({"type": "chunk", "id": request_id, "sample_rate": int(sample_rate)}, pcm)
+            zeros = _trailing_zeros(samples)
+            sound, silence = samples[: samples.size - zeros], samples[samples.size - zeros :]
+            if sound.size:
+                for rate_of, piece in (*held, (int(sample_rate), sound)):
+                    pcm = piece.astype("<i2", copy=False).tobytes()
+                    out.send({"type": "chunk", "id": request_id, "sample_rate": rate_of}, pcm)
+                held.clear()
+            if silence.size:
+                held.append((int(sample_rate), silence))
             if cancel.is_set():
                 break
         else:
@@ -292,6 +348,9 @@ def main() -> int:
         while (frame := requests.queue.get()) is not None:
             if requests.closed.is_set():
                 break
+            if frame.get("op") == "stats":
+                out.send(_stats(tts, int(frame["id"])))
+                continue
             _serve(tts, frame, requests, out, ready["sample_rate"])
         return 0
     finally:  # the adapter removes its config_dir anyway, also after a kill

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.metadata
 import importlib.util
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,15 +42,43 @@ def cuda_available() -> bool:
         return False
 
 
+def onnxruntime_cuda() -> bool:
+    """Whether onnxruntime-gpu is installed (asked of the package metadata: no import)."""
+    try:
+        importlib.metadata.distribution("onnxruntime-gpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def gpu_tts_engine(
+    cfg: TTSSettings, environ: Mapping[str, str] | None = None
+) -> Literal["piper", "gpt_sovits"]:
+    """The engine of the ``gpu`` TTS backend: ``tts.gpu.engine``, where ``auto`` is GPT-SoVITS
+    when it is configured (home and python named) and Piper otherwise."""
+    if cfg.gpu.engine != "auto":
+        return cfg.gpu.engine
+    from models.gpt_sovits_setup import configured
+
+    return "gpt_sovits" if configured(cfg.gpt_sovits, environ or os.environ) else "piper"
+
+
 def chain_of(
     cfg: STTSettings | LLMSettings | TTSSettings, *, cuda: bool | None = None
 ) -> list[BackendName]:
-    """The stage's ordered backend names: its ``chain`` setting, or the machine's default."""
+    """The stage's ordered backend names: its ``chain`` setting, or the machine's default.
+
+    On a CUDA machine the default puts ``gpu`` first, except for a TTS whose ``gpu`` backend
+    would be Piper without onnxruntime-gpu, which could not start (Piper then serves from the
+    ``cpu`` backend; see docs/gpu.md for why the image keeps Piper on the CPU).
+    """
     if cfg.chain:
         return list(dict.fromkeys(cfg.chain))  # a name twice would be the same engine twice
     if cfg.engine == "hosted":
         return ["hosted"]
     cuda = cuda_available() if cuda is None else cuda
+    if cuda and isinstance(cfg, TTSSettings) and gpu_tts_engine(cfg) == "piper":
+        cuda = onnxruntime_cuda()
     chain: list[BackendName] = ["gpu", "cpu"] if cuda else ["cpu"]
     if cfg.hosted.base_url:
         chain.append("hosted")
@@ -112,14 +143,12 @@ def _tts_backend(name: BackendName, settings: Settings) -> TTS:
 
         return HostedTTS(_require_url(cfg.hosted, "tts"))
     device: Literal["cpu", "cuda"] = "cuda" if name == "gpu" else "cpu"
-    engine = cfg.gpu.engine if name == "gpu" else cfg.engine
+    engine = gpu_tts_engine(cfg) if name == "gpu" else cfg.engine
     if engine == "gpt_sovits":
         from models.tts_gpt_sovits import GptSovitsTTS
 
-        gs = cfg.gpt_sovits.model_copy(update={"device": device})
-        return GptSovitsTTS(
-            gs, env=gs.env, extra_pythonpath=gs.extra_pythonpath, run_options=gs.run_options
-        )
+        # constructs without checking anything: start() reports a missing checkout or weights
+        return GptSovitsTTS(cfg.gpt_sovits.model_copy(update={"device": device}))
     from models.tts_piper import PiperTTS
 
     model = cfg.gpu.model if name == "gpu" and cfg.gpu.model else cfg.model
@@ -231,7 +260,7 @@ def _backend_info(stage: Stage, backend: BackendName, settings: Settings) -> Mod
         if backend == "gpu":
             return _info(stage, backend, cfg.gpu.engine, cfg.gpu.model)
         return _info(stage, backend, _llm_engine(cfg.engine), cfg.model)
-    engine = cfg.gpu.engine if backend == "gpu" else cfg.engine
+    engine = gpu_tts_engine(cfg) if backend == "gpu" else cfg.engine
     if engine == "gpt_sovits":
         gs = cfg.gpt_sovits
         home = str(gs.home) if gs.home else "$GPT_SOVITS_HOME"

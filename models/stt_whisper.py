@@ -9,26 +9,32 @@ registry), so construction stays cheap and a bad model reference surfaces as ``M
 at start-up. A transcription that finds the model unloaded loads it lazily, inside the worker
 thread, so the engine also works without a registry (scripts, tests).
 
-Decoding is lazy in faster-whisper: its segment generator decodes one 30-second window at a
-time. We drain it in a worker thread and check the stop event between segments and before each
-window's encoder pass, so a cancelled request stops after at most the window being decoded.
+Decoding runs window by window in ``models.whisper_window``: each window is only as long as its
+audio plus a margin (not a fixed 30 s), its decode has a token budget, silent windows are
+skipped. We drain it in a worker thread and check the stop event before each window's encoder
+pass, between fallback attempts and between segments, so a cancelled request stops after at most
+the decode in progress. Realtime transcriptions (``transcribe(realtime=True)``) decode greedily
+with no temperature fallback and under a deadline: the same audio gives the same text, fast.
+File transcriptions keep Whisper's fallback, which repairs the rare window that loops or mumbles
+in long recordings, where a few hundred milliseconds more matter less than the words.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from models.weights import hub_error, resolve
+from models.whisper_window import FULL_WINDOW, DecodeOptions, WindowPolicy, transcribe_windows
 from pipeline.errors import (
     EngineOverloaded,
     EngineUnavailable,
@@ -46,8 +52,9 @@ log = logging.getLogger("voxline.stt.whisper")
 THREAD_NAME = "stt-whisper"
 """Name of the worker thread of every transcription (tests and debuggers find it by it)."""
 
-_WARMUP_SECONDS = 1.0
-_CLOSE_TIMEOUT_S = 10.0  # a window decode takes ~1 s on two CPU cores; much less on a GPU
+_WARMUP_SECONDS = 2.0  # a typical question: the window lengths realtime work will use
+_CLOSE_TIMEOUT_S = 10.0  # a 30 s window decode takes ~1 s on two CPU cores; much less on a GPU
+_FILE_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # whisper's fallback schedule
 
 
 def _pick_device(device: str) -> str:
@@ -64,33 +71,6 @@ def _pick_compute_type(compute_type: str, device: str) -> str:
     if compute_type != "default":
         return compute_type
     return "float16" if device == "cuda" else "int8"
-
-
-class _Stopped(Exception):
-    """Raised inside faster-whisper's window loop to abandon a cancelled decode."""
-
-
-def _stoppable(model: Any, stop: threading.Event) -> Any:
-    """A view of ``model`` that checks ``stop`` before encoding each 30-second window.
-
-    Checking between segments alone is not enough: faster-whisper yields nothing for a window
-    without speech, so a long silence would be decoded to its end before the next check. We hook
-    ``encode`` (public, called once per window) on a shallow copy, so concurrent requests
-    sharing the model each keep their own stop event. The copy shares the CTranslate2 model,
-    tokenizer and feature extractor; it costs a few attribute copies.
-    """
-    encode = getattr(model, "encode", None)
-    if encode is None:  # a future faster-whisper without it: stop between segments only
-        return model
-
-    def encode_unless_stopped(features: Any) -> Any:
-        if stop.is_set():
-            raise _Stopped
-        return encode(features)
-
-    view = copy.copy(model)
-    view.encode = encode_unless_stopped
-    return view
 
 
 class WhisperSTT(STT):
@@ -115,7 +95,8 @@ class WhisperSTT(STT):
         self._load_lock = threading.Lock()
         self._closed = False
         # Stop events of the transcriptions in flight, so aclose() can stop and await them.
-        self._active: set[threading.Event] = set()
+        # (The worker thread of each, too: aclose() returns once they have exited.)
+        self._active: dict[threading.Event, threading.Thread] = {}
         self._idle = threading.Condition()
 
     @property
@@ -143,11 +124,35 @@ class WhisperSTT(STT):
         """
         model = self._ensure_model()
         noise = np.random.default_rng(0).normal(0.0, 0.01, int(_WARMUP_SECONDS * 16_000))
-        segments, _ = model.transcribe(
-            noise.astype(np.float32), language="en", beam_size=1, temperature=0.0
-        )
-        for _ in segments:
+        options = self.decode_options(realtime=True)
+        for _ in transcribe_windows(
+            model,
+            noise.astype(np.float32),
+            language="en" if "en" in model.supported_languages else None,
+            prompt=None,
+            options=replace(options, silence_dbfs=-200.0),  # faint noise is decoded all the same
+            stop=threading.Event(),
+        ):
             pass
+
+    def decode_options(self, *, realtime: bool) -> DecodeOptions:
+        """How a transcription decodes under the settings (``realtime``: bounded, greedy)."""
+        s = self.settings
+        frames_per_ms = 0.1  # 10 ms per mel frame
+        window = WindowPolicy(
+            margin_frames=round(s.window_margin_ms * frames_per_ms),
+            floor_frames=min(FULL_WINDOW, round(s.window_floor_ms * frames_per_ms)),
+        )
+        fallback = s.file_fallback and not realtime
+        return DecodeOptions(
+            window=window,
+            beam_size=s.beam_size,
+            temperatures=_FILE_TEMPERATURES if fallback else (0.0,),
+            tokens_per_second=s.max_tokens_per_second,
+            silence_dbfs=s.silence_dbfs,
+            deadline=time.perf_counter() + s.realtime_deadline_ms / 1000 if realtime else None,
+            vad_filter=s.vad_filter,
+        )
 
     async def aclose(self) -> None:
         """Stop the transcriptions in flight, wait for their threads, then drop the model.
@@ -160,13 +165,18 @@ class WhisperSTT(STT):
         with self._idle:
             for stop in self._active:
                 stop.set()
-        await asyncio.to_thread(self._wait_idle, _CLOSE_TIMEOUT_S)
+            workers = list(self._active.values())
+        await asyncio.to_thread(self._wait_idle, workers, _CLOSE_TIMEOUT_S)
         self._model = None
 
-    def _wait_idle(self, timeout: float) -> None:
+    def _wait_idle(self, workers: list[threading.Thread], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         with self._idle:
             if not self._idle.wait_for(lambda: not self._active, timeout):
                 log.warning("%s: %d transcriptions still running", self.name, len(self._active))
+                return
+        for worker in workers:  # out of CTranslate2 by now: only their last Python lines left
+            worker.join(max(0.0, deadline - time.monotonic()))
 
     def _ensure_model(self) -> Any:
         model = self._model
@@ -300,15 +310,25 @@ class WhisperSTT(STT):
             )
 
     def _decode(
-        self, audio: AudioChunk, language: str | None, prompt: str | None, stop: threading.Event
+        self,
+        audio: AudioChunk,
+        language: str | None,
+        prompt: str | None,
+        realtime: bool,
+        stop: threading.Event,
     ) -> Iterator[str | Segment]:
         """Worker-thread side: yield the language, then each non-empty segment."""
         with self._idle:
-            self._active.add(stop)
+            self._active[stop] = threading.current_thread()
         try:
             if self._closed:  # aclose() ran before we registered, so it could not stop us
                 raise EngineUnavailable("the engine is closed", stage="stt", backend=self.name)
-            yield from self._decode_segments(audio, language, prompt, stop)
+            model = self._ensure_model()
+            self._check_language(model, language)
+            options = self.decode_options(realtime=realtime)  # the deadline starts now
+            yield from transcribe_windows(
+                model, audio.samples, language=language, prompt=prompt, options=options, stop=stop
+            )
             if stop.is_set() and self._closed:  # not a consumer that left: tell the one waiting
                 raise EngineUnavailable(
                     "the engine was closed during the transcription",
@@ -317,42 +337,28 @@ class WhisperSTT(STT):
                 )
         finally:
             with self._idle:
-                self._active.discard(stop)
+                self._active.pop(stop, None)
                 self._idle.notify_all()
 
-    def _decode_segments(
-        self, audio: AudioChunk, language: str | None, prompt: str | None, stop: threading.Event
-    ) -> Iterator[str | Segment]:
-        model = self._ensure_model()
-        self._check_language(model, language)
-        segments, info = _stoppable(model, stop).transcribe(
-            audio.samples,
-            language=language,
-            beam_size=self.settings.beam_size,
-            vad_filter=self.settings.vad_filter,
-            initial_prompt=prompt or None,
-        )
-        # Closing faster-whisper's generator early (stop, error) releases its encoder output.
-        with contextlib.closing(segments):
-            yield str(info.language)
-            try:
-                for segment in segments:
-                    text = segment.text.strip()
-                    if text:
-                        yield Segment(text=text, start=float(segment.start), end=float(segment.end))
-                    if stop.is_set():  # before next(), which would decode another window
-                        return
-            except _Stopped:
-                return
-
-    async def _transcribe(
+    def _transcribe(
         self, audio: AudioChunk, *, language: str | None, prompt: str | None
+    ) -> AsyncIterator[Transcript]:
+        return self._run(audio, language, prompt, realtime=False)
+
+    def _transcribe_realtime(
+        self, audio: AudioChunk, *, language: str | None, prompt: str | None
+    ) -> AsyncIterator[Transcript]:
+        return self._run(audio, language, prompt, realtime=True)
+
+    async def _run(
+        self, audio: AudioChunk, language: str | None, prompt: str | None, *, realtime: bool
     ) -> AsyncIterator[Transcript]:
         language = (language or self.settings.language or "").strip().lower() or None
         detected: str | None = language
         segments: list[Segment] = []
         items = iterate_in_thread(
-            lambda stop: self._decode(audio, language, prompt, stop), thread_name=THREAD_NAME
+            lambda stop: self._decode(audio, language, prompt, realtime, stop),
+            thread_name=THREAD_NAME,
         )
         async with contextlib.aclosing(items):
             async for item in items:

@@ -79,7 +79,9 @@ class HostedTTS(TTS):
         """Close the HTTP connection pool."""
         await self._client.aclose()
 
-    def _synthesize(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
+    def _synthesize(
+        self, text: str, voice: str | None, speed: float, language: str | None = None
+    ) -> AsyncIterator[AudioChunk]:
         body: dict[str, Any] = {
             "model": self._client.model,
             "input": text,

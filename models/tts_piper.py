@@ -155,7 +155,7 @@ def _read_voice_config(model: Path, ref: str) -> _VoiceInfo:
     return _VoiceInfo(sample_rate, speakers, default_id, name)
 
 
-def _resolve_device(device: str) -> str:
+def _resolve_device(device: str, backend: str) -> str:
     if device == "cpu":
         return "cpu"
     import onnxruntime  # only here: importing it costs ~0.5 s, and "cpu" needs no probe
@@ -166,17 +166,27 @@ def _resolve_device(device: str) -> str:
             "Piper on CUDA needs onnxruntime-gpu (CUDAExecutionProvider is not available): "
             "install onnxruntime-gpu or set VOXLINE_TTS__DEVICE=cpu",
             stage="tts",
-            backend="piper:cuda",
+            backend=backend,
         )
     return "cuda" if has_cuda else "cpu"
+
+
+def _own_voices(info: _VoiceInfo) -> tuple[str, ...]:
+    if not info.speakers:
+        return (info.name,)
+    by_id = sorted(info.speakers, key=lambda name: info.speakers[name])
+    default = [n for n in by_id if info.speakers[n] == info.default_speaker_id]
+    return tuple(default + [n for n in by_id if n not in default])
 
 
 class PiperTTS(TTS):
     """Piper voices (``.onnx`` + ``.onnx.json``), streamed phrase by phrase.
 
-    Construction is cheap: it resolves the model reference and reads the small JSON config (so
-    ``capabilities`` is right at once and a bad reference fails early). ``load()`` builds the ONNX
-    session; ``synthesize`` loads on first use if nobody called it.
+    Construction does nothing but keep the settings (a fallback chain builds every backend
+    before it knows which can start). ``describe()`` resolves the model reference and reads the
+    small JSON config, so ``capabilities`` (sample rate, voices) are right; ``load()`` does that
+    and builds the ONNX session (``start()`` runs it off the event loop); ``synthesize`` loads
+    on first use if nobody called it.
 
     Speed: the request's ``speed`` multiplies ``settings.speed`` (the server's base rate), and
     the product divides the voice's own ``length_scale``. Voice: ``None`` or an OpenAI alias means
@@ -186,16 +196,37 @@ class PiperTTS(TTS):
         settings: the TTS settings (``model``, ``device``, ``voice``, ``speed`` and the
             ``piper_*_phonemes`` limits are used).
         phrasing: phrase length limits (see ``split_phrases``; default: from ``settings``).
-
-    Raises:
-        ModelLoadError: a hub id (Piper loads only local files), a missing or unreadable voice,
-            or a ``settings.voice`` the model does not have.
-        EngineUnavailable: ``device="cuda"`` without onnxruntime-gpu.
     """
 
     def __init__(self, settings: TTSSettings, *, phrasing: PhraseLimits | None = None) -> None:
-        device = _resolve_device(settings.device)
-        super().__init__(name=f"piper:{device}", device=device)
+        super().__init__(name=f"piper:{settings.device}", device=settings.device)
+        self.settings = settings
+        # Until describe(): Piper's usual rate, and any voice name (the request's voice then
+        # falls back to the default speaker).
+        self.capabilities = TTSCapabilities(sample_rate=22_050)
+        self.model_path: Path | None = None
+        self._info: _VoiceInfo | None = None
+        self._default_voice = settings.voice
+        self._base_speed = settings.speed
+        self.phrasing = phrasing or PhraseLimits(
+            settings.piper_first_phonemes, settings.piper_max_phonemes
+        )
+        self._voice: Any = None  # piper.PiperVoice once loaded
+        self._load_lock = threading.Lock()
+        self._active: set[threading.Event] = set()
+        self._closed = False
+
+    def describe(self) -> None:
+        """Blocking but cheap (no ONNX session): resolve the voice and read its config, which
+        sets ``capabilities``. Idempotent.
+
+        Raises:
+            ModelLoadError: a hub id (Piper loads only local files), a missing or unreadable
+                voice, or a ``settings.voice`` the model does not have.
+        """
+        if self._info is not None:
+            return
+        settings = self.settings
         try:
             resolved = resolve(settings.model, stage="tts")
         except ModelLoadError as e:  # re-raised under our name: a chain reports backends
@@ -215,35 +246,19 @@ class PiperTTS(TTS):
                 stage="tts",
                 backend=self.name,
             )
-        self.model_path = resolved.path
-        self._info = _read_voice_config(resolved.path, settings.model)
-        own = self._own_voices()
+        info = _read_voice_config(resolved.path, settings.model)
+        own = _own_voices(info)
         extra = tuple(alias for alias in OPENAI_VOICE_ALIASES if alias not in own)
-        self.capabilities = TTSCapabilities(sample_rate=self._info.sample_rate, voices=own + extra)
-        if settings.voice is not None and settings.voice not in self.capabilities.voices:
+        if settings.voice is not None and settings.voice not in own + extra:
             raise ModelLoadError(
                 f"VOXLINE_TTS__VOICE={settings.voice!r} is not a voice of {settings.model!r}; "
                 f"its voices: {', '.join(own)}",
                 stage="tts",
                 backend=self.name,
             )
-        self._default_voice = settings.voice
-        self._base_speed = settings.speed
-        self.phrasing = phrasing or PhraseLimits(
-            settings.piper_first_phonemes, settings.piper_max_phonemes
-        )
-        self._voice: Any = None  # piper.PiperVoice once loaded
-        self._load_lock = threading.Lock()
-        self._active: set[threading.Event] = set()
-        self._closed = False
-
-    def _own_voices(self) -> tuple[str, ...]:
-        info = self._info
-        if not info.speakers:
-            return (info.name,)
-        by_id = sorted(info.speakers, key=lambda name: info.speakers[name])
-        default = [n for n in by_id if info.speakers[n] == info.default_speaker_id]
-        return tuple(default + [n for n in by_id if n not in default])
+        self.model_path = resolved.path
+        self.capabilities = TTSCapabilities(sample_rate=info.sample_rate, voices=own + extra)
+        self._info = info
 
     @property
     def loaded(self) -> bool:
@@ -251,10 +266,12 @@ class PiperTTS(TTS):
         return self._voice is not None
 
     def load(self) -> None:
-        """Build the ONNX session (blocking, ~1 s on CPU: call it from a thread in async code).
+        """``describe()``, then build the ONNX session (blocking, ~1 s on CPU: call it from a
+        thread in async code).
 
         Raises:
-            ModelLoadError: the model file is corrupt or not a Piper voice.
+            ModelLoadError: the voice is missing or not a Piper voice (see ``describe``).
+            EngineUnavailable: ``device="cuda"`` without onnxruntime-gpu.
         """
         self._ensure_voice()
 
@@ -288,6 +305,12 @@ class PiperTTS(TTS):
         return voice
 
     def _load_voice(self) -> Any:
+        self.describe()
+        if self.device not in ("cpu", "cuda"):  # "auto": CUDA when onnxruntime offers it
+            self.device = _resolve_device(self.device, self.name)
+            self.name = f"piper:{self.device}"
+        else:
+            _resolve_device(self.device, self.name)
         try:
             from piper import PiperVoice
 
@@ -304,19 +327,23 @@ class PiperTTS(TTS):
 
     def _speaker_id(self, voice: str | None) -> int | None:
         # A speaker's own name wins; None or an alias falls back to the configured voice.
+        self.describe()
+        assert self._info is not None
         for name in (voice, self._default_voice):
             if name is not None and name in self._info.speakers:
                 return self._info.speakers[name]
         return None  # a single-speaker voice, or nothing configured: Piper's default speaker
 
-    def _synthesize(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
-        speaker_id = self._speaker_id(voice)
+    def _synthesize(
+        self, text: str, voice: str | None, speed: float, language: str | None = None
+    ) -> AsyncIterator[AudioChunk]:
         rate = self._base_speed * speed
 
         def make_iter(stop: threading.Event) -> Iterator[AudioChunk]:
             self._active.add(stop)
             try:
-                yield from self._generate(self._ensure_voice(), text, speaker_id, rate, stop)
+                loaded = self._ensure_voice()  # reads the config first, off the event loop
+                yield from self._generate(loaded, text, self._speaker_id(voice), rate, stop)
             finally:
                 self._active.discard(stop)
 
@@ -338,7 +365,7 @@ class PiperTTS(TTS):
             if stop.is_set():
                 return
             audio = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phrase), config)
-            yield AudioChunk(_normalize(audio), self._info.sample_rate)
+            yield AudioChunk(_normalize(audio), self.capabilities.sample_rate)
 
 
 def _normalize(audio: np.ndarray) -> Float32Array:

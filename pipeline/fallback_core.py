@@ -95,6 +95,7 @@ class _Entry(Generic[B]):
     breaker: CircuitBreaker
     latency: LatencyWindow
     start_failed: bool = False
+    start_error: str | None = None
     probe_task: asyncio.Task[None] | None = None
 
 
@@ -151,9 +152,16 @@ class Chain(Generic[B]):
                 demoted=e.latency.demoted,
                 p95_first_output_ms=None if (p95 := e.latency.p95()) is None else p95 * 1000,
                 started=not e.start_failed,
+                start_error=e.start_error if e.start_failed else None,
             )
             for e in self._entries
         )
+
+    def serving_backends(self) -> tuple[B, ...]:
+        """The backends whose ``start()`` succeeded, in order (all of them before ``start()``,
+        or when none started)."""
+        started = tuple(e.backend for e in self._entries if not e.start_failed)
+        return started or self.backends
 
     async def start(self) -> None:
         """Start every backend, one at a time. A backend that fails to start is skipped (its
@@ -169,10 +177,12 @@ class Chain(Generic[B]):
             except Exception as exc:  # one backend's failure must not stop the others
                 log.warning("%s: backend %s did not start: %s", self.name, entry.backend.name, exc)
                 entry.start_failed = True
+                entry.start_error = _start_error(exc)
                 self._failed(entry, exc, force=True)
                 errors.append((entry.backend.name, exc))
             else:
                 entry.start_failed = False
+                entry.start_error = None
         self._refresh_capabilities()
         if len(errors) == len(self._entries):
             _raise_all(self.stage, self.name, "start", errors)
@@ -209,6 +219,11 @@ class Chain(Generic[B]):
                 await entry.backend.aclose()
             except Exception as exc:  # closing the others matters more than this error
                 log.warning("%s: closing %s failed: %s", self.name, entry.backend.name, exc)
+
+    def refresh_capabilities(self) -> None:
+        """Derive the chain's capabilities from its backends' again: call it after changing a
+        backend's (a GPT-SoVITS voice added or removed at run time)."""
+        self._refresh_capabilities()
 
     def _refresh_capabilities(self) -> None:
         """Derive the chain's capabilities from its backends' (some know theirs after a load)."""
@@ -375,8 +390,13 @@ class Chain(Generic[B]):
             try:
                 async with asyncio.timeout(self.policy.probe_timeout_s):
                     if entry.start_failed:
-                        await entry.backend.start()
+                        try:
+                            await entry.backend.start()
+                        except Exception as exc:
+                            entry.start_error = _start_error(exc)
+                            raise
                         entry.start_failed = False
+                        entry.start_error = None
                         self._refresh_capabilities()
                     probe = getattr(entry.backend, "probe", None)
                     await (probe() if callable(probe) else entry.backend.warm())
@@ -387,6 +407,13 @@ class Chain(Generic[B]):
                 entry.breaker.probe_succeeded()
                 log.warning("%s: %s passed its probe; serving again", self.name, name)
                 return
+
+
+def _start_error(exc: BaseException) -> str:
+    """Why a start failed, for ``/readyz``: a start-up error names a missing checkout, driver,
+    library or weights file, never a user's text, so its message is shown."""
+    message = str(exc).strip()
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _loop_time() -> float:

@@ -184,7 +184,8 @@ class Transcriber:
         chunk = AudioChunk(audio, self.sample_rate)
         with Meter().bind() as meter:  # this task's own context: only this job's calls
             try:
-                transcripts = self.stt.transcribe(chunk, language=self._language())
+                # realtime: a bounded, deterministic decode (no temperature fallback)
+                transcripts = self.stt.transcribe(chunk, language=self._language(), realtime=True)
                 async with contextlib.aclosing(transcripts):
                     async for transcript in transcripts:
                         if transcript.final:

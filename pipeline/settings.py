@@ -74,6 +74,9 @@ class STTGpuSettings(BaseModel):
     """Model reference (hub id or faster-whisper size, or a local CTranslate2 directory)."""
     compute_type: str = "float16"
     """CTranslate2 compute type on the GPU."""
+    window_floor_ms: int = Field(default=30_000, ge=1000, le=30_000)
+    """Shortest encoder window on the GPU (see ``stt.window_floor_ms``): the full 30 s until the
+    short window is measured on large-v3-turbo; a GPU encodes 30 s in milliseconds anyway."""
 
 
 class LLMGpuSettings(BaseModel):
@@ -94,8 +97,10 @@ class TTSGpuSettings(BaseModel):
 
     model_config = ConfigDict(use_attribute_docstrings=True)
 
-    engine: Literal["piper", "gpt_sovits"] = "gpt_sovits"
-    """Engine on the GPU (GPT-SoVITS needs ``GPT_SOVITS_HOME`` and ``GPT_SOVITS_PYTHON``)."""
+    engine: Literal["auto", "piper", "gpt_sovits"] = "auto"
+    """Engine on the GPU. ``auto``: GPT-SoVITS when it is configured (its home and python set,
+    here or as ``GPT_SOVITS_HOME`` / ``GPT_SOVITS_PYTHON``), else Piper (on CUDA only with
+    onnxruntime-gpu; without it the default chain does not list Piper twice)."""
     model: str | None = None
     """Piper only: the voice reference on the GPU (unset: the stage's model)."""
 
@@ -123,6 +128,28 @@ class STTSettings(BaseModel):
     """Drop non-speech with faster-whisper's Silero VAD before decoding."""
     cpu_threads: int = Field(default=0, ge=0)
     """CTranslate2 intra-op threads on CPU (0: the library's default)."""
+    window_margin_ms: int = Field(default=3000, ge=0, le=30_000)
+    """Whisper encodes the audio plus this much padding (at least ``window_floor_ms``) instead
+    of a fixed 30-second window: a 3 s question costs a third of the time, at the same WER.
+    Too little room after the speech and the decoder repeats itself or stops early (measured:
+    whisper-base on 10-25 s utterances needs 3 s; tiny.en less)."""
+    window_floor_ms: int = Field(default=10_000, ge=1000, le=30_000)
+    """The shortest encoder window; 30000 restores Whisper's fixed 30-second window. Below
+    about 8 s, tiny.en and base repeat short phrases ("ten of clubs") until cut off."""
+    max_tokens_per_second: float = Field(default=12.0, gt=0.0, le=100.0)
+    """Cap on decoded tokens per second of audio (plus 16): a decoder stuck in a loop stops
+    there. Fast English speech needs about 6."""
+    silence_dbfs: float = Field(default=-50.0, ge=-120.0, le=0.0)
+    """Audio, or a 30-second window of it, with no 30 ms frame louder than this (RMS) is
+    silence: it transcribes to empty text with no decoding (Whisper hallucinates on silence)."""
+    file_fallback: bool = True
+    """Whisper's temperature fallback for file transcriptions (``/v1/audio/transcriptions``): a
+    window that decodes as a loop or improbably is decoded again at higher temperatures.
+    Realtime transcriptions never use it (deterministic and bounded)."""
+    realtime_deadline_ms: int = Field(default=1000, ge=0)
+    """After this long a realtime transcription retries nothing (a window that looped is kept
+    as decoded); every window is still decoded once within its token budget, so no words are
+    dropped and the time stays proportional to the audio."""
     hosted: HostedSettings = HostedSettings()
     """The ``hosted`` backend: an OpenAI-compatible endpoint."""
     chain: list[BackendName] | None = None
@@ -218,8 +245,20 @@ class GptSovitsSettings(BaseModel):
     """Device of the worker's model."""
     is_half: bool = True
     """fp16 on CUDA (ignored on CPU)."""
-    pool_size: int = Field(default=1, ge=1, le=16)
-    """Worker processes, each with its own model: concurrent requests served at once."""
+    pool_size: int = Field(default=0, ge=0, le=16)
+    """Worker processes, each with its own model: concurrent requests served at once. 0: sized
+    by device memory: the first worker loads and warms up, reports what it holds, and as many
+    more start as fit in the free memory less ``memory_reserve_gib``, up to ``pool_max_size``
+    (on a CPU also at most one per two cores)."""
+    pool_max_size: int = Field(default=4, ge=1, le=16)
+    """Most workers a pool sized by memory (``pool_size`` 0) starts."""
+    memory_reserve_gib: float = Field(default=4.0, ge=0.0)
+    """Device memory (GPU, or RAM on a CPU) a pool sized by memory leaves free for the other
+    engines on the device and for activations."""
+    segment_pause_s: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Silence between the text segments of one request (upstream's ``fragment_interval``,
+    0.3 s by default there). The silence upstream appends after a request's last segment is
+    dropped, so phrases spoken one after another join without a hole."""
     # a bounded int, not Literal[0, 1, 2, 3]: an int Literal rejects the env var's string "3"
     streaming_mode: int = Field(default=2, ge=0, le=3)
     """Upstream's streaming mode: 0 off, 1 best quality (slowest), 2 medium, 3 fastest."""
@@ -234,7 +273,8 @@ class GptSovitsSettings(BaseModel):
     request_timeout_s: float = 60.0
     """Seconds to the first chunk, and between chunks, before the worker is declared hung."""
     threads: int = Field(default=0, ge=0)
-    """torch threads per worker (0: the cores divided between the ``pool_size`` workers)."""
+    """torch threads per worker (0: the cores divided between the ``pool_size`` workers, or, for
+    a pool sized by memory, between one worker per two cores)."""
     extra_pythonpath: list[Path] = []
     """Folders put before the checkout on the workers' PYTHONPATH (e.g. a torchaudio stand-in
     on a CPU host where no torchaudio build matches torch)."""

@@ -192,9 +192,22 @@ class STT(_Stage):
     capabilities: STTCapabilities = STTCapabilities()
 
     async def transcribe(
-        self, audio: AudioChunk, *, language: str | None = None, prompt: str | None = None
+        self,
+        audio: AudioChunk,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        realtime: bool = False,
     ) -> AsyncGenerator[Transcript, None]:
         """Transcribe ``audio`` (mono float32; resampled here to the engine's rate if needed).
+
+        Args:
+            audio: The speech.
+            language: ISO 639-1 code, or ``None`` for the engine's default.
+            prompt: Text that came before (names, spelling), if any.
+            realtime: A live conversation waits for this (partial, speculative or final
+                transcript of a session): the engine decodes with a bounded, deterministic
+                budget (``_transcribe_realtime``) rather than its best-quality search.
 
         Raises:
             InvalidInput: empty or non-finite audio.
@@ -208,9 +221,9 @@ class STT(_Stage):
             raise InvalidInput("audio contains NaN or infinite samples", param="file")
         if audio.sample_rate != self.sample_rate:
             audio = resample(audio, self.sample_rate)
+        work = self._transcribe_realtime if realtime else self._transcribe
         timed = self._timed(
-            self._transcribe(audio, language=language, prompt=prompt),
-            audio_in_seconds=audio.duration,
+            work(audio, language=language, prompt=prompt), audio_in_seconds=audio.duration
         )
         # closed here, not by the garbage collector: a consumer that stops stops the engine now
         async with contextlib.aclosing(timed):
@@ -223,6 +236,12 @@ class STT(_Stage):
         self, audio: AudioChunk, *, language: str | None, prompt: str | None
     ) -> AsyncIterator[Transcript]:
         """Engine work: audio is mono float32 at ``self.sample_rate``."""
+
+    def _transcribe_realtime(
+        self, audio: AudioChunk, *, language: str | None, prompt: str | None
+    ) -> AsyncIterator[Transcript]:
+        """Engine work for ``realtime=True``; engines with a cheaper bounded decode override it."""
+        return self._transcribe(audio, language=language, prompt=prompt)
 
 
 class LLM(_Stage):
@@ -300,12 +319,22 @@ class TTS(_Stage):
     capabilities: TTSCapabilities
 
     async def synthesize(
-        self, text: str, voice: str | None = None, *, speed: float = 1.0
+        self,
+        text: str,
+        voice: str | None = None,
+        *,
+        speed: float = 1.0,
+        language: str | None = None,
     ) -> AsyncGenerator[AudioChunk, None]:
         """Speak ``text`` with ``voice`` (``None``: the backend's default voice).
 
+        ``language`` is the text's language for a backend that declares
+        ``capabilities.languages`` (GPT-SoVITS: ``yue``, ``auto``...); a backend that declares
+        none speaks its voice's own language and ignores it.
+
         Raises:
-            InvalidInput: empty or too long text, an unknown voice, a speed out of range.
+            InvalidInput: empty or too long text, an unknown voice or language, a speed out of
+                range.
             StageError: the engine failed.
         """
         if not text.strip():
@@ -322,12 +351,25 @@ class TTS(_Stage):
             )
         if not (0.25 <= speed <= 4.0) or math.isnan(speed):
             raise InvalidInput("speed must be between 0.25 and 4.0", param="speed")
-        timed = self._timed(self._synthesize(text, voice, speed), chars=len(text))
+        languages = self.capabilities.languages
+        if language is not None and languages:
+            if language not in languages:
+                raise InvalidInput(
+                    f"unsupported language {language!r}; available: {_preview(languages)}",
+                    param="language",
+                )
+            source = self._synthesize(text, voice, speed, language=language)
+        else:  # engines without languages keep the three-argument form
+            source = self._synthesize(text, voice, speed)
+        timed = self._timed(source, chars=len(text))
         async with contextlib.aclosing(timed):  # closed now when the consumer stops (see STT)
             async for item in timed:
                 assert isinstance(item, AudioChunk)
                 yield item  # never empty: _timed drops empty chunks
 
     @abc.abstractmethod
-    def _synthesize(self, text: str, voice: str | None, speed: float) -> AsyncIterator[AudioChunk]:
-        """Engine work: the input is validated; yield mono float32 chunks."""
+    def _synthesize(
+        self, text: str, voice: str | None, speed: float, language: str | None = None
+    ) -> AsyncIterator[AudioChunk]:
+        """Engine work: the input is validated; yield mono float32 chunks. ``language`` is
+        passed only to engines that declare ``capabilities.languages``."""

@@ -135,7 +135,9 @@ async def run_turn(
     with collect_reports() as reports:  # which backend served each stage (fallback chains)
         start = clock()
         transcript = ""
-        async with contextlib.aclosing(stt.transcribe(audio, language=language)) as partials:
+        # a voice turn, like a realtime one: the bounded, deterministic decode
+        transcripts = stt.transcribe(audio, language=language, realtime=True)
+        async with contextlib.aclosing(transcripts) as partials:
             async for partial in partials:
                 if partial.final:
                     transcript = partial.text.strip()

@@ -110,6 +110,8 @@ class TTSCapabilities:
     streaming: bool = True
     voices: tuple[str, ...] = field(default_factory=tuple)
     max_input_chars: int = 4096
+    languages: tuple[str, ...] = ()
+    """Text languages a request may ask for (empty: none; the voice's own language is spoken)."""
 
 
 @dataclass(frozen=True, slots=True)

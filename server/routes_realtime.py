@@ -165,10 +165,14 @@ def _traced(
     """A response's trace: the turn span, with the LLM and TTS calls made inside it and the
     transcription that the response answers."""
     with state.tracing.turn(request_id=response_id, session_id=session_id) as trace:
-        if heard.compute_ms is not None:
-            stt = CallRecord("stt", heard.backend, heard.compute_ms, heard.compute_ms, 1)
-            trace.add_call(stt, end_ns=heard.end_ns)
-        yield
+        try:
+            yield
+        finally:
+            # Read at the end: a speculative response starts before the turn's final
+            # transcription is reported (at the first silent frame), and answers it all the same.
+            if heard.compute_ms is not None:
+                stt = CallRecord("stt", heard.backend, heard.compute_ms, heard.compute_ms, 1)
+                trace.add_call(stt, end_ns=heard.end_ns)
 
 
 class _Connection:

@@ -9,13 +9,18 @@ the pool) does not. ``make_stub_checkout`` writes a directory laid out like upst
 (``GPT_SoVITS/TTS_infer_pack/TTS.py`` importable as ``TTS_infer_pack.TTS`` plus a top-level
 ``tools`` package, so both ``PYTHONPATH`` entries are needed) whose ``TTS_Config`` / ``TTS`` have
 upstream's API surface and quirks: ``run(inputs)`` is a generator of ``(sample_rate, int16 array)``
-chunks (here a 440 Hz tone) at the version's rate, ``stop()`` sets a flag checked between chunks,
-an exception first yields one second of silence at 16 kHz and then re-raises, ``TTS()`` rewrites
-the config yaml, and it prints to stdout (and writes to fd 1 directly, as native code does).
+chunks (here a 440 Hz tone) at the version's rate; the text is cut into segments after sentence
+punctuation, and after every segment come ``fragment_interval`` seconds of exact zeros (0.3 s by
+default: a separate chunk when streaming, appended when not), as upstream does; the reference
+clip is "encoded" (a ``set_ref`` event) only when it differs from the previous request's, as
+upstream's prompt cache does; ``stop()`` sets a flag checked between chunks, an exception first
+yields one second of silence at 16 kHz and then re-raises, ``TTS()`` rewrites the config yaml,
+and it prints to stdout (and writes to fd 1 directly, as native code does).
 
 Knobs, read by the stub in the worker process:
 
-- env ``STUB_CHUNKS`` (default 5) chunks of ``STUB_CHUNK_MS`` (100) ms each, each produced after
+- env ``STUB_CHUNKS`` (default 5) chunks per segment of ``STUB_CHUNK_MS`` (100) ms each, each
+  produced after
   ``STUB_CHUNK_DELAY`` (0.01) seconds; ``STUB_RATE`` overrides the version's sample rate (as
   upstream's v3 super-sampling does); ``STUB_LOAD_DELAY`` seconds spent in ``TTS()``;
   ``STUB_LOAD_FAIL``: while the file it names exists, ``TTS()`` raises ``FileNotFoundError``.
@@ -23,7 +28,8 @@ Knobs, read by the stub in the worker process:
   (``os._exit(1)``) after the first chunk; ``HANG`` sleeps forever before the first chunk;
   ``FAIL`` raises after the first chunk.
 - env ``STUB_LOG``: a file where the stub appends one JSON line per event
-  (``load``, ``run`` with the inputs, ``stop``, ``closed``), each with the process id.
+  (``load``, ``run`` with the inputs, ``set_ref``, ``stop``, ``closed``), each with the process
+  id.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ _TTS_PY = '''
 """Stub of GPT-SoVITS's TTS_infer_pack/TTS.py (written by tests/fakes/gpt_sovits_checkout.py)."""
 import json
 import os
+import re
 import time
 from copy import deepcopy
 
@@ -105,6 +112,7 @@ class TTS:
         self.vocoder_configs = {"sr": {"v3": 24000, "v4": 48000}.get(self.configs.version)}
         self.configs.save_configs()
         self.stop_flag = False
+        self.cached_ref = None
         _log("load", config=self.configs.configs, configs_path=self.configs.configs_path)
 
     def stop(self):
@@ -119,6 +127,9 @@ class TTS:
         if not os.path.exists(ref):
             raise ValueError(f"{ref} not exists")
         _log("run", inputs=inputs)
+        if ref != self.cached_ref:
+            _log("set_ref", ref=ref)
+            self.cached_ref = ref
         print("stub: synthesizing", text)
         streaming = inputs.get("streaming_mode", False) or inputs.get("return_fragment", False)
         sr = self.vocoder_configs["sr"] if self.configs.use_vocoder else self.configs.sampling_rate
@@ -126,26 +137,35 @@ class TTS:
         count = int(os.environ.get("STUB_CHUNKS", "5")) * (100 if "LONG" in text else 1)
         delay = float(os.environ.get("STUB_CHUNK_DELAY", "0.01"))
         size = int(sr * float(os.environ.get("STUB_CHUNK_MS", "100")) / 1000)
+        pause = np.zeros(int(sr * inputs.get("fragment_interval", 0.3)), dtype=np.int16)
+        segments = [s for s in re.split(r"(?<=[.!?\\u3002])\\s*", text) if s.strip()]
         if "HANG" in text:
             while True:
                 time.sleep(3600)
         parts = []
+        i = 0
         try:
-            for i in range(count):
-                time.sleep(delay)
-                if i == 1 and "CRASH" in text:
-                    os._exit(1)
-                if i == 1 and "FAIL" in text:
-                    raise RuntimeError("stub: inference failed")
-                t = (np.arange(size) + i * size) / sr
-                chunk = (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+            for _segment in segments:
+                for _ in range(count):
+                    time.sleep(delay)
+                    if i == 1 and "CRASH" in text:
+                        os._exit(1)
+                    if i == 1 and "FAIL" in text:
+                        raise RuntimeError("stub: inference failed")
+                    t = (np.arange(size) + i * size) / sr
+                    chunk = (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+                    i += 1
+                    if streaming:
+                        yield sr, chunk
+                    else:
+                        parts.append(chunk)
+                    if self.stop_flag:
+                        yield sr, np.zeros(sr, dtype=np.int16)
+                        return
                 if streaming:
-                    yield sr, chunk
+                    yield sr, pause
                 else:
-                    parts.append(chunk)
-                if self.stop_flag:
-                    yield sr, np.zeros(sr, dtype=np.int16)
-                    return
+                    parts.append(pause)
             if not streaming:
                 yield sr, np.concatenate(parts)
         except GeneratorExit:

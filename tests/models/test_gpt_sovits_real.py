@@ -10,10 +10,17 @@ how to set up the checkout, its venv and the weights.
 Needs ``GPT_SOVITS_HOME`` (the checkout) and ``GPT_SOVITS_PYTHON`` (its venv's interpreter); the
 folder ``tests/gpt_sovits_shim`` (a CPU torchaudio stand-in) goes first on the workers'
 ``PYTHONPATH`` unless ``GPT_SOVITS_NO_SHIM=1`` (a venv with a real torchaudio).
+``GPT_SOVITS_MAX_SEC`` (default 1) is the ``--max-sec`` the random weights were written with: a
+random GPT never ends a segment early, so each segment is ``2 * max_sec`` seconds of audio.
+
+The workers get an empty ``NUMBA_CACHE_DIR``: the venv is cold for them (librosa's numba
+functions compile again), as on a fresh install, and the streaming checks must pass anyway,
+because a worker warms up before it counts as ready.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -25,7 +32,7 @@ import pytest
 import pytest_asyncio
 import soundfile as sf
 
-from models.gpt_sovits_pool import WORKER_SCRIPT
+from models.gpt_sovits_process import WORKER_SCRIPT
 from models.tts_gpt_sovits import SAMPLE_RATES, GptSovitsTTS
 from pipeline.settings import GptSovitsSettings, GptSovitsVoice
 from pipeline.types import AudioChunk
@@ -33,6 +40,7 @@ from tests.conftest import speak
 
 HOME = os.environ.get("GPT_SOVITS_HOME")
 PYTHON = os.environ.get("GPT_SOVITS_PYTHON")
+MAX_SEC = float(os.environ.get("GPT_SOVITS_MAX_SEC", "1"))
 SHIM = Path(__file__).resolve().parents[1] / "gpt_sovits_shim"
 WEIGHTS = "tests/gpt_sovits_random_weights.py"
 
@@ -113,7 +121,11 @@ def reference_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params=[("v2", 2), ("v2Pro", 3)],
     ids=["v2-mode2", "v2Pro-mode3"],
 )
-async def tts(request: pytest.FixtureRequest, reference_clip: Path) -> AsyncIterator[GptSovitsTTS]:
+async def tts(
+    request: pytest.FixtureRequest,
+    reference_clip: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[GptSovitsTTS]:
     """One started worker of each version in turn (each holds ~3.5 GiB, so never both)."""
     version, mode = request.param
     assert HOME and PYTHON
@@ -141,16 +153,24 @@ async def tts(request: pytest.FixtureRequest, reference_clip: Path) -> AsyncIter
         },
         start_timeout_s=600.0,
         request_timeout_s=120.0,
+        # upstream's own fragment_interval: were the padding after a request's last segment
+        # sent, two phrases would have 300 ms of silence between them
+        segment_pause_s=0.3,
     )
     use_shim = os.environ.get("GPT_SOVITS_NO_SHIM") != "1"
+    cold_cache = tmp_path_factory.mktemp(f"numba-{version}")  # a fresh venv's numba cache
     engine = GptSovitsTTS(
         settings,
+        env={"NUMBA_CACHE_DIR": str(cold_cache)},
         extra_pythonpath=[SHIM] if use_shim else [],
         run_options={"seed": 1, "top_k": 15},
     )
     started = time.perf_counter()
     await engine.start()
-    print(f"\n[{version} mode {mode}] start (import + load): {time.perf_counter() - started:.1f} s")
+    print(
+        f"\n[{version} mode {mode}] start (import, load, warm-up on a cold numba cache): "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     try:
         yield engine
     finally:
@@ -187,6 +207,11 @@ async def test_streamed_cantonese_arrives_in_chunks_at_the_version_rate(
     assert np.sqrt(np.mean(samples**2)) > 1e-3
     seconds = samples.size / 32_000
     assert first_s < total_s / 2, "the first chunk must come long before the end"
+    # Each segment is 2 * max_sec seconds (a random GPT never stops early), the pauses between
+    # them segment_pause_s, and nothing trails the last one.
+    expected = 4 * 2 * MAX_SEC + 3 * tts.settings.segment_pause_s
+    assert expected * 0.75 <= seconds <= expected * 1.25, (seconds, expected)
+    assert tts.reported_version == version  # what the worker's upstream says it loaded
     print(
         f"\n[{version} mode {mode}] {len(chunks)} chunks, {seconds:.1f} s of audio; first chunk "
         f"{first_s:.2f} s, total {total_s:.1f} s, RTF {total_s / seconds:.2f}"
@@ -220,3 +245,38 @@ async def test_cancel_mid_stream_leaves_the_same_worker_usable(tts: GptSovitsTTS
         f"request's first chunk {next_first_s:.2f} s (~{waited:.1f} s of it waiting for the "
         f"cancel), one segment in {segment_s:.1f} s"
     )
+
+
+def _edge_silence_ms(samples: np.ndarray, *, leading: bool, floor: float = 1e-3) -> float:
+    """Milliseconds of near-silence at one end of ``samples`` (at 32 kHz)."""
+    loud = np.flatnonzero(np.abs(samples) > floor)
+    if loud.size == 0:
+        return samples.size / 32
+    return float(loud[0] if leading else samples.size - 1 - loud[-1]) / 32
+
+
+async def test_phrases_spoken_one_after_another_join_without_a_hole(tts: GptSovitsTTS) -> None:
+    version, mode = tts.settings.version, tts.settings.streaming_mode
+    first, _, _ = await _collect(tts.synthesize(ONE_SEGMENT, "yue"))
+    second, _, _ = await _collect(tts.synthesize(ONE_SEGMENT, "yue"))
+    end = _edge_silence_ms(np.concatenate([c.samples for c in first]), leading=False)
+    start = _edge_silence_ms(np.concatenate([c.samples for c in second]), leading=True)
+    print(f"\n[{version} mode {mode}] silence between two phrases: {end + start:.0f} ms")
+    assert end + start <= 150
+
+
+async def test_a_voice_uploaded_as_bytes_speaks_with_a_per_request_language_and_is_removed(
+    tts: GptSovitsTTS, reference_clip: Path
+) -> None:
+    clip = await asyncio.to_thread(reference_clip.read_bytes)
+    voice = tts.add_voice_clip("uploaded", clip, transcript=PROMPT_TEXT, language="yue")
+    try:
+        # auto_yue: upstream detects the language of each part and reads Chinese as Cantonese
+        chunks, _, _ = await _collect(tts.synthesize(ONE_SEGMENT, "uploaded", language="auto_yue"))
+        assert chunks and {c.sample_rate for c in chunks} == {32_000}
+        seconds = sum(c.samples.size for c in chunks) / 32_000
+        assert 2 * MAX_SEC * 0.75 <= seconds <= 2 * MAX_SEC * 1.25
+    finally:
+        assert tts.remove_voice("uploaded")
+    assert not voice.ref_audio.exists()
+    assert "uploaded" not in tts.capabilities.voices

@@ -114,9 +114,10 @@ def _sentences_audio() -> AudioChunk:
 
 
 def _long_clip() -> AudioChunk:
-    """Speech, then fifteen minutes of silence (see test_cancel_stops_the_worker_thread)."""
-    silence = np.zeros(900 * 16_000, dtype=np.float32)
-    return AudioChunk(np.concatenate([_sentences_audio().samples, silence]), 16_000)
+    """Speech, then fifteen minutes of hiss (see test_cancel_stops_the_worker_thread)."""
+    # -40 dBFS: loud enough to pass the silence gate, so every 30 s window is encoded and decoded
+    hiss = np.random.default_rng(0).normal(0.0, 0.01, 900 * 16_000).astype(np.float32)
+    return AudioChunk(np.concatenate([_sentences_audio().samples, hiss]), 16_000)
 
 
 async def test_partials_then_one_final(stt: WhisperSTT) -> None:
@@ -149,11 +150,11 @@ async def test_other_sample_rates_are_resampled(stt: WhisperSTT, rate: int) -> N
 async def test_cancel_stops_the_worker_thread(
     stt: WhisperSTT, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Speech, then fifteen minutes of silence: each silent 30 s window still costs a decode, so
-    # finishing the clip takes ~9 s after the first partial (measured, two idle cores). (Tiled
-    # speech would not do: a window whose text repeats looks like a hallucination loop and is
-    # re-decoded at up to five more temperatures, erratically slow.) Silence also proves the
-    # stop is checked per window: faster-whisper yields no segment for a silent window.
+    # Speech, then fifteen minutes of hiss: each 30 s window of it costs a decode, so finishing
+    # the clip takes many seconds after the first partial. (Tiled speech would not do: a window
+    # whose text repeats looks like a loop and is re-decoded at up to five more temperatures,
+    # erratically slow.) Hiss also proves the stop is checked per window: Whisper hears no
+    # speech in it, so no segment (and no check between segments) comes from those windows.
     long = _long_clip()
     windows: list[int] = []  # 30 s windows encoded: a spy on the real model, not a fake
     encode = stt._model.encode

@@ -158,8 +158,24 @@ def test_real_phonemes_of_a_long_paragraph_respect_the_limits(tts: PiperTTS) -> 
 # --- construction, voices and load errors ------------------------------------------------------
 
 
+def test_constructing_checks_nothing(tmp_path: Path) -> None:
+    # A fallback chain builds every backend before it knows which can start: a missing voice or
+    # a CUDA device without onnxruntime-gpu is reported by start(), not by the constructor.
+    engine = PiperTTS(TTSSettings(model=str(tmp_path / "nope.onnx"), device="cuda"))
+    assert (engine.name, engine.device) == ("piper:cuda", "cuda")
+    with pytest.raises(ModelLoadError):
+        engine.load()
+
+
+async def test_cuda_without_onnxruntime_gpu_fails_at_start() -> None:
+    engine = PiperTTS(TTSSettings(device="cuda"))
+    with pytest.raises(EngineUnavailable, match="onnxruntime-gpu"):
+        await engine.start()
+
+
 def test_capabilities_come_from_the_voice_config_without_loading() -> None:
     engine = PiperTTS(TTSSettings())
+    engine.describe()
     assert not engine.loaded
     assert engine.name == "piper:cpu"
     assert engine.capabilities.sample_rate == 22_050
@@ -169,7 +185,7 @@ def test_capabilities_come_from_the_voice_config_without_loading() -> None:
 
 def test_a_hub_id_is_refused_with_the_fix() -> None:
     with pytest.raises(ModelLoadError) as info:
-        PiperTTS(TTSSettings(model="rhasspy/piper-voices"))
+        PiperTTS(TTSSettings(model="rhasspy/piper-voices")).describe()
     assert "rhasspy/piper-voices" in info.value.message
     assert ".onnx" in info.value.message
     assert info.value.retryable is True  # another backend may load
@@ -178,16 +194,16 @@ def test_a_hub_id_is_refused_with_the_fix() -> None:
 
 def test_a_missing_path_or_a_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError):
-        PiperTTS(TTSSettings(model=str(tmp_path / "nope.onnx")))
+        PiperTTS(TTSSettings(model=str(tmp_path / "nope.onnx"))).describe()
     with pytest.raises(ModelLoadError, match=r"not an \.onnx file"):
-        PiperTTS(TTSSettings(model=str(tmp_path)))
+        PiperTTS(TTSSettings(model=str(tmp_path))).describe()
 
 
 def test_an_onnx_without_its_json_config_is_refused(tmp_path: Path) -> None:
     model = tmp_path / "voice.onnx"
     model.write_bytes(b"never loaded")
     with pytest.raises(ModelLoadError, match=r"voice\.onnx\.json"):
-        PiperTTS(TTSSettings(model=str(model)))
+        PiperTTS(TTSSettings(model=str(model))).describe()
 
 
 def test_a_corrupt_model_fails_at_load_with_model_load_error(tmp_path: Path) -> None:
@@ -203,7 +219,7 @@ def test_a_corrupt_model_fails_at_load_with_model_load_error(tmp_path: Path) -> 
 
 def test_an_unknown_default_voice_is_refused() -> None:
     with pytest.raises(ModelLoadError, match="joe"):
-        PiperTTS(TTSSettings(voice="nobody"))
+        PiperTTS(TTSSettings(voice="nobody")).describe()
 
 
 def test_multi_speaker_voices_list_the_default_speaker_first(tmp_path: Path) -> None:
@@ -211,12 +227,13 @@ def test_multi_speaker_voices_list_the_default_speaker_first(tmp_path: Path) -> 
 
     source = packaged_path("piper-joe-medium", stage="tts")
     model = tmp_path / "multi.onnx"
-    model.write_bytes(b"never loaded: only the config is read at construction")
+    model.write_bytes(b"never loaded: describe() reads only the config")
     config = json.loads(Path(f"{source}.json").read_text())
     config.update(num_speakers=3, speaker_id_map={"ann": 0, "bob": 1, "cy": 2})
     config["default_speaker_id"] = 1
     Path(f"{model}.json").write_text(json.dumps(config))
     engine = PiperTTS(TTSSettings(model=str(model), voice="cy"))
+    engine.describe()
     assert engine.capabilities.voices[:3] == ("bob", "ann", "cy")
     # requests map to speaker ids: a named speaker, the configured default, or an alias of it
     assert engine._speaker_id("ann") == 0
@@ -243,6 +260,7 @@ async def test_invalid_requests_fail_before_any_work(
     text: str, kwargs: dict[str, object], param: str
 ) -> None:
     engine = PiperTTS(TTSSettings())  # never loaded: validation must not need the model
+    engine.describe()  # what start() does first: read the voice's config
     with pytest.raises(InvalidInput) as info:
         await synthesize(engine, text, **kwargs)
     assert info.value.param == param

@@ -118,7 +118,7 @@ def test_dotenv_file_is_read_and_the_environment_wins(
         ("VOXLINE_LLM__MAX_TOKENS", "0"),
         ("VOXLINE_LLM__ENGINE", "vllm"),
         ("VOXLINE_TTS__SPEED", "0.1"),
-        ("VOXLINE_TTS__GPT_SOVITS__POOL_SIZE", "0"),
+        ("VOXLINE_TTS__GPT_SOVITS__POOL_SIZE", "-1"),
         ("VOXLINE_TTS__GPT_SOVITS__STREAMING_MODE", "7"),
         ("VOXLINE_TTS__GPT_SOVITS__VOICES", '{"anna": {"ref_audio": "a.wav"}}'),
         ("VOXLINE_STT__DEVICE", "tpu"),

@@ -524,9 +524,13 @@ async def test_each_realtime_response_is_traced_with_a_span_per_stage(
             await mic.aclose()
     provider.shutdown()
     spans = exporter.get_finished_spans()
-    (turn,) = [s for s in spans if s.name == "voxline.turn"]
+    # a speculative reply dropped when the user went on has a trace of its own: take the
+    # response's
+    turns = [s for s in spans if s.name == "voxline.turn"]
+    (turn,) = [
+        s for s in turns if (s.attributes or {}).get("voxline.request_id") == done["response"]["id"]
+    ]
     assert turn.attributes is not None
-    assert turn.attributes["voxline.request_id"] == done["response"]["id"]
     children = {s.name: s for s in spans if s.parent and s.parent.span_id == turn.context.span_id}
     assert set(children) == {"voxline.stt", "voxline.llm", "voxline.tts"}
     stt = children["voxline.stt"]
