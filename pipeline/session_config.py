@@ -21,7 +21,8 @@ from pipeline.vad import EndpointPolicy
 @dataclass(frozen=True, slots=True)
 class TurnDetection:
     """Server VAD (OpenAI's ``turn_detection: {"type": "server_vad"}``); see ``EndpointPolicy``
-    (``turn_end`` and its silences are the server's settings: a client does not change them).
+    (``turn_end`` and its silences are the server's settings, ``smart`` by default there; a
+    client does not change them. Built by hand, it is OpenAI's fixed silence).
 
     Attributes:
         create_response: Answer automatically when a turn ends.
@@ -34,7 +35,7 @@ class TurnDetection:
     min_speech_ms: int = 100
     create_response: bool = True
     interrupt_response: bool = True
-    turn_end: TurnEndMode = "smart"
+    turn_end: TurnEndMode = "fixed"
     complete_silence_ms: int = 250
     incomplete_silence_ms: int = 1200
 
