@@ -375,6 +375,12 @@ class SessionSettings(BaseModel):
     free, while a shorter one only ends more turns at a mid-sentence pause (each false end
     costs CPU the real turn then waits for). 400 ms stays hidden behind the CPU chain and keeps
     voice-to-voice under 500 ms where the chain is faster (a GPU).
+
+    ``turn_end=smart`` (the default) goes further: the transcript started at the pause says
+    whether the user is done, so a finished question ends after ``complete_silence_ms`` and a
+    sentence left hanging ("a table for ...") waits ``incomplete_silence_ms``. Silence is counted
+    in audio received, as with the fixed silence: a client must keep streaming (silence) until the
+    turn ends, up to ``incomplete_silence_ms`` of it.
     """
 
     model_config = ConfigDict(use_attribute_docstrings=True)

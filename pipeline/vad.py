@@ -9,6 +9,8 @@ plus a minimum speech length so that a click or a cough does not interrupt the a
 The endpointer also reports the first silent frame after speech (``paused``): a pause is where the
 end of the turn *may* be, and the session starts the final transcription there, speculatively, so
 that by the time the silence is long enough to be sure, the transcript is (often) already done.
+How long is long enough is fixed (``silence_duration_ms``) or, with ``turn_end="smart"``, set by
+how that transcript reads (``judge``: ``pipeline.turn_end``).
 
 The ``FrameSlicer`` in front of both cuts the client's audio, at any rate and in any chunk size,
 into those frames, and remembers when each one arrived.
