@@ -23,20 +23,28 @@ from pipeline.vad import VAD
 from server import (
     routes_audio,
     routes_chat,
+    routes_client_secrets,
+    routes_files,
     routes_health,
+    routes_jobs,
     routes_metrics,
     routes_realtime,
     routes_turns,
     routes_usage,
+    routes_vector_stores,
 )
 from server.accounting import MeterMiddleware
+from server.edge import EdgeMiddleware, install_handlers
 from server.errors import install_error_handlers
 from server.limits import BodyLimitMiddleware
 from server.logging_setup import RequestContextMiddleware
 from server.metrics import RequestMetricsMiddleware
+from server.openapi import install_openapi
 from server.state import AppState
 
 log = logging.getLogger("voxline.server")
+
+_FORM_OVERHEAD = 1024 * 1024  # multipart boundaries and form fields around an upload
 
 ROUTERS = (
     routes_health.router,
@@ -44,8 +52,12 @@ ROUTERS = (
     routes_audio.router,
     routes_turns.router,
     routes_realtime.router,
+    routes_client_secrets.router,
     routes_metrics.router,
     routes_usage.router,
+    routes_files.router,
+    routes_vector_stores.router,
+    routes_jobs.router,
 )
 """Every route of the API. Imported, not discovered: a route module that fails to import fails
 the start, loudly."""
@@ -71,10 +83,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owns_engines:
             state.warming = asyncio.create_task(_warm(state))
+        state.jobs.runner.start()
         try:
             yield
         finally:
-            state.ledger.close()
+            await state.stop_ingestions()  # files being indexed end failed: add them again
+            await state.jobs.runner.aclose()  # its jobs go back to the queue, resumable
+            await asyncio.to_thread(state.accounting.close)  # the charges in flight first
             await asyncio.to_thread(state.store.close)
             await asyncio.to_thread(state.tracing.shutdown)
             if state.warming is not None and not state.warming.done():
@@ -85,16 +100,29 @@ def create_app(
 
     app = FastAPI(title="voxline", version="0.1.0", lifespan=lifespan)
     app.state.voxline = state
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.audio.max_bytes + 1024 * 1024)
+    # added first = innermost; the order, outermost first, is drawn in server.edge's docstring
     app.add_middleware(MeterMiddleware)  # a meter per request: server.accounting
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.edge.max_json_bytes,
+        upload_max_bytes=settings.audio.max_bytes + _FORM_OVERHEAD,
+        overrides={
+            "/v1/jobs": settings.jobs.max_bytes + _FORM_OVERHEAD,  # long recordings
+            "/v1/files": settings.kb.max_file_bytes + _FORM_OVERHEAD,  # documents
+        },
+    )
+    # (admission control goes here: behind the edge, so a refused key never takes a slot)
+    app.add_middleware(EdgeMiddleware, state=state)
     # added last = outermost: every request is counted and carries a request id
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
+    install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     if settings.demo_enabled:
         _mount_demo(app, settings)
+    install_openapi(app)
     return app
 
 
@@ -111,6 +139,10 @@ async def _warm(state: AppState) -> Engines:
         await state.load_vad()
     except VoxlineError as exc:  # only realtime needs it: its route retries and reports it
         log.error("the VAD failed to load: %s", exc)
+    try:  # the first grounded turn must not pay for loading the embedding model
+        await asyncio.to_thread(state.kb.query_embedder)
+    except VoxlineError as exc:  # only file_search needs it: a search retries and reports it
+        log.error("the knowledge base's embedding model failed to load: %s", exc)
     return state.engines
 
 
@@ -122,4 +154,7 @@ def _mount_demo(app: FastAPI, settings: Settings) -> None:
             raise
         log.warning("no demo at /demo: it needs gradio (the `demo` extra)")
         return
+    from server.edge.demo_login import router as demo_login
+
+    app.include_router(demo_login)  # before the mount, which would otherwise match its path
     mount_demo(app, settings)

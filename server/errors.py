@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from pipeline.errors import (
     AudioDecodeError,
@@ -20,12 +21,26 @@ from pipeline.errors import (
     EngineTimeout,
     EngineUnavailable,
     InvalidInput,
+    InvalidToolCall,
     ModelLoadError,
     StageError,
     VoxlineError,
 )
+from store.errors import Conflict, NotFound, StoreUnavailable
 
 _AUDIO_STATUS = {"audio_too_large": 413, "unsupported_format": 415}
+_INPUT_STATUS = {"request_too_large": 413, "file_too_large": 413}
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "invalid_api_key",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limit_exceeded",
+}
+"""Named codes for the HTTP errors Starlette raises itself (never a bare ``"413"``)."""
 
 
 def status_of(exc: VoxlineError) -> int:
@@ -33,9 +48,17 @@ def status_of(exc: VoxlineError) -> int:
     if isinstance(exc, AudioDecodeError):
         return _AUDIO_STATUS.get(exc.code or "", 400)
     if isinstance(exc, InvalidInput):
-        return 413 if exc.code == "request_too_large" else 400
+        return _INPUT_STATUS.get(exc.code or "", 400)
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
     if isinstance(exc, EngineTimeout):
         return 504
+    if isinstance(exc, InvalidToolCall):
+        return 502  # the model's output broke the tool's schema: a bad answer from upstream
+    if isinstance(exc, StoreUnavailable):
+        return 503
     if isinstance(exc, EngineOverloaded | EngineUnavailable | ModelLoadError):
         return 503
     return 500
@@ -58,6 +81,9 @@ def body_of(exc: VoxlineError) -> dict[str, Any]:
         return error_body(
             exc.message, type_="server_error", code=f"{exc.stage}_{type(exc).__name__}"
         )
+    if isinstance(exc, NotFound | Conflict):
+        code = "not_found" if isinstance(exc, NotFound) else "conflict"
+        return error_body(str(exc), type_="invalid_request_error", code=code)
     return error_body(str(exc), type_="server_error")
 
 
@@ -66,6 +92,17 @@ def error_response(exc: VoxlineError) -> JSONResponse:
     status = status_of(exc)
     headers = {"Retry-After": "1"} if status == 503 else None
     return JSONResponse(body_of(exc), status_code=status, headers=headers)
+
+
+def _allowed(request: Request) -> str:
+    """Every method the request's path serves: Starlette's 405 names only the first route
+    that matched the path, and a path may have one route per method (GET and POST)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "__NONE__"})
+        if match == Match.PARTIAL:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -89,11 +126,15 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return JSONResponse(body, status_code=400)
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        body = error_body(str(exc.detail), type_=type_, code=str(exc.status_code))
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        body = error_body(str(exc.detail), type_=type_, code=code)
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed(request)}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(error_body("internal server error", type_="server_error"), 500)

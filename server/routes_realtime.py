@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import suppress
 from typing import Annotated
 
@@ -47,16 +48,28 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from pipeline.audio import decode_pcm16
 from pipeline.errors import InvalidInput, VoxlineError
-from pipeline.events import ErrorEvent, ResponseDone, TranscriptCompleted, UsageReported
+from pipeline.events import (
+    ErrorEvent,
+    ResponseCreated,
+    ResponseDone,
+    TranscriptCompleted,
+    UsageReported,
+)
+from pipeline.knowledge import FileSearch, KnowledgeReport
 from pipeline.phrases import PhrasePolicy
+from pipeline.router import Route
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.stages import CallRecord
 from pipeline.types import TurnTimings
+from server import identity
 from server.accounting import SessionUsage
+from server.edge.realtime import RealtimeLimits
+from server.kb import caller, grounder_for
 from server.logging_setup import bind
 from server.realtime_events import ServerEvents, Wire, error_event
 from server.realtime_protocol import (
+    AddToolOutput,
     AddUserText,
     AppendAudio,
     BadClientEvent,
@@ -69,6 +82,7 @@ from server.realtime_protocol import (
     TruncateItem,
     UpdateSession,
 )
+from server.routes_client_secrets import session_config
 from server.state import AppState
 
 log = logging.getLogger("voxline.server.realtime")
@@ -107,11 +121,21 @@ async def realtime(
             await websocket.close(code=_TRY_AGAIN_LATER, reason="engines not ready")
         return
     settings = state.settings
+    who = identity.current()  # bound by the edge for the whole connection
     config = SessionConfig.from_settings(settings)
+    if who is not None and who.session:  # opened with a client secret minted with a session
+        try:
+            config = session_config(settings, dict(who.session), engines.tts.capabilities.voices)
+        except InvalidInput as exc:  # valid when minted; the engines may have changed since
+            log.warning("a client secret's session no longer applies: %s", exc.code)
+    router = engines.router
+    if router is not None and model in router.tiers:
+        config = dataclasses.replace(config, tier=model)  # ?model= naming a tier pins it
     events = ServerEvents(
         model=model or "voxline", config=config, transcription_model=engines.stt.name
     )
     heard = _LastTranscription(engines.stt.name)
+    owner = caller()
     session = Session(
         engines.stt,
         engines.llm,
@@ -121,10 +145,13 @@ async def realtime(
         settings=settings.session,
         phrase_policy=PhrasePolicy.from_settings(settings.reply),
         response_scope=functools.partial(_traced, state, events.session_id, heard),
+        router=router,
+        grounder=grounder_for(state.kb, owner),
     )
     parser = ClientEventParser(
         max_append_bytes=min(settings.audio.max_bytes, MAX_APPEND_BYTES),
         voices=lambda: engines.tts.capabilities.voices,
+        tiers=tuple(router.tiers) if router is not None else (),
     )
     connection = _Connection(
         websocket,
@@ -133,16 +160,28 @@ async def realtime(
         parser,
         backlog_bytes=settings.audio.max_bytes,
         default_vad=TurnDetection.from_settings(settings.session),
-        usage=SessionUsage(state.accounting, events.session_id),
+        usage=SessionUsage(state.accounting, events.session_id, who),
         observe_turn=state.metrics.observe_turn,
         heard=heard,
+        observe_route=functools.partial(state.observe_route, where="realtime response"),
+        check_stores=functools.partial(_check_stores, state, owner),
+        observe_knowledge=state.observe_knowledge,
     )
+    if who is not None:
+        connection.limits = RealtimeLimits(
+            state.store, who, connection.emit, session.cancel_response
+        )
     log.info("realtime session %s opened (model %s)", events.session_id, events.model)
     try:
         with state.metrics.session(), bind(session_id=events.session_id):
             await connection.run()
     finally:
         log.info("realtime session %s closed", events.session_id)
+
+
+async def _check_stores(state: AppState, owner: str | None, ids: Sequence[str]) -> None:
+    """Refuse a ``file_search`` naming a store that is not the caller's (before it is used)."""
+    await asyncio.to_thread(state.kb.check_stores, ids, owner, "session.tools.vector_store_ids")
 
 
 class _LastTranscription:
@@ -190,8 +229,14 @@ class _Connection:
         usage: SessionUsage | None = None,
         observe_turn: Callable[[TurnTimings], None] = lambda _: None,
         heard: _LastTranscription | None = None,
+        observe_route: Callable[[Route | None], None] = lambda _: None,
+        check_stores: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+        observe_knowledge: Callable[[KnowledgeReport], None] = lambda _: None,
     ) -> None:
         self._ws = websocket
+        self._observe_route = observe_route
+        self._check_stores = check_stores
+        self._observe_knowledge = observe_knowledge
         self._usage = usage
         self._observe_turn = observe_turn
         self._heard = heard
@@ -207,6 +252,12 @@ class _Connection:
         )
         self._outbox: asyncio.Queue[list[Wire]] = asyncio.Queue()
         self._cause: str | None = None  # event_id of the command being applied
+        self.limits: RealtimeLimits | None = None
+        """The caller's key limits, checked at each response (``server.edge.realtime``)."""
+
+    def emit(self, wires: list[Wire]) -> None:
+        """Queue server events that come from outside the session (the edge's limits)."""
+        self._outbox.put_nowait(wires)
 
     async def run(self) -> None:
         """Serve until the client goes away; then stop the session's work."""
@@ -235,6 +286,10 @@ class _Connection:
             # reported (billed); it never waits on I/O, so this is quick
             with suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(outbound[0]), _DRAIN_S)
+            if self.limits is not None:
+                await self.limits.aclose()
+            if self._usage is not None:  # the session's charges are in the store
+                await self._usage.flush()
             for task in outbound:
                 task.cancel()
             await asyncio.gather(*outbound, return_exceptions=True)
@@ -294,6 +349,9 @@ class _Connection:
                 if pcm:
                     await session.append_audio(decode_pcm16(pcm, session.config.input_sample_rate))
             case UpdateSession():
+                search = command.file_search
+                if isinstance(search, FileSearch) and self._check_stores is not None:
+                    await self._check_stores(search.vector_store_ids)
                 await session.update(**command.changes(session.config, self._default_vad))
             case CommitAudio():
                 await session.commit()
@@ -301,6 +359,8 @@ class _Connection:
                 await session.clear()
             case AddUserText(text=text):
                 await session.add_user_text(text)
+            case AddToolOutput(call_id=call_id, output=output):
+                await session.add_tool_output(call_id, output)
             case CreateResponse():
                 await session.create_response()
             case CancelResponse(response_id=rid):
@@ -332,8 +392,14 @@ class _Connection:
                 cause = self._cause
             if isinstance(event, TranscriptCompleted) and self._heard is not None:
                 self._heard.heard(event)
+            if isinstance(event, ResponseCreated) and self.limits is not None:
+                self.limits.response_started()
             try:
                 wires = self._events.map(event, cause)
+                if isinstance(event, ResponseDone):
+                    self._observe_route(event.route)
+                if isinstance(event, ResponseDone) and event.knowledge is not None:
+                    self._observe_knowledge(event.knowledge)
                 if isinstance(event, ResponseDone) and self._usage is not None:
                     self._observe_turn(event.timings)
                     billed = self._usage.report()
