@@ -12,7 +12,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -204,10 +204,24 @@ async def _start(engine: STT | LLM | TTS, warm: bool) -> None:
         await engine.warm()
 
 
-async def start_engines(settings: Settings, *, warm: bool = True) -> Engines:
-    """Build, load and (optionally) warm the three engines, loading them concurrently."""
+async def start_engines(
+    settings: Settings,
+    *,
+    warm: bool = True,
+    prepare: Callable[[Engines], Awaitable[object]] | None = None,
+) -> Engines:
+    """Build, load and (optionally) warm the three engines, loading them concurrently.
+
+    Args:
+        settings: The settings tree.
+        warm: Warm each engine up after loading it.
+        prepare: Called with the built engines before any starts (the server registers the
+            stored GPT-SoVITS voices there: that backend starts only with a voice).
+    """
     engines = Engines(build_stt(settings), build_llm(settings), build_tts(settings))
     try:
+        if prepare is not None:
+            await prepare(engines)
         await asyncio.gather(*(_start(e, warm) for e in (engines.stt, engines.llm, engines.tts)))
     except BaseException:
         await engines.aclose()

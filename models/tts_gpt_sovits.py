@@ -353,7 +353,11 @@ class GptSovitsTTS(TTS):
 
     def _default_voice(self) -> str:
         default = self.settings.default_voice
-        return default if default is not None and default in self._book else next(iter(self._book))
+        if default is not None and default in self._book:
+            return default
+        # a voice of the settings before one added at run time (an upload is its owner's)
+        configured = (v for v in self.settings.voices if v in self._book)
+        return next(configured, None) or next(iter(self._book))
 
     def _chunk(self, frame: Frame) -> AudioChunk:
         pcm = np.frombuffer(frame.payload, dtype="<i2")

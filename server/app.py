@@ -29,6 +29,7 @@ from server import (
     routes_realtime,
     routes_turns,
     routes_usage,
+    routes_voices,
 )
 from server.accounting import MeterMiddleware
 from server.edge import EdgeMiddleware, install_handlers
@@ -47,6 +48,7 @@ ROUTERS = (
     routes_health.router,
     routes_chat.router,
     routes_audio.router,
+    routes_voices.router,
     routes_turns.router,
     routes_realtime.router,
     routes_client_secrets.router,
@@ -77,9 +79,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owns_engines:
             state.warming = asyncio.create_task(_warm(state))
+        elif state.engines is not None:
+            await state.voices.restore(state.engines)  # engines handed in: already started
         try:
             yield
         finally:
+            await state.voices.aclose()
             await asyncio.to_thread(state.accounting.close)  # the charges in flight first
             await asyncio.to_thread(state.store.close)
             await asyncio.to_thread(state.tracing.shutdown)
@@ -115,7 +120,8 @@ def create_app(
 
 async def _warm(state: AppState) -> Engines:
     try:
-        state.engines = await start_engines(state.settings)
+        # the stored voices first: a GPT-SoVITS backend starts only with a voice
+        state.engines = await start_engines(state.settings, prepare=state.voices.restore)
         state.listen(state.engines)
         log.info("engines ready")
     except VoxlineError as exc:

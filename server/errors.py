@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from pipeline.errors import (
     AudioDecodeError,
@@ -79,6 +80,18 @@ def error_response(exc: VoxlineError) -> JSONResponse:
     return JSONResponse(body_of(exc), status_code=status, headers=headers)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path (several routes may share one:
+    ``GET`` and ``DELETE /v1/audio/voices/{voice_id}``)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error a route can raise to the OpenAI error shape."""
 
@@ -100,12 +113,15 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return JSONResponse(body, status_code=400)
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         body = error_body(str(exc.detail), type_=type_, code=code)
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette names only the first route of the path's methods
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(error_body("internal server error", type_="server_error"), 500)

@@ -49,7 +49,8 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.upload_max_bytes if rule_for(scope["path"]).upload else self.json_max_bytes
+        upload = rule_for(scope["path"], scope["method"]).upload
+        limit = self.upload_max_bytes if upload else self.json_max_bytes
         await _Limited(self.app, limit)(scope, receive, send)
 
 

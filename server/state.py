@@ -23,6 +23,7 @@ from server.accounting import Accounting
 from server.logging_setup import log_call
 from server.metrics import Metrics
 from server.tracing import Tracing
+from server.voices import VoiceService
 from store import Store
 
 log = logging.getLogger("voxline.server")
@@ -33,7 +34,8 @@ class AppState:
 
     ``vad`` is the one loaded VAD model; each realtime session ``fork()`` s it (its own state,
     the same weights). ``store`` is the durable state (``VOXLINE_STATE__URL``), opened here (its
-    schema migrated) and closed by the app's lifespan.
+    schema migrated) and closed by the app's lifespan. ``voices`` are the voices uploaded through
+    the API (``server.voices``), registered with the engines by the lifespan.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class AppState:
         self.ledger.listeners.append(self.metrics.observe_charge)
         self.accounting = Accounting(self.ledger, self.metrics, self.store)
         self.tracing = Tracing.from_settings(settings)
+        self.voices = VoiceService(self.store, settings.voices)
         self._listened: set[int] = set()
         if engines is not None:
             self.listen(engines)
