@@ -46,7 +46,7 @@ from store import NewKey, Store
 from store.schema import blobs
 from tests.fakes.gpt_sovits_checkout import make_stub_checkout, read_log
 from tests.fakes.stages import ScriptedLLM, ScriptedSTT, ScriptedTTS
-from tests.server.conftest import LiveServer, http_client, make_settings
+from tests.server.conftest import LiveServer, http_client, make_settings, silences_ms, wait_ready
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
 
@@ -74,20 +74,6 @@ def upload(clip: bytes, **fields: str) -> dict[str, Any]:
     return {"files": {"file": ("ref.wav", clip, "audio/wav")}, "data": data}
 
 
-def silences_ms(
-    pcm: bytes, rate: int = RATE, floor: int = 33, at_least_ms: float = 20.0
-) -> list[float]:
-    """Runs of near-silence (|x| below ~1e-3 of full scale) inside ``pcm`` (16-bit), in ms,
-    longer than ``at_least_ms``; the silence before the first and after the last sound is not
-    between phrases and is left out."""
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.int32)
-    loud = np.flatnonzero(np.abs(samples) > floor)
-    if loud.size < 2:
-        return []
-    gaps = np.diff(loud) - 1
-    return [g * 1000 / rate for g in gaps if g * 1000 / rate >= at_least_ms]
-
-
 def gs_settings(checkout: Path, log: Path, **fields: Any) -> GptSovitsSettings:
     values: dict[str, Any] = {
         "home": checkout,
@@ -109,17 +95,6 @@ def server_settings(gpt_sovits: GptSovitsSettings, state_dir: Path) -> Settings:
         voices=VoicesSettings(max_bytes=MAX_BYTES, max_per_key=MAX_PER_KEY),
         state=StateSettings(data_dir=state_dir),
     )
-
-
-def wait_ready(url: str, timeout_s: float = 180.0) -> dict[str, Any]:
-    """``/readyz`` once it says ready (``timeout_s`` only guards against a hang); blocking."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        answer = httpx.get(f"{url}/readyz", timeout=10)
-        if answer.status_code == 200:
-            return dict(answer.json())
-        assert time.monotonic() < deadline, answer.text
-        time.sleep(0.2)
 
 
 class Served:
