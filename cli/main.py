@@ -26,6 +26,7 @@ from rich.table import Table
 from benchmarks.cli import bench
 from benchmarks.eval.cli import evaluate
 from cli.doctor import doctor
+from cli.jobs import app as jobs_app
 from cli.keys import app as keys_app
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
@@ -175,17 +176,31 @@ def say(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Deploy on the Ray cluster at this address (auto, HOST:PORT, ray://HOST:10001,"
+            " local): the stages as Ray Serve deployments, the API as their ingress.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the streaming voice server (realtime WebSocket + OpenAI-compatible HTTP)."""
+    settings = Settings()
+    refusal = _exposure_refusal(settings, host)
+    if refusal is not None:
+        raise _fail(refusal, 2)
+    if ray is not None:
+        from server.ray_serve import run  # ray is an optional extra (docs/ray.md)
+
+        run(settings, ray, host=host, port=port)
+        return
     import uvicorn
 
     from server.app import create_app
     from server.logging_setup import configure_logging
 
-    settings = Settings()
-    refusal = _exposure_refusal(settings, host)
-    if refusal is not None:
-        raise _fail(refusal, 2)
     logging.getLogger().handlers.clear()  # the CLI's plain handler: the server logs JSON lines
     configure_logging(settings.observability)
     # our JSON handler takes uvicorn's logs too; its access log (raw paths and query strings)
@@ -267,6 +282,7 @@ app.command()(doctor)
 app.command()(bench)
 app.add_typer(keys_app, name="keys")
 app.command("eval")(evaluate)
+app.add_typer(jobs_app, name="jobs")
 
 
 if __name__ == "__main__":  # pragma: no cover

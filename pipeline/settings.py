@@ -39,7 +39,9 @@ class HostedSettings(BaseModel):
     """Retries of a request that failed before any output (connection errors, 429, 5xx)."""
 
 
-BackendName = Literal["gpu", "cpu", "hosted"]
+BackendName = Literal["gpu", "cpu", "hosted", "ray"]
+"""``ray``: the stage's Ray Serve deployment (docs/ray.md); the others run in this process or,
+for ``hosted``, behind an OpenAI-compatible URL."""
 
 
 class FallbackSettings(BaseModel):
@@ -488,6 +490,105 @@ class EdgeSettings(BaseModel):
     parsed. Uploads (transcriptions, turns, the demo) are bounded by ``audio.max_bytes``."""
 
 
+class JobSettings(BaseModel):
+    """Durable jobs (``POST /v1/jobs``): long audio, long text, batches of turns (docs/jobs.md).
+
+    Jobs live in the state store, so they survive a restart: a job whose worker died is taken
+    over once its lease lapses and resumes after its last finished chunk.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    workers: int = Field(default=1, ge=0, le=64)
+    """Jobs this process runs at once (0: it only accepts jobs; another replica runs them)."""
+    chunk_parallelism: int = Field(default=2, ge=1, le=64)
+    """Chunks of one job in flight at once (they run at batch priority: interactive work first)."""
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    """Largest job upload in bytes (audio file, text, JSONL); larger ones are refused (413)."""
+    max_seconds: float = Field(default=4 * 3600.0, gt=0.0)
+    """Longest audio a transcription job accepts, in seconds (checked while decoding)."""
+    max_text_chars: int = Field(default=1_000_000, ge=1)
+    """Longest text a speech job accepts, in characters."""
+    max_turns: int = Field(default=1000, ge=1)
+    """Most lines in the JSONL file of a turns job."""
+    max_pending: int = Field(default=1000, ge=1)
+    """Queued and running jobs of all callers together; past it a submission gets 429."""
+    max_pending_per_key: int = Field(default=20, ge=1)
+    """Queued and running jobs of one API key (or of anonymous callers); past it 429."""
+    chunk_seconds: float = Field(default=30.0, ge=5.0, le=600.0)
+    """Longest audio chunk of a transcription job: audio is cut at the longest silence before
+    this (whisper reads 30 s windows)."""
+    min_chunk_seconds: float = Field(default=10.0, ge=0.5, le=600.0)
+    """A cut is not made before this many seconds of chunk (fewer, longer chunks)."""
+    min_silence_ms: int = Field(default=300, ge=32, le=10_000)
+    """Silence (Silero VAD) long enough to cut at; a chunk with no voiced frame is skipped."""
+    speech_chunk_chars: int = Field(default=600, ge=50, le=4096)
+    """Largest text chunk of a speech job (whole sentences up to this many characters)."""
+    lease_ttl_s: float = Field(default=30.0, gt=0.0)
+    """A worker renews its claim on a job this often (a third of it, in fact); a job whose
+    worker died is taken over this long after its last renewal."""
+    poll_interval_s: float = Field(default=1.0, gt=0.0)
+    """How often an idle worker looks for queued jobs (and for jobs whose worker died)."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Times a job may be started (a worker that died counts); the next one fails it."""
+
+
+class RayStageSettings(BaseModel):
+    """One stage as a Ray Serve deployment: replicas, autoscaling, resources."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    num_replicas: int = Field(default=1, ge=1)
+    """Replicas when autoscaling is off."""
+    autoscaling: bool = False
+    """Let Ray Serve scale between ``min_replicas`` and ``max_replicas``."""
+    min_replicas: int = Field(default=1, ge=0)
+    """Autoscaling: fewest replicas."""
+    max_replicas: int = Field(default=2, ge=1)
+    """Autoscaling: most replicas."""
+    target_ongoing_requests: float = Field(default=2.0, gt=0.0)
+    """Autoscaling: requests in flight per replica that Serve aims for."""
+    max_ongoing_requests: int = Field(default=8, ge=1)
+    """Requests a replica takes at once; more wait in Serve's queue."""
+    num_cpus: float = Field(default=0.25, ge=0.0)
+    """CPUs Ray reserves per replica (for placement only: fractions share a core; the engine's
+    own thread settings decide what it uses)."""
+    num_gpus: float = Field(default=0.0, ge=0.0)
+    """GPUs (or a fraction of one) Ray reserves per replica."""
+    chain: list[Literal["gpu", "cpu", "hosted"]] | None = None
+    """The backends inside each replica (unset: ``gpu`` then ``cpu`` on a machine with CUDA,
+    else ``cpu``)."""
+
+
+class RaySettings(BaseModel):
+    """Ray Serve: the stages as deployments, the API as their ingress (docs/ray.md)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    address: str | None = None
+    """Ray cluster address (``auto``, ``HOST:PORT``, ``ray://HOST:10001``; ``local``: start one
+    in this process). Unset: no Ray; a chain naming ``ray`` needs it."""
+    app_name: str = "voxline"
+    """Ray Serve application name (the stage deployments are looked up in it)."""
+    namespace: str = "voxline"
+    """Ray namespace the server and its deployments share."""
+    replica_retries: int = Field(default=1, ge=0, le=8)
+    """A stage call whose replica died is retried this many times (Serve routes it to another
+    replica); what was already streamed is not repeated."""
+    job_tasks: bool = True
+    """On Ray, run job chunks as Ray tasks (any node) rather than in the ingress process."""
+    task_num_cpus: float = Field(default=0.25, ge=0.0)
+    """CPUs Ray reserves per job chunk task (the engine work is in the stage replicas)."""
+    stt: RayStageSettings = RayStageSettings()
+    """The STT deployment."""
+    llm: RayStageSettings = RayStageSettings()
+    """The LLM deployment."""
+    tts: RayStageSettings = RayStageSettings()
+    """The TTS deployment."""
+    ingress: RayStageSettings = RayStageSettings(num_cpus=0.25)
+    """The API deployment (HTTP routes and the realtime WebSocket)."""
+
+
 class VoicesSettings(BaseModel):
     """Voices uploaded through the API (``POST /v1/audio/voices``, GPT-SoVITS only).
 
@@ -537,8 +638,12 @@ class Settings(BaseSettings):
     """The durable state store."""
     edge: EdgeSettings = EdgeSettings()
     """API keys, origins, hosts and per-key limits."""
+    jobs: JobSettings = JobSettings()
+    """Durable jobs."""
     voices: VoicesSettings = VoicesSettings()
     """Voices uploaded through the API (GPT-SoVITS)."""
+    ray: RaySettings = RaySettings()
+    """Ray Serve deployment."""
     cache_dir: Path = Path.home() / ".cache" / "voxline"
     """Where derived artefacts (dequantized GGUF weights, ...) are cached."""
     hf_offline: bool = False

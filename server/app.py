@@ -25,6 +25,7 @@ from server import (
     routes_chat,
     routes_client_secrets,
     routes_health,
+    routes_jobs,
     routes_metrics,
     routes_realtime,
     routes_turns,
@@ -54,6 +55,7 @@ ROUTERS = (
     routes_client_secrets.router,
     routes_metrics.router,
     routes_usage.router,
+    routes_jobs.router,
 )
 """Every route of the API. Imported, not discovered: a route module that fails to import fails
 the start, loudly."""
@@ -81,10 +83,12 @@ def create_app(
             state.warming = asyncio.create_task(_warm(state))
         elif state.engines is not None:
             await state.voices.restore(state.engines)  # engines handed in: already started
+        state.jobs.runner.start()
         try:
             yield
         finally:
             await state.voices.aclose()
+            await state.jobs.runner.aclose()  # its jobs go back to the queue, resumable
             await asyncio.to_thread(state.accounting.close)  # the charges in flight first
             await asyncio.to_thread(state.store.close)
             await asyncio.to_thread(state.tracing.shutdown)
@@ -102,6 +106,7 @@ def create_app(
         BodyLimitMiddleware,
         max_bytes=settings.edge.max_json_bytes,
         upload_max_bytes=settings.audio.max_bytes + _FORM_OVERHEAD,
+        overrides={"/v1/jobs": settings.jobs.max_bytes + _FORM_OVERHEAD},  # long recordings
     )
     # (admission control goes here: behind the edge, so a refused key never takes a slot)
     app.add_middleware(EdgeMiddleware, state=state)

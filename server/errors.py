@@ -25,6 +25,7 @@ from pipeline.errors import (
     StageError,
     VoxlineError,
 )
+from store.errors import Conflict, NotFound, StoreUnavailable
 
 _AUDIO_STATUS = {"audio_too_large": 413, "unsupported_format": 415}
 _HTTP_CODES = {
@@ -46,8 +47,14 @@ def status_of(exc: VoxlineError) -> int:
         return _AUDIO_STATUS.get(exc.code or "", 400)
     if isinstance(exc, InvalidInput):
         return 413 if exc.code == "request_too_large" else 400
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
     if isinstance(exc, EngineTimeout):
         return 504
+    if isinstance(exc, StoreUnavailable):
+        return 503
     if isinstance(exc, EngineOverloaded | EngineUnavailable | ModelLoadError):
         return 503
     return 500
@@ -70,6 +77,9 @@ def body_of(exc: VoxlineError) -> dict[str, Any]:
         return error_body(
             exc.message, type_="server_error", code=f"{exc.stage}_{type(exc).__name__}"
         )
+    if isinstance(exc, NotFound | Conflict):
+        code = "not_found" if isinstance(exc, NotFound) else "conflict"
+        return error_body(str(exc), type_="invalid_request_error", code=code)
     return error_body(str(exc), type_="server_error")
 
 

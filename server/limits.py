@@ -11,6 +11,7 @@ seconds of parsing and tokenizing).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -36,22 +37,34 @@ class BodyLimitMiddleware:
         app: The ASGI app.
         max_bytes: The limit of JSON bodies.
         upload_max_bytes: The limit of routes taking an upload (default: ``max_bytes``).
+        overrides: A path prefix's own limit (``/v1/jobs`` takes long recordings).
     """
 
     def __init__(
-        self, app: ASGIApp, *, max_bytes: int, upload_max_bytes: int | None = None
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        upload_max_bytes: int | None = None,
+        overrides: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.json_max_bytes = max_bytes
         self.upload_max_bytes = upload_max_bytes or max_bytes
+        self.overrides = dict(overrides or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        upload = rule_for(scope["path"], scope["method"]).upload
-        limit = self.upload_max_bytes if upload else self.json_max_bytes
+        limit = self._limit(scope["path"], scope["method"])
         await _Limited(self.app, limit)(scope, receive, send)
+
+    def _limit(self, path: str, method: str) -> int:
+        for prefix, limit in self.overrides.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return limit
+        return self.upload_max_bytes if rule_for(path, method).upload else self.json_max_bytes
 
 
 class _Limited:
@@ -62,9 +75,10 @@ class _Limited:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.max_bytes
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared > limit:
+            await self._reject(send, limit)
             return
         received = 0
         started = False
@@ -74,8 +88,8 @@ class _Limited:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge(self.max_bytes)
+                if received > limit:
+                    raise _TooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -88,11 +102,11 @@ class _Limited:
             await self.app(scope, counting_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, limit)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, limit: int) -> None:
         body = error_body(
-            f"request body is larger than {self.max_bytes} bytes",
+            f"request body is larger than {limit} bytes",
             type_="invalid_request_error",
             code="request_too_large",
         )

@@ -20,6 +20,7 @@ from pipeline.ledger import Ledger
 from pipeline.settings import Settings
 from pipeline.vad import VAD
 from server.accounting import Accounting
+from server.jobs.service import JobService
 from server.logging_setup import log_call
 from server.metrics import Metrics
 from server.tracing import Tracing
@@ -34,8 +35,9 @@ class AppState:
 
     ``vad`` is the one loaded VAD model; each realtime session ``fork()`` s it (its own state,
     the same weights). ``store`` is the durable state (``VOXLINE_STATE__URL``), opened here (its
-    schema migrated) and closed by the app's lifespan. ``voices`` are the voices uploaded through
-    the API (``server.voices``), registered with the engines by the lifespan.
+    schema migrated) and closed by the app's lifespan. ``jobs`` is the job queue and this
+    process's job worker (started and stopped by the lifespan). ``voices`` are the voices
+    uploaded through the API (``server.voices``), registered with the engines by the lifespan.
     """
 
     def __init__(
@@ -58,6 +60,13 @@ class AppState:
         self.accounting = Accounting(self.ledger, self.metrics, self.store)
         self.tracing = Tracing.from_settings(settings)
         self.voices = VoiceService(self.store, settings.voices)
+        self.jobs = JobService(
+            self.store,
+            settings,
+            engines=lambda: self.engines,
+            vad=self.load_vad,
+            accounting=self.accounting,
+        )
         self._listened: set[int] = set()
         if engines is not None:
             self.listen(engines)

@@ -194,7 +194,7 @@ class VoiceService:
         raise InvalidInput(
             f"unknown voice {voice[:64]!r}; available: {_preview(known)}",
             param="voice",
-            code="voice_not_found",
+            code="unknown_voice",
         )
 
     # -- the API's operations --------------------------------------------------------------

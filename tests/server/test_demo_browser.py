@@ -144,9 +144,11 @@ async def test_a_question_spoken_into_the_microphone_is_answered_aloud(
     async with _demo_page(server, *fake_mic) as page:
         await page.get_by_role("tab", name="Microphone").click()
         await page.locator("#mic button", has_text="Record").click()
-        # the live transcript shows while the microphone is still streaming
+        # the live transcript shows while the microphone is still streaming (how much of the
+        # question a partial holds by then is a matter of the machine's speed; the final
+        # transcript's words are checked below)
         await expect(page.locator("#partial textarea")).to_have_value(
-            re.compile("capital", re.IGNORECASE), timeout=30_000
+            re.compile(r"\w+"), timeout=30_000
         )
         await expect(page.locator("#chat .bot").first).to_be_attached(timeout=60_000)
         await page.locator("#mic button", has_text="Stop").click()

@@ -166,4 +166,4 @@ def test_upload_speak_and_delete_a_voice_through_the_api(
         assert answer.status_code == 200 and answer.json()["deleted"] is True
         assert vid not in backend.capabilities.voices
         answer = http.post("/v1/audio/speech", json=speech)
-        assert answer.status_code == 400 and answer.json()["error"]["code"] == "voice_not_found"
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "unknown_voice"

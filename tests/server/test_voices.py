@@ -211,7 +211,7 @@ async def test_upload_list_speak_and_delete(served: Served) -> None:
         runs = len(served.runs())
         answer = await http.post("/v1/audio/speech", json=speech)
         assert answer.status_code == 400, answer.text
-        assert answer.json()["error"]["code"] == "voice_not_found"
+        assert answer.json()["error"]["code"] == "unknown_voice"
         assert len(served.runs()) == runs  # refused before any engine work
 
 
@@ -255,8 +255,11 @@ async def test_another_key_can_neither_see_nor_use_nor_delete_a_voice(
         answer = await http.post("/v1/audio/speech", json=speech)
         assert answer.status_code == 400
         error = answer.json()["error"]
-        assert error["code"] == "voice_not_found"
+        assert error["code"] == "unknown_voice"
         assert vid not in error["message"].split("available:")[1]  # not listed as a choice
+        job = {"kind": "speech", "input": "Hello.", "voice": vid}  # nor in a batch job
+        answer = await http.post("/v1/jobs", data=job)
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "unknown_voice"
     async with served.client(served.alice) as http:
         assert (await http.get(f"/v1/audio/voices/{vid}")).status_code == 200  # still there
 
@@ -435,8 +438,7 @@ async def test_a_restarted_server_on_the_same_store_still_speaks_the_voice(
                 assert (await http.delete(f"/v1/audio/voices/{vid}")).status_code == 200
                 answer = await again.post("/v1/audio/speech", json=speech)
                 assert (
-                    answer.status_code == 400
-                    and answer.json()["error"]["code"] == "voice_not_found"
+                    answer.status_code == 400 and answer.json()["error"]["code"] == "unknown_voice"
                 )
 
 
@@ -455,7 +457,7 @@ async def test_without_gpt_sovits_an_upload_says_voices_need_it() -> None:
         fake = "voice_" + "0" * 24
         speech = {"model": "tts-1", "input": "Hi.", "voice": fake}
         answer = await http.post("/v1/audio/speech", json=speech)
-        assert answer.status_code == 400 and answer.json()["error"]["code"] == "voice_not_found"
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "unknown_voice"
         assert (await http.get(f"/v1/audio/voices/{fake}")).status_code == 404
         assert (await http.delete(f"/v1/audio/voices/{fake}")).status_code == 404
 
