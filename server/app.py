@@ -24,12 +24,14 @@ from server import (
     routes_audio,
     routes_chat,
     routes_client_secrets,
+    routes_files,
     routes_health,
     routes_jobs,
     routes_metrics,
     routes_realtime,
     routes_turns,
     routes_usage,
+    routes_vector_stores,
     routes_voices,
 )
 from server.accounting import MeterMiddleware
@@ -55,6 +57,8 @@ ROUTERS = (
     routes_client_secrets.router,
     routes_metrics.router,
     routes_usage.router,
+    routes_files.router,
+    routes_vector_stores.router,
     routes_jobs.router,
 )
 """Every route of the API. Imported, not discovered: a route module that fails to import fails
@@ -87,6 +91,7 @@ def create_app(
         try:
             yield
         finally:
+            await state.stop_ingestions()  # files being indexed end failed: add them again
             await state.voices.aclose()
             await state.jobs.runner.aclose()  # its jobs go back to the queue, resumable
             await asyncio.to_thread(state.accounting.close)  # the charges in flight first
@@ -106,7 +111,11 @@ def create_app(
         BodyLimitMiddleware,
         max_bytes=settings.edge.max_json_bytes,
         upload_max_bytes=settings.audio.max_bytes + _FORM_OVERHEAD,
-        overrides={"/v1/jobs": settings.jobs.max_bytes + _FORM_OVERHEAD},  # long recordings
+        overrides={
+            "/v1/jobs": settings.jobs.max_bytes + _FORM_OVERHEAD,  # long recordings
+            "/v1/files": settings.kb.max_file_bytes + _FORM_OVERHEAD,  # documents
+            "/v1/audio/voices": settings.voices.max_bytes + _FORM_OVERHEAD,  # reference clips
+        },
     )
     # (admission control goes here: behind the edge, so a refused key never takes a slot)
     app.add_middleware(EdgeMiddleware, state=state)
@@ -137,6 +146,10 @@ async def _warm(state: AppState) -> Engines:
         await state.load_vad()
     except VoxlineError as exc:  # only realtime needs it: its route retries and reports it
         log.error("the VAD failed to load: %s", exc)
+    try:  # the first grounded turn must not pay for loading the embedding model
+        await asyncio.to_thread(state.kb.query_embedder)
+    except VoxlineError as exc:  # only file_search needs it: a search retries and reports it
+        log.error("the knowledge base's embedding model failed to load: %s", exc)
     return state.engines
 
 

@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import suppress
 from typing import Annotated
 
@@ -54,6 +55,8 @@ from pipeline.events import (
     TranscriptCompleted,
     UsageReported,
 )
+from pipeline.knowledge import FileSearch, KnowledgeReport
+from pipeline.router import Route
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.stages import CallRecord
@@ -61,9 +64,11 @@ from pipeline.types import TurnTimings
 from server import identity
 from server.accounting import SessionUsage
 from server.edge.realtime import RealtimeLimits
+from server.kb import caller, grounder_for
 from server.logging_setup import bind
 from server.realtime_events import ServerEvents, Wire, error_event
 from server.realtime_protocol import (
+    AddToolOutput,
     AddUserText,
     AppendAudio,
     BadClientEvent,
@@ -123,10 +128,14 @@ async def realtime(
             config = session_config(settings, dict(who.session), voices)
         except InvalidInput as exc:  # valid when minted; the engines may have changed since
             log.warning("a client secret's session no longer applies: %s", exc.code)
+    router = engines.router
+    if router is not None and model in router.tiers:
+        config = dataclasses.replace(config, tier=model)  # ?model= naming a tier pins it
     events = ServerEvents(
         model=model or "voxline", config=config, transcription_model=engines.stt.name
     )
     heard = _LastTranscription(engines.stt.name)
+    owner = caller()
     session = Session(
         engines.stt,
         engines.llm,
@@ -135,11 +144,14 @@ async def realtime(
         config=config,
         settings=settings.session,
         response_scope=functools.partial(_traced, state, events.session_id, heard),
+        router=router,
+        grounder=grounder_for(state.kb, owner),
     )
     parser = ClientEventParser(
         max_append_bytes=min(settings.audio.max_bytes, MAX_APPEND_BYTES),
         # uploaded voices are their owner's: another key's are unknown names here
         voices=lambda: state.voices.visible(engines.tts.capabilities.voices, who),
+        tiers=tuple(router.tiers) if router is not None else (),
     )
     connection = _Connection(
         websocket,
@@ -151,6 +163,9 @@ async def realtime(
         usage=SessionUsage(state.accounting, events.session_id, who),
         observe_turn=state.metrics.observe_turn,
         heard=heard,
+        observe_route=functools.partial(state.observe_route, where="realtime response"),
+        check_stores=functools.partial(_check_stores, state, owner),
+        observe_knowledge=state.observe_knowledge,
     )
     if who is not None:
         connection.limits = RealtimeLimits(
@@ -162,6 +177,11 @@ async def realtime(
             await connection.run()
     finally:
         log.info("realtime session %s closed", events.session_id)
+
+
+async def _check_stores(state: AppState, owner: str | None, ids: Sequence[str]) -> None:
+    """Refuse a ``file_search`` naming a store that is not the caller's (before it is used)."""
+    await asyncio.to_thread(state.kb.check_stores, ids, owner, "session.tools.vector_store_ids")
 
 
 class _LastTranscription:
@@ -209,8 +229,14 @@ class _Connection:
         usage: SessionUsage | None = None,
         observe_turn: Callable[[TurnTimings], None] = lambda _: None,
         heard: _LastTranscription | None = None,
+        observe_route: Callable[[Route | None], None] = lambda _: None,
+        check_stores: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+        observe_knowledge: Callable[[KnowledgeReport], None] = lambda _: None,
     ) -> None:
         self._ws = websocket
+        self._observe_route = observe_route
+        self._check_stores = check_stores
+        self._observe_knowledge = observe_knowledge
         self._usage = usage
         self._observe_turn = observe_turn
         self._heard = heard
@@ -323,6 +349,9 @@ class _Connection:
                 if pcm:
                     await session.append_audio(decode_pcm16(pcm, session.config.input_sample_rate))
             case UpdateSession():
+                search = command.file_search
+                if isinstance(search, FileSearch) and self._check_stores is not None:
+                    await self._check_stores(search.vector_store_ids)
                 await session.update(**command.changes(session.config, self._default_vad))
             case CommitAudio():
                 await session.commit()
@@ -330,6 +359,8 @@ class _Connection:
                 await session.clear()
             case AddUserText(text=text):
                 await session.add_user_text(text)
+            case AddToolOutput(call_id=call_id, output=output):
+                await session.add_tool_output(call_id, output)
             case CreateResponse():
                 await session.create_response()
             case CancelResponse(response_id=rid):
@@ -365,6 +396,10 @@ class _Connection:
                 self.limits.response_started()
             try:
                 wires = self._events.map(event, cause)
+                if isinstance(event, ResponseDone):
+                    self._observe_route(event.route)
+                if isinstance(event, ResponseDone) and event.knowledge is not None:
+                    self._observe_knowledge(event.knowledge)
                 if isinstance(event, ResponseDone) and self._usage is not None:
                     self._observe_turn(event.timings)
                     billed = self._usage.report()
