@@ -289,6 +289,28 @@ async def test_bad_uploads_are_refused_and_leave_the_store_as_it_was(served: Ser
         assert (await http.get("/v1/audio/voices")).json()["data"] == voices
 
 
+async def test_an_upload_far_past_the_voice_limit_is_refused_at_the_edge(served: Served) -> None:
+    """The edge's body limit for ``/v1/audio/voices`` is ``voices.max_bytes`` plus the form's
+    overhead (not the transcription routes' ``audio.max_bytes``, 25 MiB here): a 3 MiB body
+    sent without a Content-Length is cut off as it arrives, before any form is parsed."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield (
+            b"--x\r\nContent-Disposition: form-data; name=file; filename=ref.wav\r\n"
+            b"Content-Type: audio/wav\r\n\r\n"
+        )
+        for _ in range(3 * 16):  # a file part that never ends
+            yield b"x" * 64 * 1024
+
+    before = served.stored()
+    async with served.client(served.alice) as http:
+        headers = {"Content-Type": "multipart/form-data; boundary=x"}
+        answer = await http.post("/v1/audio/voices", content=chunks(), headers=headers)
+    assert answer.status_code == 413
+    assert answer.json()["error"]["code"] == "request_too_large"  # the edge's, not the route's
+    assert served.stored() == before
+
+
 async def test_a_key_owns_a_bounded_number_of_voices(served: Served) -> None:
     async with served.client(served.bob) as http:
         made = []
