@@ -327,7 +327,9 @@ async def test_barge_in_cancels_the_response_and_the_new_turn_goes_on(
             mic.say(QUESTION)
             first_delta = await client.wait_for("response.output_audio.delta")
             first = first_delta["response_id"]
-            mic.say("Stop. What about Germany?")
+            # one sentence: the smart turn end (the default) would rightly end a turn at the
+            # pause after "Stop." and answer it before "What about Germany?"
+            mic.say("And what about Germany?")
             cancelled = await client.wait_for(
                 "response.done", lambda e: e["response"]["id"] == first
             )
