@@ -44,6 +44,8 @@ class BenchOptions:
         out_dir: where results (and a started server's log) go.
         slo_v2v_p95_ms: the V2V p95 a ``load`` level must meet.
         max_sessions: the most concurrent sessions ``load`` tries.
+        data: ``--data`` as given (``None``: the built-in questions, or a scenario's own set).
+        limit: ``--limit``: the most inputs taken from a set.
     """
 
     runs: int = 3
@@ -54,6 +56,8 @@ class BenchOptions:
     out_dir: Path = Path("bench-results")
     slo_v2v_p95_ms: float = 800.0
     max_sessions: int = 8
+    data: str | None = None
+    limit: int | None = None
 
 
 @dataclass(slots=True)

@@ -82,6 +82,8 @@ class Reply:
         params: Sampling options.
         voice: TTS voice (``None``: the backend's default).
         speed: TTS speaking rate.
+        language: The text's language for a TTS that declares languages (GPT-SoVITS;
+            ``None``: the voice's own).
         policy: Where phrases are cut.
         output_rate: Rate of the audio handed out (``None``: the TTS's own rate).
         clock: Time source of ``times``.
@@ -103,6 +105,7 @@ class Reply:
         params: GenerationParams | None = None,
         voice: str | None = None,
         speed: float = 1.0,
+        language: str | None = None,
         policy: PhrasePolicy | None = None,
         output_rate: int | None = None,
         clock: Clock = time.perf_counter,
@@ -119,6 +122,7 @@ class Reply:
         self.params = params
         self.voice = voice
         self.speed = speed
+        self.language = language
         self.policy = policy or PhrasePolicy()
         self.output_rate = output_rate
         self._clock = clock
@@ -259,7 +263,9 @@ class Reply:
                 index, phrase = index + 1, next_phrase
                 await self._room.wait()  # the consumer is behind: pause between phrases
                 self.times.first_handed = self.times.first_handed or self._clock()
-                audio = self.tts.synthesize(phrase, self.voice, speed=self.speed)
+                audio = self.tts.synthesize(
+                    phrase, self.voice, speed=self.speed, language=self.language
+                )
                 # each phrase asks for its slot at the reply's priority as it is now
                 with run_at(self.priority):
                     async with contextlib.aclosing(audio):

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -353,6 +353,29 @@ class GptSovitsSettings(BaseModel):
     """Extra keys for upstream's ``TTS.run()`` inputs (e.g. ``top_k``, ``seed``)."""
 
 
+class ReplySettings(BaseModel):
+    """How a reply's text is cut into phrases for TTS (``pipeline/phrases.py``).
+
+    The first phrase decides the time to first audio: TTS starts when it is complete, so its
+    length is a trade between latency (a small LLM on a CPU takes tens of ms a word) and
+    prosody (each phrase is spoken on its own, with a phrase-final intonation).
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    first_phrase_min_words: int = Field(default=3, ge=1)
+    """The first phrase may end at a clause boundary (a comma...) once it has this many words."""
+    first_phrase_max_words: int = Field(default=4, ge=0)
+    """The first phrase is cut at a word boundary once it has this many words, even with no
+    punctuation yet (0: never); not right after a word it should not end on ("the", "of", "is",
+    "any", a number...): up to three words later."""
+    phrase_min_words: int = Field(default=8, ge=1)
+    """Later phrases end at a clause boundary only once they have this many words (whole
+    sentences sound better)."""
+    phrase_max_chars: int = Field(default=160, ge=20)
+    """A phrase longer than this is cut at its last clause boundary or space."""
+
+
 class TTSSettings(BaseModel):
     """Text to speech."""
 
@@ -371,6 +394,14 @@ class TTSSettings(BaseModel):
     capacity: int = Field(default=1, ge=1)
     """Phrases Piper speaks at once, for all sessions and requests together; more wait by
     priority (GPT-SoVITS serves ``gpt_sovits.pool_size`` at once instead)."""
+    piper_first_phonemes: int = Field(default=50, ge=1)
+    """Piper: target length, in phonemes, of the first piece of a text synthesized in one ONNX
+    call (it decides the time to first audio; ~10 ms of CPU a phoneme on 2 cores). Cut at a
+    clause end within it, else at the first clause end; only a text whose first clause is
+    longer than ``piper_max_phonemes`` is cut inside a clause."""
+    piper_max_phonemes: int = Field(default=100, ge=1)
+    """Piper: the longest piece synthesized in one ONNX call (a stop waits for the running
+    call)."""
     gpt_sovits: GptSovitsSettings = GptSovitsSettings()
     """GPT-SoVITS engine."""
     hosted: HostedSettings = HostedSettings()
@@ -382,6 +413,12 @@ class TTSSettings(BaseModel):
     """Deadlines and circuit breaker of the chain."""
     gpu: TTSGpuSettings = TTSGpuSettings()
     """The ``gpu`` backend (used when the chain names it)."""
+
+    @model_validator(mode="after")
+    def _first_fits(self) -> TTSSettings:
+        if self.piper_first_phonemes > self.piper_max_phonemes:
+            raise ValueError("piper_first_phonemes must not exceed piper_max_phonemes")
+        return self
 
 
 class AudioLimits(BaseModel):
@@ -410,6 +447,12 @@ class SessionSettings(BaseModel):
     free, while a shorter one only ends more turns at a mid-sentence pause (each false end
     costs CPU the real turn then waits for). 400 ms stays hidden behind the CPU chain and keeps
     voice-to-voice under 500 ms where the chain is faster (a GPU).
+
+    ``turn_end=smart`` (the default) goes further: the transcript started at the pause says
+    whether the user is done, so a finished question ends after ``complete_silence_ms`` and a
+    sentence left hanging ("a table for ...") waits ``incomplete_silence_ms``. Silence is counted
+    in audio received, as with the fixed silence: a client must keep streaming (silence) until the
+    turn ends, up to ``incomplete_silence_ms`` of it.
     """
 
     model_config = ConfigDict(use_attribute_docstrings=True)
@@ -417,7 +460,18 @@ class SessionSettings(BaseModel):
     vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     """Speech probability at or above which a VAD frame counts as voiced."""
     silence_duration_ms: int = Field(default=400, ge=0, le=10_000)
-    """Silence after the last voiced frame that ends a turn (OpenAI's default is 500)."""
+    """Silence after the last voiced frame that ends a turn (OpenAI's default is 500); with
+    ``turn_end=smart``, only when the transcript before the pause is unclear."""
+    turn_end: Literal["fixed", "smart"] = "smart"
+    """``fixed``: every turn ends after ``silence_duration_ms`` of silence. ``smart``: the
+    transcript of the speech before a pause decides (``pipeline/turn_end.py``): one that reads
+    complete ends the turn after ``complete_silence_ms``, one that stops mid-sentence ("a table
+    for ...") waits ``incomplete_silence_ms``."""
+    complete_silence_ms: int = Field(default=250, ge=0, le=10_000)
+    """``smart`` turn end: the silence that ends a turn whose transcript reads complete."""
+    incomplete_silence_ms: int = Field(default=1200, ge=0, le=10_000)
+    """``smart`` turn end: the silence that ends a turn whose transcript stops mid-sentence,
+    and the longest wait for the transcript of a pause."""
     prefix_padding_ms: int = Field(default=300, ge=0, le=5_000)
     """Audio kept before the first voiced frame (quiet word onsets)."""
     min_speech_ms: int = Field(default=100, ge=0, le=5_000)
@@ -711,6 +765,26 @@ class RaySettings(BaseModel):
     """The API deployment (HTTP routes and the realtime WebSocket)."""
 
 
+class VoicesSettings(BaseModel):
+    """Voices uploaded through the API (``POST /v1/audio/voices``, GPT-SoVITS only).
+
+    A voice is a 3-10 s reference clip with its transcript and language, kept in the state
+    store (so it survives restarts and every replica sharing the store sees it) and owned by
+    the API key that uploaded it.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=10 * 1024 * 1024)
+    """Largest reference clip upload, in bytes (at most 10 MiB: ten seconds of 48 kHz stereo
+    32-bit float WAV fit); a larger one is refused with 413 before it is decoded."""
+    max_per_key: int = Field(default=20, ge=1, le=10_000)
+    """Most stored voices one API key (or, with auth off, the local operator) may own; past it
+    an upload is refused with 400 ``voice_limit_reached``."""
+    max_transcript_chars: int = Field(default=1000, ge=1, le=10_000)
+    """Longest transcript of a reference clip, in characters."""
+
+
 class KBSettings(BaseModel):
     """The knowledge base: files, vector stores, retrieval in the voice turn, groundedness.
 
@@ -787,6 +861,8 @@ class Settings(BaseSettings):
     """Input audio limits."""
     session: SessionSettings = SessionSettings()
     """The realtime conversation session."""
+    reply: ReplySettings = ReplySettings()
+    """How replies are cut into phrases for TTS."""
     observability: ObservabilitySettings = ObservabilitySettings()
     """Logs and traces."""
     pricing: PricingSettings = PricingSettings()
@@ -799,6 +875,8 @@ class Settings(BaseSettings):
     """API keys, origins, hosts and per-key limits."""
     jobs: JobSettings = JobSettings()
     """Durable jobs."""
+    voices: VoicesSettings = VoicesSettings()
+    """Voices uploaded through the API (GPT-SoVITS)."""
     ray: RaySettings = RaySettings()
     """Ray Serve deployment."""
     router: RouterSettings = RouterSettings()

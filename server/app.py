@@ -32,6 +32,7 @@ from server import (
     routes_turns,
     routes_usage,
     routes_vector_stores,
+    routes_voices,
 )
 from server.accounting import MeterMiddleware
 from server.admission import AdmissionMiddleware
@@ -51,6 +52,7 @@ ROUTERS = (
     routes_health.router,
     routes_chat.router,
     routes_audio.router,
+    routes_voices.router,
     routes_turns.router,
     routes_realtime.router,
     routes_client_secrets.router,
@@ -84,11 +86,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owns_engines:
             state.warming = asyncio.create_task(_warm(state))
+        elif state.engines is not None:
+            await state.voices.restore(state.engines)  # engines handed in: already started
         state.jobs.runner.start()
         try:
             yield
         finally:
             await state.stop_ingestions()  # files being indexed end failed: add them again
+            await state.voices.aclose()
             await state.jobs.runner.aclose()  # its jobs go back to the queue, resumable
             await asyncio.to_thread(state.accounting.close)  # the charges in flight first
             await asyncio.to_thread(state.store.close)
@@ -110,6 +115,7 @@ def create_app(
         overrides={
             "/v1/jobs": settings.jobs.max_bytes + _FORM_OVERHEAD,  # long recordings
             "/v1/files": settings.kb.max_file_bytes + _FORM_OVERHEAD,  # documents
+            "/v1/audio/voices": settings.voices.max_bytes + _FORM_OVERHEAD,  # reference clips
         },
     )
     # admission control (refusals while draining, requests in flight, stalled readers:
@@ -131,7 +137,8 @@ def create_app(
 
 async def _warm(state: AppState) -> Engines:
     try:
-        state.engines = await start_engines(state.settings)
+        # the stored voices first: a GPT-SoVITS backend starts only with a voice
+        state.engines = await start_engines(state.settings, prepare=state.voices.restore)
         state.listen(state.engines)
         log.info("engines ready")
     except VoxlineError as exc:

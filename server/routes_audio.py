@@ -49,6 +49,7 @@ from pipeline.errors import InvalidInput, VoxlineError
 from pipeline.phrases import PhraseChunker, PhrasePolicy
 from pipeline.stages import STT, TTS
 from pipeline.types import AudioChunk, Transcript
+from server import identity
 from server.accounting import metered
 from server.audio_schemas import (
     SPEECH_MEDIA_TYPES,
@@ -231,21 +232,6 @@ async def _transcript_events(
 # ------------------------------------------------------------------------------------- speech
 
 
-@router.get("/v1/audio/voices")
-async def list_voices(
-    engines: Annotated[Engines, Depends(engines_of)],
-    state: Annotated[AppState, Depends(state_of)],
-) -> dict[str, Any]:
-    """The voices the TTS backend accepts, in OpenAI's list shape, and the default one."""
-    voices = engines.tts.capabilities.voices
-    default = state.settings.tts.voice or (voices[0] if voices else None)
-    return {
-        "object": "list",
-        "default": default,
-        "data": [{"id": voice, "object": "voice"} for voice in voices],
-    }
-
-
 @router.post("/v1/audio/speech", response_model=None)
 async def create_speech(
     request: SpeechRequest,
@@ -253,6 +239,9 @@ async def create_speech(
     state: Annotated[AppState, Depends(state_of)],
 ) -> Response:
     """Speak ``input`` (OpenAI's ``audio.speech.create``), streamed as phrases are synthesized."""
+    # Which voices this caller may name (uploaded ones are their owner's) is the voice service's
+    # to say; the stage validates input, voice, speed and language before its engine runs.
+    await state.voices.check_voice(engines, identity.current(), request.voice_name)
     encoder = StreamEncoder(request.response_format, sample_rate=SPEECH_SAMPLE_RATE)
     tts = engines.tts
 
@@ -260,7 +249,8 @@ async def create_speech(
         await state.accounting.settle(current_request_id() or "-")
 
     # The stage validates input, voice and speed (the first phrase's) before its engine runs.
-    chunks = metered(_spoken(tts, request.input, request.voice_name, request.speed), charge)
+    spoken = _spoken(tts, request.input, request.voice_name, request.speed, request.language)
+    chunks = metered(spoken, charge)
     try:
         first = await anext(chunks, None)
     except BaseException:
@@ -283,12 +273,12 @@ async def create_speech(
 
 
 async def _spoken(
-    tts: TTS, text: str, voice: str | None, speed: float
+    tts: TTS, text: str, voice: str | None, speed: float, language: str | None
 ) -> AsyncGenerator[AudioChunk, None]:
     """``text`` spoken a piece per engine call (see the module docstring)."""
     phrases = [p for p in _phrases(text) if any(c.isalnum() for c in p)] or [text]
     for phrase in phrases:
-        audio = tts.synthesize(phrase, voice, speed=speed)
+        audio = tts.synthesize(phrase, voice, speed=speed, language=language)
         async with contextlib.aclosing(audio):
             async for chunk in audio:
                 yield chunk

@@ -66,6 +66,7 @@ from pipeline.events import (
     UsageReported,
 )
 from pipeline.knowledge import FileSearch, KnowledgeReport
+from pipeline.phrases import PhrasePolicy
 from pipeline.router import Route
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
@@ -165,7 +166,8 @@ async def _serve(
     config = SessionConfig.from_settings(settings)
     if who is not None and who.session:  # opened with a client secret minted with a session
         try:
-            config = session_config(settings, dict(who.session), engines.tts.capabilities.voices)
+            voices = state.voices.visible(engines.tts.capabilities.voices, who)
+            config = session_config(settings, dict(who.session), voices)
         except InvalidInput as exc:  # valid when minted; the engines may have changed since
             log.warning("a client secret's session no longer applies: %s", exc.code)
     router = engines.router
@@ -183,6 +185,7 @@ async def _serve(
         vad.fork(),
         config=config,
         settings=settings.session,
+        phrase_policy=PhrasePolicy.from_settings(settings.reply),
         response_scope=functools.partial(_traced, state, events.session_id, heard),
         stall_timeout_s=settings.limits.client_stall_timeout_s,
         router=router,
@@ -190,7 +193,8 @@ async def _serve(
     )
     parser = ClientEventParser(
         max_append_bytes=min(settings.audio.max_bytes, MAX_APPEND_BYTES),
-        voices=lambda: engines.tts.capabilities.voices,
+        # uploaded voices are their owner's: another key's are unknown names here
+        voices=lambda: state.voices.visible(engines.tts.capabilities.voices, who),
         tiers=tuple(router.tiers) if router is not None else (),
     )
     connection = _Connection(

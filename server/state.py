@@ -29,6 +29,7 @@ from server.kb import KnowledgeBase, knowledge_base
 from server.logging_setup import log_call
 from server.metrics import Metrics
 from server.tracing import Tracing
+from server.voices import VoiceService
 from store import Store
 
 log = logging.getLogger("voxline.server")
@@ -40,8 +41,10 @@ class AppState:
     ``vad`` is the one loaded VAD model; each realtime session ``fork()`` s it (its own state,
     the same weights). ``store`` is the durable state (``VOXLINE_STATE__URL``), opened here (its
     schema migrated) and closed by the app's lifespan. ``jobs`` is the job queue and this
-    process's job worker (started and stopped by the lifespan). ``admission`` is what the
-    server serves now and whether it takes more (sessions, requests in flight, the drain).
+    process's job worker (started and stopped by the lifespan). ``voices`` are the voices
+    uploaded through the API (``server.voices``), registered with the engines by the lifespan.
+    ``admission`` is what the server serves now and whether it takes more (sessions, requests
+    in flight, the drain).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class AppState:
         self.ledger.listeners.append(self.metrics.observe_charge)
         self.accounting = Accounting(self.ledger, self.metrics, self.store)
         self.tracing = Tracing.from_settings(settings)
+        self.voices = VoiceService(self.store, settings.voices)
         self.kb: KnowledgeBase = knowledge_base(self.store, settings)
         """Files, vector stores and retrieval (its model loads on first use)."""
         self.ingestions: set[asyncio.Future[object]] = set()

@@ -50,6 +50,8 @@ def measurement_sample(m: TurnMeasurement, clip: Clip) -> Sample:
         "overhead_ms": overhead,
         "wer": wer(clip.reference, m.transcript) if m.transcript or not m.timed_out else None,
         "errors": float(len(m.errors) + m.timed_out),
+        # responses that ended before the speech did: the turn was ended at a pause
+        "false_turn_ends": float(m.early_responses),
     }
 
 
