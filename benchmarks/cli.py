@@ -98,6 +98,14 @@ def bench(
         str | None,
         typer.Option(help="A running server for realtime/load/retrieval (default: start one)."),
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VOXLINE_API_KEY",
+            show_default=False,
+            help="A key (realtime and audio scopes) for a --url server with API keys.",
+        ),
+    ] = None,
     slo_v2v_p95_ms: Annotated[
         float, typer.Option(help="load: the V2V p95 a concurrency level must meet.")
     ] = 800.0,
@@ -128,6 +136,7 @@ def bench(
             quick=quick,
             seed=seed,
             url=url,
+            api_key=api_key,
             out_dir=out,
             slo_v2v_p95_ms=slo_v2v_p95_ms,
             max_sessions=max_sessions or (QUICK_MAX_SESSIONS if quick else 8),

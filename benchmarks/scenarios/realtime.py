@@ -59,7 +59,7 @@ async def run(ctx: BenchContext, name: str = "realtime") -> ScenarioResult:
     """Speak every clip ``runs`` times in one session."""
     url = require_url(ctx)
     heard: dict[str, dict[str, object]] = {}
-    async with RealtimeSession(url) as session:
+    async with RealtimeSession(url, api_key=ctx.options.api_key) as session:
 
         async def once(clip: Clip, _: int) -> Sample:
             m = await session.play(clip.audio, clip.speech_end_s)
