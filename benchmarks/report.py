@@ -197,13 +197,17 @@ def _compare_table(results: dict[str, Any]) -> list[str]:
 
 def _load_table(details: dict[str, Any]) -> list[str]:
     lines = [
-        "| sessions | turns | V2V p50 ms | V2V p95 ms | errors | underruns | meets SLO |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        "| sessions | accepted | refused | turns | V2V p50 ms | V2V p95 ms | refusal p95 ms "
+        "| errors | underruns | meets SLO |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for lv in details.get("levels", []):
+        # results written before admission control have no accepted/refused columns
+        accepted = lv.get("accepted", lv["sessions"])
         lines.append(
-            f"| {lv['sessions']} | {lv['turns']} | {fmt('_ms', lv['v2v_p50_ms'])} | "
-            f"{fmt('_ms', lv['v2v_p95_ms'])} | {lv['errors']} | {lv['underruns']} | "
+            f"| {lv['sessions']} | {accepted} | {lv.get('refused', 0)} | {lv['turns']} | "
+            f"{fmt('_ms', lv['v2v_p50_ms'])} | {fmt('_ms', lv['v2v_p95_ms'])} | "
+            f"{fmt('_ms', lv.get('refusal_p95_ms'))} | {lv['errors']} | {lv['underruns']} | "
             f"{'yes' if lv['meets_slo'] else 'no'} |"
         )
     return lines

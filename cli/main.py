@@ -189,7 +189,8 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Run the streaming voice server (realtime WebSocket + OpenAI-compatible HTTP)."""
+    """Run the streaming voice server (realtime WebSocket + OpenAI-compatible HTTP); SIGTERM
+    drains it gracefully (``VOXLINE_LIMITS__DRAIN_TIMEOUT_S``)."""
     settings = Settings()
     refusal = _exposure_refusal(settings, host)
     if refusal is not None:
@@ -199,17 +200,22 @@ def serve(
 
         run(settings, ray, host=host, port=port)
         return
-    import uvicorn
-
     from server.app import create_app
     from server.logging_setup import configure_logging
+    from server.serving import serve as serve_app
 
     logging.getLogger().handlers.clear()  # the CLI's plain handler: the server logs JSON lines
     configure_logging(settings.observability)
     # our JSON handler takes uvicorn's logs too; its access log (raw paths and query strings)
     # is replaced by one line per request from the request-context middleware
-    uvicorn.run(
-        create_app(settings), host=host, port=port, ws="auto", log_config=None, access_log=False
+    serve_app(
+        create_app(settings),
+        host=host,
+        port=port,
+        limits=settings.limits,
+        ws="auto",
+        log_config=None,
+        access_log=False,
     )
 
 

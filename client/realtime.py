@@ -26,11 +26,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import InvalidStatus, WebSocketException
 
 from pipeline.audio import resample, to_pcm16
-from pipeline.errors import EngineUnavailable
+from pipeline.errors import EngineBusy, EngineUnavailable
 from pipeline.types import AudioChunk
+
+TRY_AGAIN_LATER = 1013
+"""Close code of a session the server could not open now (busy, engines still loading)."""
 
 FRAME_MS = 20
 """Audio per ``input_audio_buffer.append``: what a browser's audio worklet typically sends."""
@@ -129,6 +132,8 @@ class RealtimeClient:
         """Open the session; returns ``session.created``.
 
         Raises:
+            EngineBusy: the server refused the session for now (503 at the handshake, or
+                closed it with 1013 "try again later"); ``retry_after_s`` says when to retry.
             EngineUnavailable: the server cannot be reached, or it opened no session (the
                 message carries its ``error`` event, e.g. engines not ready).
         """
@@ -149,6 +154,20 @@ class RealtimeClient:
                         return item.event
                     if item.type == "error":
                         errors.append(error_message(item.event))
+        except InvalidStatus as exc:
+            await self.aclose()
+            response = exc.response
+            if response.status_code == 503:
+                raise _refused(
+                    f"{self.url} refused the session (503): {_error_of(response.body)}",
+                    response.headers.get("Retry-After"),
+                ) from exc
+            raise EngineUnavailable(
+                f"cannot open a realtime session at {self.url}: HTTP {response.status_code}",
+                stage="pipeline",
+                backend="realtime",
+                retryable=response.status_code >= 500,
+            ) from exc
         except (OSError, TimeoutError, WebSocketException) as exc:
             await self.aclose()
             raise EngineUnavailable(
@@ -157,8 +176,11 @@ class RealtimeClient:
                 backend="realtime",
                 retryable=True,
             ) from exc
+        code = self._ws.close_code if self._ws is not None else None
         await self.aclose()
         reason = "; ".join(errors) or "it closed the connection"
+        if code == TRY_AGAIN_LATER:
+            raise _refused(f"{self.url} opened no session, try again later: {reason}", None)
         raise EngineUnavailable(
             f"{self.url} opened no session: {reason}", stage="pipeline", backend="realtime"
         )
@@ -274,6 +296,22 @@ class RealtimeClient:
             pass
         finally:
             self._inbox.put_nowait(None)
+
+
+def _refused(message: str, retry_after: str | None) -> EngineBusy:
+    try:
+        seconds = float(retry_after) if retry_after is not None else None
+    except ValueError:  # an HTTP date, or garbage: unknown
+        seconds = None
+    return EngineBusy(message, stage="pipeline", backend="realtime", retry_after_s=seconds)
+
+
+def _error_of(body: bytes | bytearray | None) -> str:
+    """The message of an OpenAI-shaped error body (or the body's start)."""
+    text = bytes(body or b"").decode("utf-8", "replace")
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        return str(json.loads(text)["error"]["message"])
+    return text[:200] or "no reason given"
 
 
 def error_message(event: Event) -> str:

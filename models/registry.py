@@ -14,12 +14,13 @@ import importlib.util
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from models.weights import PACKAGED, ResolvedModel, resolve, size_bytes
 from pipeline.errors import InvalidInput, Stage, VoxlineError
 from pipeline.fallback import FallbackLLM, FallbackPolicy, FallbackSTT, FallbackTTS
 from pipeline.router import Router, RouterPolicy
+from pipeline.scheduler import EngineScheduler
 from pipeline.settings import (
     BackendName,
     FallbackSettings,
@@ -31,6 +32,8 @@ from pipeline.settings import (
 )
 from pipeline.stages import LLM, STT, TTS
 from pipeline.types import GenerationParams
+
+B = TypeVar("B", STT, LLM, TTS)
 
 
 def cuda_available() -> bool:
@@ -176,15 +179,36 @@ def _tts_backend(name: BackendName, settings: Settings) -> TTS:
     return PiperTTS(cfg.model_copy(update={"device": device, "model": model}))
 
 
+def _scheduled(backend: B, name: BackendName, settings: Settings) -> B:
+    """``backend`` with its scheduler (``pipeline.scheduler``): its capacity from its stage's
+    settings (a hosted endpoint's own, GPT-SoVITS's pool), its queue from ``limits``."""
+    cfg: STTSettings | LLMSettings | TTSSettings = getattr(settings, backend.stage)
+    capacity = cfg.hosted.capacity if name == "hosted" else cfg.capacity
+    if isinstance(cfg, TTSSettings) and name != "hosted":
+        engine = cfg.gpu.engine if name == "gpu" else cfg.engine
+        capacity = cfg.gpt_sovits.pool_size if engine == "gpt_sovits" else capacity
+    limits = settings.limits
+    backend.scheduler = EngineScheduler(
+        backend.name,
+        stage=backend.stage,
+        capacity=capacity,
+        max_queue=limits.engine_queue,
+        max_wait_s=limits.engine_max_wait_s,
+    )
+    return backend
+
+
 def build_stt(settings: Settings) -> FallbackSTT:
     """The STT chain of ``settings.stt`` (not yet started)."""
-    backends = [_stt_backend(n, settings) for n in chain_of(settings.stt)]
+    names = chain_of(settings.stt)
+    backends = [_scheduled(_stt_backend(n, settings), n, settings) for n in names]
     return FallbackSTT(backends, policy_of(settings.stt.fallback))
 
 
 def build_llm(settings: Settings) -> FallbackLLM:
     """The LLM chain of ``settings.llm`` (not yet started)."""
-    backends = [_llm_backend(n, settings) for n in chain_of(settings.llm)]
+    names = chain_of(settings.llm)
+    backends = [_scheduled(_llm_backend(n, settings), n, settings) for n in names]
     return FallbackLLM(backends, policy_of(settings.llm.fallback))
 
 
@@ -222,7 +246,8 @@ def router_of(settings: Settings, tiers: Mapping[str, LLM]) -> Router:
 
 def build_tts(settings: Settings) -> FallbackTTS:
     """The TTS chain of ``settings.tts`` (not yet started)."""
-    backends = [_tts_backend(n, settings) for n in chain_of(settings.tts)]
+    names = chain_of(settings.tts)
+    backends = [_scheduled(_tts_backend(n, settings), n, settings) for n in names]
     return FallbackTTS(backends, policy_of(settings.tts.fallback))
 
 

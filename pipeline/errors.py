@@ -9,6 +9,7 @@ Every error a stage, the pipeline or the server raises on purpose is one of thes
           ├── EngineUnavailable  the engine cannot serve now (not installed, process died, refused)
           ├── EngineTimeout      a deadline passed (first output, gap between chunks, whole call)
           ├── EngineOverloaded   out of memory, a full queue, HTTP 429/503 from a hosted peer
+          │    └── EngineBusy    refused at admission: every slot taken, the queue full or too slow
           ├── ModelLoadError     weights missing, offline, corrupt: names the reference and the fix
           └── InvalidToolCall    the model's function call broke its schema, even after a repair
 
@@ -89,7 +90,30 @@ class EngineTimeout(StageError):
 
 
 class EngineOverloaded(StageError):
-    """Out of (GPU) memory, a full queue, or a hosted peer answering 429/503."""
+    """Out of (GPU) memory, a full queue, or a hosted peer answering 429/503.
+
+    Args:
+        retry_after_s: When the caller may try again (``None``: unknown); the server sends it
+            as ``Retry-After``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: Stage,
+        backend: str,
+        retryable: bool | None = None,
+        retry_after_s: float | None = None,
+    ):
+        super().__init__(message, stage=stage, backend=backend, retryable=retryable)
+        self.retry_after_s = retry_after_s
+
+
+class EngineBusy(EngineOverloaded):
+    """Refused before any work: the engine's slots are taken and its queue is full, or the wait
+    would be too long (``pipeline.scheduler``), or the server is at its session limit. Not the
+    engine's failure: no breaker counts it. ``retry_after_s`` says when to try again."""
 
 
 class ModelLoadError(StageError):

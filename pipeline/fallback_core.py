@@ -9,6 +9,11 @@ in that module's docstring; this one holds how they run:
   backend under ``asyncio.timeout`` per ``__anext__`` and turns every reason to move on into
   ``_Failed``. When every breaker is open the backends are tried in order anyway: a chain never
   fails without trying;
+- an attempt first takes a slot of its backend's engine (``pipeline.scheduler``), and only then
+  starts the deadline clock: time spent waiting for a busy engine is neither a timeout nor a
+  latency sample. A refusal (``EngineBusy``) moves the call on to the next backend without a
+  verdict on the refusing one (its breaker does not count it); when no backend admits the call,
+  the refusal is what the caller gets (a 503 with ``Retry-After``);
 - a failure counts against the backend's breaker; the breaker opening starts a probe task, which
   ends when the backend is healthy again; ``aclose()`` cancels the probes;
 - the report of every call goes to the collector of the caller's context and to
@@ -29,6 +34,7 @@ from typing import Generic, TypeVar, cast
 
 from pipeline.breaker import BackendState, CircuitBreaker, LatencyWindow
 from pipeline.errors import (
+    EngineBusy,
     EngineTimeout,
     EngineUnavailable,
     InvalidInput,
@@ -44,6 +50,7 @@ from pipeline.fallback_types import (
     FallbackReport,
     current_reports,
 )
+from pipeline.scheduler import holding
 from pipeline.stages import _Stage
 
 log = logging.getLogger("voxline.fallback")
@@ -67,6 +74,14 @@ class _Failed(Exception):
     def __init__(self, reason: FallbackReason, error: Exception) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.error = error
+
+
+class _Refused(Exception):
+    """Raised by one attempt: the backend's scheduler refused the call (no verdict on it)."""
+
+    def __init__(self, error: EngineBusy) -> None:
+        super().__init__(error)
         self.error = error
 
 
@@ -250,6 +265,7 @@ class Chain(Generic[B]):
         ordered = self._order(skipped)
         try:
             failure: tuple[str, Exception] | None = None  # the last backend and its error
+            busy: EngineBusy | None = None  # the last refusal by a backend's scheduler
             for last_resort in (False, True):
                 for index, entry in enumerate(ordered):
                     name = entry.backend.name
@@ -264,6 +280,13 @@ class Chain(Generic[B]):
                         async with contextlib.aclosing(attempt):
                             async for out in attempt:
                                 yield out
+                    except _Refused as refused:
+                        entry.breaker.release()  # busy is not broken: no verdict
+                        busy = refused.error
+                        log.debug("%s: %s refused the call: %s", self.name, name, busy.message)
+                        skipped.append(
+                            Fallback(name, None, "overloaded", "EngineBusy", call.produced)
+                        )
                     except _Failed as failed:
                         exc = failed.error
                         failure = (name, exc)
@@ -288,10 +311,13 @@ class Chain(Generic[B]):
                     else:
                         served, error = name, None
                         return
-                if failure is not None:
+                if failure is not None or busy is not None:
                     break
                 skipped.clear()  # every breaker was open: try each of them after all
                 log.warning("%s: every backend's breaker is open; trying them all", self.name)
+            if busy is not None:  # trying again soon may work: say so rather than "failed"
+                error = "EngineBusy"
+                raise busy
             assert failure is not None
             error = _error_name(failure[1])
             raise _stage_error(self.stage, *failure)
@@ -306,13 +332,22 @@ class Chain(Generic[B]):
     async def _attempt(
         self, entry: _Entry[B], call: StageCall[B, T], extra_s: float
     ) -> AsyncGenerator[T, None]:
-        """Pass on ``call``'s output from one backend, under the deadlines.
+        """Take a slot of the backend's engine, then pass on ``call``'s output from it, under
+        the deadlines.
 
         Raises:
+            _Refused: the engine's scheduler refused the call (before any work).
             _Failed: the chain should move on to the next backend.
         """
         loop = asyncio.get_running_loop()
         name = entry.backend.name
+        scheduler = entry.backend.scheduler
+        try:
+            # waiting for the engine is not the engine's failure: the slot is taken before
+            # the deadline clock starts, and a refusal is no verdict on the backend
+            slot = await scheduler.acquire() if scheduler is not None else None
+        except EngineBusy as exc:
+            raise _Refused(exc) from exc
         call.done = False
         source = call.begin(entry.backend)
         started = loop.time()
@@ -325,7 +360,8 @@ class Chain(Generic[B]):
                 deadline = asyncio.timeout(limit)
                 try:
                     async with deadline:
-                        item = await anext(source)
+                        with holding(slot):  # a worker thread this step starts takes it over
+                            item = await anext(source)
                 except StopAsyncIteration:
                     break
                 except TimeoutError as exc:
@@ -364,7 +400,11 @@ class Chain(Generic[B]):
         except Exception as exc:  # a backend outside the stage contract: still a failure
             raise _Failed("error", exc) from exc
         finally:
-            await source.aclose()
+            try:
+                await source.aclose()
+            finally:
+                if slot is not None:
+                    slot.release()
 
     def _has_next(self, ordered: list[_Entry[B]], index: int, last_resort: bool) -> bool:
         rest = ordered[index + 1 :]

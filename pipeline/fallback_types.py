@@ -68,10 +68,17 @@ class FallbackPolicy:
 
 
 FallbackReason = Literal[
-    "error", "first_output_timeout", "gap_timeout", "unusable_output", "circuit_open", "demoted"
+    "error",
+    "first_output_timeout",
+    "gap_timeout",
+    "unusable_output",
+    "circuit_open",
+    "demoted",
+    "overloaded",
 ]
 """Why a call left a backend. ``circuit_open``: skipped, its breaker is open; ``demoted``: tried
-after the others, its p95 time to first output is over budget."""
+after the others, its p95 time to first output is over budget; ``overloaded``: its scheduler
+refused the call (every slot busy, the queue full or too slow: not a failure)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,13 @@ every voiced frame of the utterance. So the ``Transcriber`` does not distinguish
 frame after speech (a pause, where the turn may end); when the turn ends, the newest job that
 covers all the speech is the final transcript, and only if none does is a new one run.
 
-One job at a time per session: on a 2-core CPU two Whisper runs would only slow each other down.
-Partials are a courtesy, so they never wait for the slot (they start later instead) and yield it
-to final transcriptions.
+One job at a time per session: a newer snapshot makes an older one moot, so two jobs of one
+session would only compete. Across sessions, the STT engine's scheduler (``pipeline.scheduler``)
+decides, by the priority each job runs at: finals first (``INTERACTIVE``), then the job at a
+pause (``SPECULATIVE``: it becomes the final when the silence lasts), then partials
+(``PARTIAL``), which never wait for a busy engine: refused, they are simply tried again after
+the next ``partial_interval_ms`` of speech. Within the session, partials never wait for the
+job slot either (they start later instead) and yield it to final transcriptions.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from functools import partial
 
 import numpy as np
 
-from pipeline.errors import InvalidInput
+from pipeline.errors import EngineBusy, InvalidInput
 from pipeline.events import SpeechStarted, SpeechStopped
 from pipeline.metering import Meter
+from pipeline.priority import Priority, priority
 from pipeline.stages import STT, CallRecord
 from pipeline.timing import TurnMarks
 from pipeline.turn_end import judge
@@ -132,8 +137,10 @@ class Transcriber:
             return  # nothing spoken since the newest snapshot
         frames = ep.utterance_frames
         new_ms = (frames - utt.covered) * ep.frame_ms
-        if ep.paused or (self.partial_interval_ms and new_ms >= self.partial_interval_ms):
-            self._start(utt, ep.utterance(), frames)
+        if ep.paused:  # the turn may end here: this job may become the final transcript
+            self._start(utt, ep.utterance(), frames, Priority.SPECULATIVE)
+        elif self.partial_interval_ms and new_ms >= self.partial_interval_ms:
+            self._start(utt, ep.utterance(), frames, Priority.PARTIAL)
 
     async def final(self, utt: Utterance, audio: Float32Array, voiced_frames: int) -> SttResult:
         """The final transcript of a committed utterance whose speech fills ``voiced_frames``
@@ -152,7 +159,7 @@ class Transcriber:
         try:
             while self._running is not None:
                 await asyncio.wait({self._running})
-            task = self._start(utt, audio, max(voiced_frames, utt.covered))
+            task = self._start(utt, audio, max(voiced_frames, utt.covered), Priority.INTERACTIVE)
         finally:
             self._finals_waiting -= 1
         return await task
@@ -170,8 +177,11 @@ class Transcriber:
             self._running.cancel()
             await asyncio.gather(self._running, return_exceptions=True)
 
-    def _start(self, utt: Utterance, audio: Float32Array, frames: int) -> asyncio.Task[SttResult]:
-        task = asyncio.create_task(self._transcribe(audio, frames), name="session-stt")
+    def _start(
+        self, utt: Utterance, audio: Float32Array, frames: int, urgency: Priority
+    ) -> asyncio.Task[SttResult]:
+        with priority(urgency):  # the task, and the engine call in it, run at this priority
+            task = asyncio.create_task(self._transcribe(audio, frames), name="session-stt")
         self._running = task
         utt.job = task
         utt.covered = max(utt.covered, frames)
@@ -199,7 +209,9 @@ class Transcriber:
             self._running = None
         if task.cancelled():
             return
-        if (exc := task.exception()) is not None:
+        if isinstance(exc := task.exception(), EngineBusy):
+            log.debug("transcription of %s refused: %s", utt.item_id, exc)  # tried later
+        elif exc is not None:
             # a final's failure is reported by whoever awaits it; a partial's is only logged
             log.warning("transcription of %s failed: %s", utt.item_id, exc)
         else:

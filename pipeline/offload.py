@@ -6,6 +6,13 @@ so the loop stays free for I/O, and we stop the worker through a ``threading.Eve
 engine checks between segments/tokens/chunks when the consumer goes away (cancel, disconnect,
 ``aclose()``). The thread is a daemon: a worker stuck inside one native call must not block
 interpreter exit.
+
+The worker takes over the engine slot of the call that started it (``pipeline.scheduler``) and
+gives it back when it ends: the engine is busy exactly as long as its thread works, however
+slowly the consumer reads what it produced, and a cancelled call's slot comes back only once its
+engine has really stopped. The queue is unbounded on purpose: one call's output is bounded by
+the call (a reply's ``max_tokens``, one phrase's audio, one clip's segments), and a thread that
+never waits for its consumer is what lets the engine move on to the next caller.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import asyncio
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import TypeVar
+
+from pipeline import scheduler
 
 T = TypeVar("T")
 
@@ -37,6 +46,7 @@ async def iterate_in_thread(
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
     stop = threading.Event()
+    free_slot = scheduler.delegate()
 
     def post(kind: int, value: object) -> None:
         try:
@@ -57,12 +67,21 @@ async def iterate_in_thread(
         else:
             post(_END, None)
         finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()  # a generator's finally blocks (free buffers, stop upstream) run now
+            try:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()  # a generator's finally blocks (free buffers, stop upstream) run now
+            finally:
+                if free_slot is not None:
+                    free_slot()  # the engine is idle again (thread-safe)
 
     thread = threading.Thread(target=work, name=thread_name, daemon=True)
-    thread.start()
+    try:
+        thread.start()
+    except BaseException:
+        if free_slot is not None:
+            free_slot()  # no thread will
+        raise
     try:
         while True:
             kind, value = await queue.get()

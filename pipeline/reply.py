@@ -24,6 +24,16 @@ or a safe reply when it is not supported by its sources).
 
 Audio leaves at ``output_rate`` through one streaming resampler for the whole reply: resampling
 each chunk on its own would put a click at every chunk boundary.
+
+Backpressure: the output queue holds at most ``buffer_s`` seconds of audio before the TTS task
+waits, between phrases, for the consumer to take some (a client that reads slowly, or a held
+speculative reply, pauses synthesis). It waits between phrases, never inside one, so no engine
+call is held open for a slow reader; the phrase queue before it is not bounded but is at most
+one reply (``max_tokens``) of text, and the LLM is never paused by a reader: it would keep the
+LLM's slot, shared by every session, for as long as one client dawdles.
+
+``priority`` is the priority of the reply's engine calls (``pipeline.priority``): a
+speculative reply asks for the engines as ``SPECULATIVE`` until it is released.
 """
 
 from __future__ import annotations
@@ -38,12 +48,19 @@ import numpy as np
 import soxr
 
 from pipeline.phrases import PhraseChunker, PhrasePolicy
+from pipeline.priority import Priority, current
+from pipeline.priority import priority as run_at
 from pipeline.router import Route
 from pipeline.stages import LLM, TTS
 from pipeline.timing import ReplyTimes
 from pipeline.types import AudioChunk, GenerationParams, Message, ToolCall, ToolCallDelta, Usage
 
 Clock = Callable[[], float]
+
+BUFFER_S = 3.0
+"""Default seconds of reply audio made ahead of the consumer: a realtime client plays what it
+gets in real time, so a few seconds ahead never starve it, and a held speculative reply (which
+waits a few hundred milliseconds for the end of the turn) has its first phrases ready."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +87,8 @@ class Reply:
         policy: Where phrases are cut.
         output_rate: Rate of the audio handed out (``None``: the TTS's own rate).
         clock: Time source of ``times``.
+        buffer_s: Seconds of audio the output queue holds before synthesis waits.
+        priority: The priority of the engine calls (default: the creating context's).
         route: The LLM tier ``llm`` is and why it was picked (``pipeline.router``), reported
             with the reply's result.
         text: Speak this instead of asking the LLM (no LLM call, no usage).
@@ -90,6 +109,8 @@ class Reply:
         policy: PhrasePolicy | None = None,
         output_rate: int | None = None,
         clock: Clock = time.perf_counter,
+        buffer_s: float = BUFFER_S,
+        priority: Priority | None = None,
         route: Route | None = None,
         text: str | None = None,
         vet: Callable[[str], Awaitable[str]] | None = None,
@@ -119,6 +140,12 @@ class Reply:
             asyncio.Queue()
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self.priority = current() if priority is None else priority
+        """Priority of the engine calls still to come (a released speculation raises it)."""
+        self._buffer_s = buffer_s
+        self._buffered_s = 0.0  # audio in the output queue
+        self._room = asyncio.Event()
+        self._room.set()
 
     @property
     def text(self) -> str:
@@ -154,6 +181,10 @@ class Reply:
         while (item := await self._out.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
+            if isinstance(item, SpokenChunk):
+                self._buffered_s -= item.audio.duration
+                if self._buffered_s < self._buffer_s:
+                    self._room.set()
             yield item
 
     async def aclose(self) -> None:
@@ -170,26 +201,28 @@ class Reply:
                 self._say_fixed(chunker, self._fixed)
                 return
             deltas = self.llm.stream(self.messages, self.params)
-            async with contextlib.aclosing(deltas):
-                async for delta in deltas:
-                    if delta.usage is not None:
-                        self.usage = delta.usage
-                    if delta.finish_reason is not None:
-                        self.finish_reason = delta.finish_reason
-                        self.tool_calls = delta.tool_calls
-                    if delta.tool_call is not None:
-                        # what was said before the call is spoken before it goes out
-                        for phrase in chunker.flush():
-                            self._hand_over(phrase)
-                        self._phrase_queue.put_nowait(delta.tool_call)
-                        continue
-                    if not delta.text:
-                        continue
-                    self.times.first_token = self.times.first_token or self._clock()
-                    self._parts.append(delta.text)
-                    if not held:
-                        for phrase in chunker.feed(delta.text):
-                            self._hand_over(phrase)
+            # this task's own context: the call asks for its slot at the reply's priority
+            with run_at(self.priority):
+                async with contextlib.aclosing(deltas):
+                    async for delta in deltas:
+                        if delta.usage is not None:
+                            self.usage = delta.usage
+                        if delta.finish_reason is not None:
+                            self.finish_reason = delta.finish_reason
+                            self.tool_calls = delta.tool_calls
+                        if delta.tool_call is not None:
+                            # what was said before the call is spoken before it goes out
+                            for phrase in chunker.flush():
+                                self._hand_over(phrase)
+                            self._phrase_queue.put_nowait(delta.tool_call)
+                            continue
+                        if not delta.text:
+                            continue
+                        self.times.first_token = self.times.first_token or self._clock()
+                        self._parts.append(delta.text)
+                        if not held:
+                            for phrase in chunker.feed(delta.text):
+                                self._hand_over(phrase)
             self.times.llm_done = self._clock()
             if held and self._vet is not None:
                 said = await self._vet(self.text)
@@ -228,18 +261,21 @@ class Reply:
                     self._out.put_nowait(next_phrase)
                     continue
                 index, phrase = index + 1, next_phrase
+                await self._room.wait()  # the consumer is behind: pause between phrases
                 self.times.first_handed = self.times.first_handed or self._clock()
                 audio = self.tts.synthesize(
                     phrase, self.voice, speed=self.speed, language=self.language
                 )
-                async with contextlib.aclosing(audio):
-                    async for chunk in audio:
-                        self.times.first_audio = self.times.first_audio or self._clock()
-                        if resampler is None or resampler.in_rate != chunk.sample_rate:
-                            if resampler is not None:
-                                self._emit(index, phrase, resampler.flush())
-                            resampler = _Resampler(chunk.sample_rate, self.output_rate)
-                        self._emit(index, phrase, resampler.push(chunk.samples))
+                # each phrase asks for its slot at the reply's priority as it is now
+                with run_at(self.priority):
+                    async with contextlib.aclosing(audio):
+                        async for chunk in audio:
+                            self.times.first_audio = self.times.first_audio or self._clock()
+                            if resampler is None or resampler.in_rate != chunk.sample_rate:
+                                if resampler is not None:
+                                    self._emit(index, phrase, resampler.flush())
+                                resampler = _Resampler(chunk.sample_rate, self.output_rate)
+                            self._emit(index, phrase, resampler.push(chunk.samples))
             if resampler is not None:
                 self._emit(index, phrase, resampler.flush())
             self.times.tts_done = self._clock()
@@ -258,6 +294,9 @@ class Reply:
     def _emit(self, index: int, phrase: str, audio: AudioChunk) -> None:
         if len(audio.samples):
             self._out.put_nowait(SpokenChunk(index, phrase, audio))
+            self._buffered_s += audio.duration
+            if self._buffered_s >= self._buffer_s:
+                self._room.clear()
 
 
 class _Resampler:

@@ -15,6 +15,11 @@ arguments once the LLM is done; the call enters the history then, and the client
 The assistant item enters the history when the response is announced. When a response is
 cancelled, the item keeps only the text whose audio the client can have played by then, assuming
 it plays in real time from the first delta; the client's ``truncate`` refines that later.
+
+A speculative response's engine calls run at ``Priority.SPECULATIVE`` until it is released. Each
+audio delta waits for room in the session's event queue (``room``): a client that reads slowly
+pauses its response, and one that takes none of it for ``stall_timeout_s`` has the response
+failed with a ``client_too_slow`` error, which frees what it held.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from pipeline.errors import VoxlineError
+from pipeline.errors import InvalidInput, VoxlineError
 from pipeline.events import (
     ErrorEvent,
     Event,
@@ -50,6 +55,7 @@ from pipeline.history import History, Item, heard_text
 from pipeline.knowledge import Grounded, KnowledgeReport
 from pipeline.listener import Utterance, new_id
 from pipeline.metering import Meter
+from pipeline.priority import Priority
 from pipeline.reply import Reply, SpokenChunk
 from pipeline.timing import TurnMarks, turn_timings
 from pipeline.types import Backends, Message, ToolCall, ToolCallDelta, Usage
@@ -94,6 +100,9 @@ class Responder:
         emit: Sends an event to the client.
         wait_turns: Waits until user turns being transcribed are in the history.
         clock: Time source.
+        room: Waits until the client's queue has room for an audio delta.
+        stall_timeout_s: Longest wait for that room before the response fails (``None``:
+            forever).
     """
 
     def __init__(
@@ -107,8 +116,12 @@ class Responder:
         wait_turns: Callable[[], Awaitable[None]],
         clock: Callable[[], float] = time.perf_counter,
         scope: Callable[[str], AbstractContextManager[object]] | None = None,
+        room: Callable[[], Awaitable[None]] | None = None,
+        stall_timeout_s: float | None = None,
     ) -> None:
         self._scope = scope or _no_scope
+        self._room = room
+        self._stall_timeout_s = stall_timeout_s
         self._history = history
         self._make_reply = make_reply
         self._messages = messages
@@ -149,6 +162,8 @@ class Responder:
         self.spec = None
         spec.marks = marks
         self.active = spec
+        if spec.reply is not None:
+            spec.reply.priority = Priority.INTERACTIVE  # a user is waiting on it now
         spec.released.set()
         return True
 
@@ -196,6 +211,8 @@ class Responder:
         try:
             if resp.messages is not None:  # speculative: run ahead while held
                 resp.reply, resp.grounded = await self._make_reply(resp.messages)
+                if not resp.released.is_set():
+                    resp.reply.priority = Priority.SPECULATIVE
                 resp.reply.start()
             await resp.released.wait()
             previous = self._history.last_id
@@ -213,7 +230,7 @@ class Responder:
                 if isinstance(out, ToolCallDelta):
                     self._call_piece(resp, out)
                 else:
-                    self._send(resp, out)
+                    await self._send(resp, out)
             if reply.finish_reason == "length":
                 status, reason = "incomplete", "max_output_tokens"
             resp.item.text = reply.text
@@ -245,7 +262,8 @@ class Responder:
         if resp.item is not None and resp.cancel_reason != "session_closed":
             self._finish(resp, status, reason, error)
 
-    def _send(self, resp: Response, chunk: SpokenChunk) -> None:
+    async def _send(self, resp: Response, chunk: SpokenChunk) -> None:
+        await self._wait_room()
         assert resp.item is not None
         spoken = resp.item.spoken
         if chunk.phrase_index != resp.phrase_index:
@@ -258,6 +276,30 @@ class Responder:
         if resp.first_delta_at is None:
             resp.first_delta_at = self._clock()
         self._emit(ResponseAudioDelta(resp.response_id, resp.item_id, chunk.audio))
+
+    async def _wait_room(self) -> None:
+        """Wait for room for an audio delta; past the stall timeout, fail the response.
+
+        Raises:
+            InvalidInput: the client took no audio for ``stall_timeout_s``.
+        """
+        if self._room is None:
+            return
+        deadline = asyncio.timeout(self._stall_timeout_s)
+        try:
+            async with deadline:
+                await self._room()
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            log.warning(
+                "a response was stopped: its client read none of it for %g s", self._stall_timeout_s
+            )
+            raise InvalidInput(
+                f"the client read none of the response's audio for {self._stall_timeout_s:g} "
+                "s: the response was stopped",
+                code="client_too_slow",
+            ) from exc
 
     def _call_piece(self, resp: Response, piece: ToolCallDelta) -> None:
         """A piece of a function call: announce the call's item first, then its arguments."""

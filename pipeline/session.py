@@ -40,6 +40,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import numpy as np
 
 from pipeline.errors import InvalidInput, VoxlineError
+from pipeline.event_queue import EventQueue
 from pipeline.events import (
     ConversationItem,
     ErrorEvent,
@@ -48,6 +49,7 @@ from pipeline.events import (
     InputCommitted,
     ItemAdded,
     ItemTruncated,
+    ResponseAudioDelta,
     SessionUpdated,
     SpeechStarted,
     TranscriptCompleted,
@@ -70,6 +72,15 @@ from pipeline.vad import VAD
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+QUEUED_AUDIO_S = 2.0
+"""Seconds of reply audio a session queues for its consumer before the response waits (plus the
+delta being added, a phrase at most): a consumer that keeps up never waits, one that does not
+holds a few hundred kilobytes, not the whole reply."""
+
+
+def _audio_seconds(event: Event | None) -> float:
+    return event.audio.duration if isinstance(event, ResponseAudioDelta) else 0.0
 
 
 def _operation(
@@ -107,6 +118,8 @@ class Session:
         clock: Monotonic time source of every timing (injectable for tests).
         response_scope: Entered around each response with its id (the tasks of its LLM and
             TTS calls run inside it): the server opens the response's trace there.
+        stall_timeout_s: A response whose audio the consumer of ``events()`` takes none of for
+            this long fails (``client_too_slow``); ``None``: it waits for as long as it takes.
         router: Picks the LLM tier of each response (``None``: ``llm`` answers every turn).
         grounder: Retrieval for replies when the configuration names vector stores
             (``config.file_search``); without one, such a configuration is refused.
@@ -127,6 +140,7 @@ class Session:
         phrase_policy: PhrasePolicy | None = None,
         clock: Callable[[], float] = time.perf_counter,
         response_scope: Callable[[str], AbstractContextManager[object]] | None = None,
+        stall_timeout_s: float | None = None,
         router: Router | None = None,
         grounder: Grounder | None = None,
     ) -> None:
@@ -139,7 +153,7 @@ class Session:
         self._check_knowledge(self._config)
         self.phrase_policy = phrase_policy or PhrasePolicy()
         self._clock = clock
-        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._events: EventQueue[Event | None] = EventQueue(QUEUED_AUDIO_S, _audio_seconds)
         self._lock = asyncio.Lock()
         self._closed = False
         self._history = History(
@@ -167,6 +181,8 @@ class Session:
             wait_turns=self._wait_turns,
             clock=clock,
             scope=response_scope,
+            room=self._events.wait_room,
+            stall_timeout_s=stall_timeout_s,
         )
 
     @property
@@ -179,6 +195,12 @@ class Session:
         """The conversation as kept (bounded by ``history_max_tokens``), oldest first."""
         return tuple(item.snapshot() for item in self._history.items)
 
+    @property
+    def busy(self) -> bool:
+        """Whether a turn is being answered: a response is out, or an ended turn awaits its
+        transcript (a graceful drain lets these finish)."""
+        return self._responses.active is not None or bool(self._turns)
+
     def messages(self) -> list[Message]:
         """What the LLM would see for the next response."""
         return self._history.messages(self._config.instructions)
@@ -187,8 +209,9 @@ class Session:
         return self.events()
 
     async def events(self) -> AsyncIterator[Event]:
-        """The session's events in order; ends after ``aclose()``. One consumer only, and it
-        must keep up: events queue without bound (audio deltas are most of them)."""
+        """The session's events in order; ends after ``aclose()``. One consumer only: while
+        it is ``QUEUED_AUDIO_S`` of audio behind, the response in progress waits (and fails
+        after ``stall_timeout_s``)."""
         while (event := await self._events.get()) is not None:
             yield event
 

@@ -37,6 +37,8 @@ class HostedSettings(BaseModel):
     """Seconds to wait for the response to start (and between streamed chunks)."""
     max_retries: int = 1
     """Retries of a request that failed before any output (connection errors, 429, 5xx)."""
+    capacity: int = Field(default=8, ge=1)
+    """Calls sent to the endpoint at once; more wait in its queue (``VOXLINE_LIMITS__*``)."""
 
 
 BackendName = Literal["gpu", "cpu", "hosted", "ray"]
@@ -130,6 +132,11 @@ class STTSettings(BaseModel):
     """Drop non-speech with faster-whisper's Silero VAD before decoding."""
     cpu_threads: int = Field(default=0, ge=0)
     """CTranslate2 intra-op threads on CPU (0: the library's default)."""
+    capacity: int = Field(default=1, ge=1)
+    """Transcriptions the local engine runs at once, for all sessions and requests together;
+    more wait by priority (finals, then speculative ones; partials are dropped instead). 1 on
+    a CPU: CTranslate2 runs one Whisper call at a time per model anyway, and batching two
+    sessions' clips measured no faster on 2 cores (README, "Overload")."""
     window_margin_ms: int = Field(default=3000, ge=0, le=30_000)
     """Whisper encodes the audio plus this much padding (at least ``window_floor_ms``) instead
     of a fixed 30-second window: a 3 s question costs a third of the time, at the same WER.
@@ -226,6 +233,10 @@ class LLMSettings(BaseModel):
     threads: int = Field(default=0, ge=0)
     """CPU threads for torch / llama.cpp (0: half the cores, at least 1: STT and TTS share the
     machine, and on 2 cores one LLM thread measured several times faster than two)."""
+    capacity: int = Field(default=1, ge=1)
+    """Replies the local engine generates at once, for all sessions and requests together;
+    more wait by priority. Both local engines decode one reply at a time (one model, one
+    context); several sessions share it in turn."""
     gguf_cache_dir: Path | None = None
     """Where dequantized GGUF weights are cached (default: ``<cache_dir>/gguf``)."""
     hosted: HostedSettings = HostedSettings()
@@ -380,6 +391,9 @@ class TTSSettings(BaseModel):
     """Default voice (Piper: speaker name for multi-speaker voices)."""
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     """Default speaking rate (1.0 normal)."""
+    capacity: int = Field(default=1, ge=1)
+    """Phrases Piper speaks at once, for all sessions and requests together; more wait by
+    priority (GPT-SoVITS serves ``gpt_sovits.pool_size`` at once instead)."""
     piper_first_phonemes: int = Field(default=50, ge=1)
     """Piper: target length, in phonemes, of the first piece of a text synthesized in one ONNX
     call (it decides the time to first audio; ~10 ms of CPU a phoneme on 2 cores). Cut at a
@@ -561,6 +575,58 @@ class StateSettings(BaseModel):
     """SQLite only. ``NORMAL``: a commit is in the WAL file when the call returns, so killing
     the process loses nothing; a power cut may lose the last commits (the file stays
     consistent). ``FULL``: every commit is synced to disk too (about 5 ms more per write)."""
+
+
+class LimitsSettings(BaseModel):
+    """What the server takes on at once, how it refuses the rest, and how it lets go.
+
+    Past capacity, work is refused at once with 503 and ``Retry-After`` rather than queued
+    until it times out: a realtime session over ``max_sessions`` at the handshake, an engine
+    call when its engine's queue is full or its wait too long (docs/architecture.md,
+    "Admission and scheduling"). Every queue between the engines and a client is bounded;
+    a client that stops reading pauses its own synthesis, and is cut off after
+    ``client_stall_timeout_s``.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    max_sessions: int = Field(default=0, ge=0)
+    """Realtime sessions served at once, server-wide; one more is refused at the handshake
+    (503, ``Retry-After``). 0: ``sessions_per_core`` per CPU core (see that setting)."""
+    sessions_per_core: float = Field(default=1.0, gt=0.0)
+    """What ``max_sessions`` 0 means: this many sessions per CPU core, at least 1. Chosen from
+    ``voxline bench load`` on 2 cores with the default CPU models (README, "Overload,
+    backpressure and shutdown"): 2 sessions at once kept the voice-to-voice p95 within 1.5 s
+    in every run, 3 did not (1.3-3.4 s), 4 reached 3.0-4.5 s; the engines' work grows with
+    sessions and is shared by the cores, so the limit scales with them. A GPU serves many
+    more: measure and set ``max_sessions``."""
+    engine_queue: int = Field(default=8, ge=0)
+    """Calls that may wait for each engine (beyond its ``capacity``); past it the least
+    urgent is refused (EngineBusy, 503)."""
+    engine_max_wait_s: float = Field(default=5.0, gt=0.0)
+    """A call whose estimated wait for its engine (calls ahead / capacity x the engine's mean
+    time per call) is past this is refused at once; one still waiting at twice this is
+    refused then."""
+    client_stall_timeout_s: float = Field(default=10.0, gt=0.0)
+    """A client that reads none of a response's audio for this long has that response
+    cancelled with an error (realtime) or its stream aborted (HTTP)."""
+    drain_timeout_s: float = Field(default=30.0, ge=0.0)
+    """On SIGTERM: how long in-flight turns, speech streams and realtime responses may take
+    to finish (``/readyz`` says 503 and new work is refused meanwhile); then realtime sockets
+    close with 1001 and the process exits."""
+    shutdown_timeout_s: float = Field(default=5.0, ge=0.0)
+    """After the drain: how long uvicorn waits for the connections still open before it
+    closes them."""
+    header_timeout_s: float = Field(default=10.0, gt=0.0)
+    """A connection that has not sent a request's complete headers within this is closed."""
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0.0)
+    """An idle keep-alive connection is closed after this."""
+
+    def session_limit(self) -> int:
+        """``max_sessions``, or what 0 means on this machine."""
+        if self.max_sessions:
+            return self.max_sessions
+        return max(1, int(self.sessions_per_core * (os.cpu_count() or 1)))
 
 
 class EdgeSettings(BaseModel):
@@ -803,6 +869,8 @@ class Settings(BaseSettings):
     """The cost ledger's price table."""
     state: StateSettings = StateSettings()
     """The durable state store."""
+    limits: LimitsSettings = LimitsSettings()
+    """Admission control, backpressure and graceful drain."""
     edge: EdgeSettings = EdgeSettings()
     """API keys, origins, hosts and per-key limits."""
     jobs: JobSettings = JobSettings()

@@ -30,6 +30,7 @@ from pipeline.errors import (
     StageError,
     VoxlineError,
 )
+from pipeline.scheduler import EngineScheduler
 from pipeline.types import (
     AudioChunk,
     GenerationParams,
@@ -92,6 +93,9 @@ class _Stage(abc.ABC):
     Attributes:
         clock: Monotonic seconds that time each call's ``CallRecord`` (tests put it on the event
             loop's virtual clock).
+        scheduler: The engine's slots and wait queue (``pipeline.scheduler``), taken by the
+            fallback chain before each call; ``None``: calls are not admitted (the registry
+            gives every engine one, from its capacity setting).
     """
 
     stage: Stage
@@ -104,6 +108,7 @@ class _Stage(abc.ABC):
         self.device = device
         self.listeners: list[Listener] = []
         self.clock: Callable[[], float] = time.perf_counter
+        self.scheduler: EngineScheduler | None = None
 
     def load(self) -> None:  # noqa: B027  # optional hook: engines without weights load nothing
         """Blocking: load weights. Construction stays cheap; ``start()`` calls this off the loop."""

@@ -35,6 +35,7 @@ from server import (
     routes_voices,
 )
 from server.accounting import MeterMiddleware
+from server.admission import AdmissionMiddleware
 from server.edge import EdgeMiddleware, install_handlers
 from server.errors import install_error_handlers
 from server.limits import BodyLimitMiddleware
@@ -117,7 +118,9 @@ def create_app(
             "/v1/audio/voices": settings.voices.max_bytes + _FORM_OVERHEAD,  # reference clips
         },
     )
-    # (admission control goes here: behind the edge, so a refused key never takes a slot)
+    # admission control (refusals while draining, requests in flight, stalled readers:
+    # server.admission): behind the edge, so a refused key never takes a slot
+    app.add_middleware(AdmissionMiddleware, admission=state.admission)
     app.add_middleware(EdgeMiddleware, state=state)
     # added last = outermost: every request is counted and carries a request id
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)

@@ -7,6 +7,7 @@ the code so an operator can tell which engine failed. We never branch on message
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -87,10 +88,19 @@ def body_of(exc: VoxlineError) -> dict[str, Any]:
     return error_body(str(exc), type_="server_error")
 
 
+def retry_after(seconds: float | None) -> str:
+    """A ``Retry-After`` value: whole seconds, at least 1 (1 when unknown)."""
+    return str(max(1, math.ceil(seconds or 1.0)))
+
+
 def error_response(exc: VoxlineError) -> JSONResponse:
-    """A JSON response for an error of the tree (with Retry-After when overloaded)."""
+    """A JSON response for an error of the tree; a 503 or 504 says when to try again
+    (``Retry-After``: the scheduler's estimate for a refusal, else 1 s)."""
     status = status_of(exc)
-    headers = {"Retry-After": "1"} if status == 503 else None
+    headers = None
+    if status in (503, 504):
+        seconds = exc.retry_after_s if isinstance(exc, EngineOverloaded) else None
+        headers = {"Retry-After": retry_after(seconds)}
     return JSONResponse(body_of(exc), status_code=status, headers=headers)
 
 

@@ -26,7 +26,10 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(state: Annotated[AppState, Depends(state_of)]) -> JSONResponse:
     """Readiness: 200 once every stage has a started backend whose breaker is not open, else
-    503. Either way the body shows each stage's chain, backend by backend."""
+    503. Either way the body shows each stage's chain, backend by backend. Draining (after
+    SIGTERM): 503 at once, so load balancers stop sending work."""
+    if state.admission.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
     engines = state.engines
     if engines is None:
         reason = state.startup_error or "loading"

@@ -29,6 +29,15 @@ after each command so the pump, which never waits on I/O, has drained them by th
 When the client goes away, ``session.aclose()`` cancels the response in flight, which stops the
 engines' worker threads within a frame of work. Until the engines are warm, a connection gets an
 ``error`` (``engines_not_ready``) and is closed with 1013 (try again later).
+
+Admission and backpressure (docs/architecture.md, "Admission and scheduling"): a session over
+the server's limit (or during a drain) is refused at the handshake with 503 and ``Retry-After``
+(or, on a server without the WebSocket denial extension, accepted and closed at once with an
+``error`` event and 1013). The outbox is bounded: while it is full the pump stops taking the
+session's events (whose response then waits, and fails after the stall timeout) and the applier
+applies no command (the reader then stops reading: TCP backpressure), so a client that stops
+reading costs the server a bounded amount of memory. The drain closes an idle session's socket
+with 1001.
 """
 
 from __future__ import annotations
@@ -47,7 +56,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from pipeline.audio import decode_pcm16
-from pipeline.errors import InvalidInput, VoxlineError
+from pipeline.errors import EngineBusy, InvalidInput, VoxlineError
+from pipeline.event_queue import EventQueue
 from pipeline.events import (
     ErrorEvent,
     ResponseCreated,
@@ -64,7 +74,9 @@ from pipeline.stages import CallRecord
 from pipeline.types import TurnTimings
 from server import identity
 from server.accounting import SessionUsage
+from server.admission import SessionLease
 from server.edge.realtime import RealtimeLimits
+from server.errors import error_response
 from server.kb import caller, grounder_for
 from server.logging_setup import bind
 from server.realtime_events import ServerEvents, Wire, error_event
@@ -93,6 +105,8 @@ MAX_APPEND_BYTES = 8 * 1024 * 1024
 """Most decoded audio in one append (about 3 minutes of 24 kHz pcm16)."""
 
 _INBOX_COMMANDS = 256  # beyond this many queued commands the reader waits (TCP backpressure)
+_OUTBOX_BYTES = 1024 * 1024  # wire events queued for the socket: ~15 s of base64 pcm16 at 24 kHz
+_EVENT_BYTES = 256  # what an event without audio weighs, roughly
 _TRY_AGAIN_LATER = 1013  # WebSocket close code: the server cannot serve this yet
 _DRAIN_S = 5.0  # most time the pump gets to report the closing session's last work
 
@@ -105,6 +119,33 @@ async def realtime(
     """A realtime voice conversation (OpenAI Realtime API, GA events)."""
     state = websocket.app.state.voxline
     assert isinstance(state, AppState)
+    try:
+        lease = state.admission.open_session()
+    except EngineBusy as exc:  # before any work: the sessions already in keep their engines
+        await _refuse(websocket, exc)
+        return
+    try:
+        await _serve(websocket, state, lease, model)
+    finally:
+        lease.close()
+
+
+async def _refuse(websocket: WebSocket, busy: EngineBusy) -> None:
+    """Refuse a session: 503 with ``Retry-After`` at the handshake, or (a server without the
+    denial extension) an ``error`` event and close code 1013."""
+    log.warning("realtime session refused: %s", busy.message)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_response(busy))
+        return
+    await websocket.accept()
+    with suppress(WebSocketDisconnect, RuntimeError):
+        await websocket.send_text(json.dumps(error_event(ErrorEvent.from_exception(busy))))
+        await websocket.close(code=_TRY_AGAIN_LATER, reason="server busy")
+
+
+async def _serve(
+    websocket: WebSocket, state: AppState, lease: SessionLease, model: str | None
+) -> None:
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
     engines, vad = state.engines, None
@@ -146,6 +187,7 @@ async def realtime(
         settings=settings.session,
         phrase_policy=PhrasePolicy.from_settings(settings.reply),
         response_scope=functools.partial(_traced, state, events.session_id, heard),
+        stall_timeout_s=settings.limits.client_stall_timeout_s,
         router=router,
         grounder=grounder_for(state.kb, owner),
     )
@@ -169,6 +211,8 @@ async def realtime(
         check_stores=functools.partial(_check_stores, state, owner),
         observe_knowledge=state.observe_knowledge,
     )
+    lease.busy = lambda: session.busy
+    lease.shutdown = connection.shutdown
     if who is not None:
         connection.limits = RealtimeLimits(
             state.store, who, connection.emit, session.cancel_response
@@ -252,8 +296,11 @@ class _Connection:
         self._inbox: asyncio.Queue[tuple[str | None, Command | InvalidInput]] = asyncio.Queue(
             _INBOX_COMMANDS
         )
-        self._outbox: asyncio.Queue[list[Wire]] = asyncio.Queue()
+        # None: the sender's end, after the last batch
+        self._outbox: EventQueue[list[Wire] | None] = EventQueue(_OUTBOX_BYTES, _wire_bytes)
         self._cause: str | None = None  # event_id of the command being applied
+        self._close_code = 1000
+        self._reader: asyncio.Task[None] | None = None
         self.limits: RealtimeLimits | None = None
         """The caller's key limits, checked at each response (``server.edge.realtime``)."""
 
@@ -264,10 +311,8 @@ class _Connection:
     async def run(self) -> None:
         """Serve until the client goes away; then stop the session's work."""
         self._outbox.put_nowait([self._events.session_created()])
-        inbound = [
-            asyncio.create_task(self._read(), name="realtime-reader"),
-            asyncio.create_task(self._apply(), name="realtime-applier"),
-        ]
+        self._reader = asyncio.create_task(self._read(), name="realtime-reader")
+        inbound = [self._reader, asyncio.create_task(self._apply(), name="realtime-applier")]
         outbound = [
             asyncio.create_task(self._pump(), name="realtime-pump"),
             asyncio.create_task(self._send(), name="realtime-sender"),
@@ -285,18 +330,28 @@ class _Connection:
             await asyncio.gather(*inbound, return_exceptions=True)
             await self._session.aclose()
             # the pump ends with the session's events, after the work done while closing was
-            # reported (billed); it never waits on I/O, so this is quick
+            # reported (billed); it no longer waits for room in the outbox, so this is quick
+            self._outbox.unbound()
             with suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(outbound[0]), _DRAIN_S)
             if self.limits is not None:
                 await self.limits.aclose()
             if self._usage is not None:  # the session's charges are in the store
                 await self._usage.flush()
+            self._outbox.put_nowait(None)  # the sender flushes what is left, then ends
+            with suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(outbound[1]), _DRAIN_S)
             for task in outbound:
                 task.cancel()
             await asyncio.gather(*outbound, return_exceptions=True)
             with suppress(RuntimeError, WebSocketDisconnect):
-                await self._ws.close()
+                await self._ws.close(code=self._close_code)
+
+    def shutdown(self, code: int) -> None:
+        """End the connection from the server's side (the drain), closing with ``code``."""
+        self._close_code = code
+        if self._reader is not None:
+            self._reader.cancel()  # run() then closes the session and the socket
 
     # ---------------------------------------------------------------- client -> session
 
@@ -327,6 +382,9 @@ class _Connection:
     async def _apply(self) -> None:
         while True:
             event_id, item = await self._inbox.get()
+            # a client that reads nothing gets nothing more done: its commands wait (and the
+            # reader, once the inbox is full, stops reading the socket)
+            await self._outbox.wait_room()
             self._cause = event_id
             try:
                 if isinstance(item, InvalidInput):
@@ -337,7 +395,7 @@ class _Connection:
             except Exception:  # a bug must not end the conversation: report it, go on
                 log.exception("realtime command %s failed", type(item).__name__)
                 internal = ErrorEvent("internal server error", "server_error", code="internal")
-                self._outbox.put_nowait([error_event(internal, event_id)])
+                self._outbox.put_nowait([error_event(internal, event_id)])  # one per command
             finally:
                 if isinstance(item, AppendAudio):
                     self._backlog -= len(item.pcm)
@@ -377,13 +435,15 @@ class _Connection:
                 await session.truncate(item_id, end)
 
     def _reply_error(self, error: InvalidInput, event_id: str | None) -> None:
+        # one per command, after the applier waited for room: bounded
         self._outbox.put_nowait([error_event(ErrorEvent.from_exception(error), event_id)])
 
     # ---------------------------------------------------------------- session -> client
 
     async def _pump(self) -> None:
-        # Never waits on anything but the session: so after each command the applier's one
-        # yield is enough for the pump to have drained what that command emitted.
+        # Waits on nothing but the session and room in the outbox (which the applier waited
+        # for before the command): so after each command the applier's one yield is enough
+        # for the pump to have drained what that command emitted.
         async for event in self._session:
             if isinstance(event, UsageReported):
                 if self._usage is not None:
@@ -408,15 +468,23 @@ class _Connection:
                     for wire in wires:  # the cost rides in response.done's usage
                         if wire["type"] == "response.done":
                             wire["response"].setdefault("usage", {}).update(billed)
-                self._outbox.put_nowait(wires)
             except Exception:  # a bug in one event's mapping must not silence the others
                 log.exception("realtime event %s could not be sent", type(event).__name__)
+                continue
+            await self._outbox.wait_room()  # the client is behind: so is the session
+            self._outbox.put_nowait(wires)
 
     async def _send(self) -> None:
-        while True:
-            batch = await self._outbox.get()
+        while (batch := await self._outbox.get()) is not None:
             for wire in batch:
                 try:
                     await self._ws.send_text(json.dumps(wire))
                 except (WebSocketDisconnect, RuntimeError, OSError):
                     return  # the client is gone; the reader sees it too
+
+
+def _wire_bytes(batch: list[Wire] | None) -> float:
+    """About what a batch of server events weighs on the wire (its audio, mostly)."""
+    if batch is None:
+        return 0.0
+    return sum(len(w.get("delta") or "") + _EVENT_BYTES for w in batch)

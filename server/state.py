@@ -23,6 +23,7 @@ from pipeline.router import Route
 from pipeline.settings import Settings
 from pipeline.vad import VAD
 from server.accounting import Accounting
+from server.admission import Admission
 from server.jobs.service import JobService
 from server.kb import KnowledgeBase, knowledge_base
 from server.logging_setup import log_call
@@ -42,6 +43,8 @@ class AppState:
     schema migrated) and closed by the app's lifespan. ``jobs`` is the job queue and this
     process's job worker (started and stopped by the lifespan). ``voices`` are the voices
     uploaded through the API (``server.voices``), registered with the engines by the lifespan.
+    ``admission`` is what the server serves now and whether it takes more (sessions, requests
+    in flight, the drain).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class AppState:
         self.vad = vad
         self.store = store or Store.open(settings.state)
         self.startup_error: str | None = None
+        self.admission = Admission(settings.limits)
         self.warming: asyncio.Task[Engines] | None = None
         self.metrics = Metrics()
         self.ledger = Ledger.from_settings(settings.pricing)

@@ -22,8 +22,8 @@ Middleware order in ``server.app`` (outermost first)::
     RequestContextMiddleware   request id, access log line (reads the key id the edge left)
     RequestMetricsMiddleware   voxline_requests_total (refusals included)
     EdgeMiddleware             Host, Origin/CORS, key, scope, quotas, rpm, session slots
-    (admission control)        server-wide capacity: after the edge, so that a request the
-                               edge refuses never takes a place in an engine's queue
+    AdmissionMiddleware        server-wide capacity (server.admission): after the edge, so that a
+                               request the edge refuses never takes a place in an engine's queue
     BodyLimitMiddleware        413 past the route's body limit, before parsing
     MeterMiddleware            one meter per request (server.accounting)
     routes

@@ -8,7 +8,8 @@ the run at once (its chunks in flight are cancelled, which stops their engines).
 
 How a run ends decides what happens to the job: done -> ``succeeded``; the input's fault
 (``InvalidInput``) -> ``failed`` with its message; an engine failure (a retryable
-``StageError``) -> back to ``queued`` after a pause, counted against ``max_attempts``; this
+``StageError``) -> back to ``queued`` after a pause, counted against ``max_attempts`` unless it
+was a busy engine's refusal (``EngineBusy``: batch work waits for spare capacity); this
 process stopping -> back to ``queued`` (another worker, or this one restarted, resumes it).
 """
 
@@ -19,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from pipeline.errors import InvalidInput, StageError
+from pipeline.errors import EngineBusy, InvalidInput, StageError
 from pipeline.settings import JobSettings
 from server.jobs.queue import JobQueue, worker_id
 from server.jobs.records import Job
@@ -127,9 +128,17 @@ class JobRunner:
             if not exc.retryable:
                 await asyncio.to_thread(queue.fail, job.id, "engine_error", exc.message)
             else:
-                log.warning("job %s: engine failure, queued again: %s", job.id, exc)
+                # a refusal by a busy engine (batch work gets only spare capacity) is no
+                # failure: the job waits its turn without spending an attempt
+                busy = isinstance(exc, EngineBusy)
+                log.warning(
+                    "job %s: engine %s, queued again: %s",
+                    job.id,
+                    "busy" if busy else "failure",
+                    exc,
+                )
                 await asyncio.sleep(min(30.0, self._settings.poll_interval_s * 5))
-                await asyncio.to_thread(queue.requeue, job, self.worker, failed=True)
+                await asyncio.to_thread(queue.requeue, job, self.worker, failed=not busy)
                 release = False
         except asyncio.CancelledError:
             if keeper.done() and not keeper.cancelled() and keeper.result():

@@ -15,10 +15,12 @@ import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class FakePlan:
     gap_s: float = 0.0
     rate: int = 24_000
     refuse: bool = False  # close every connection at once (a server that is down)
+    max_sessions: int | None = None  # more at once are refused at the handshake (503)
 
 
 async def _respond(ws: ServerConnection, plan: FakePlan, turn: int) -> None:
@@ -111,7 +114,23 @@ async def _handler(ws: ServerConnection, plan: FakePlan) -> None:
 @contextlib.asynccontextmanager
 async def fake_realtime_server(plan: FakePlan) -> AsyncIterator[str]:
     """Serve on a free port in the running loop; yield its ``ws://`` base URL."""
-    async with serve(lambda ws: _handler(ws, plan), "127.0.0.1", 0) as server:
+    open_sessions: set[ServerConnection] = set()
+
+    def admit(connection: ServerConnection, _: Request) -> Response | None:
+        if plan.max_sessions is None or len(open_sessions) < plan.max_sessions:
+            open_sessions.add(connection)
+            return None
+        refusal = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
+        refusal.headers["Retry-After"] = "1"
+        return refusal
+
+    async def handle(ws: ServerConnection) -> None:
+        try:
+            await _handler(ws, plan)
+        finally:
+            open_sessions.discard(ws)
+
+    async with serve(handle, "127.0.0.1", 0, process_request=admit) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         yield f"ws://127.0.0.1:{port}"
 

@@ -145,10 +145,12 @@ async def test_a_refused_session_is_an_engine_unavailable() -> None:
                 pass
 
 
-def test_load_levels_are_powers_of_two_up_to_the_limit() -> None:
+def test_load_levels_are_1_2_then_every_even_number_up_to_the_limit() -> None:
     assert load.levels(1) == [1]
     assert load.levels(4) == [1, 2, 4]
     assert load.levels(6) == [1, 2, 4, 6]
+    assert load.levels(8) == [1, 2, 4, 6, 8]
+    assert load.levels(3) == [1, 2, 3]
 
 
 def _ctx(url: str, slo_ms: float, max_sessions: int) -> BenchContext:
@@ -156,6 +158,21 @@ def _ctx(url: str, slo_ms: float, max_sessions: int) -> BenchContext:
         runs=1, warmup=0, quick=True, slo_v2v_p95_ms=slo_ms, max_sessions=max_sessions
     )
     return BenchContext(ConfigSpec(), Settings(), options, [_tone_clip()], [], url=url)
+
+
+async def test_load_counts_refused_sessions_apart_and_judges_the_accepted() -> None:
+    # each answer takes 2 s, so the four sessions of a level (started over 1 s) overlap
+    plan = FakePlan(silence_ms=100, reply_delay_s=2.0, chunks=1, chunk_s=0.1, max_sessions=2)
+    async with fake_realtime_server(plan) as url:
+        result = await load.run(_ctx(url, slo_ms=5000, max_sessions=4))
+    levels = {lv["sessions"]: lv for lv in result.details["levels"]}
+    four = levels[4]
+    assert (four["accepted"], four["refused"], four["errors"]) == (2, 2, 0)
+    assert four["turns"] == 2 and four["v2v_p50_ms"] is not None
+    assert four["refusal_p95_ms"] is not None and four["refusal_p95_ms"] >= 0
+    # refused at the handshake, fast: the level still meets its SLO on the sessions it kept
+    assert four["meets_slo"] and result.details["max_sessions_within_slo"] == 4
+    assert levels[1]["refused"] == 0 and levels[1]["refusal_p95_ms"] is None
 
 
 async def test_load_reports_the_largest_level_within_the_slo() -> None:
@@ -168,6 +185,7 @@ async def test_load_reports_the_largest_level_within_the_slo() -> None:
     assert all(lv["meets_slo"] and lv["errors"] == 0 for lv in levels)
     assert met.details["max_sessions_within_slo"] == 2
     assert len(met.samples["v2v_n2_ms"]) == 2
-    # an SLO nobody can meet: the first level fails, nothing further is tried
+    # an SLO nobody can meet: every level fails (and every level still runs: the curve)
     assert missed.details["max_sessions_within_slo"] is None
-    assert [lv["sessions"] for lv in missed.details["levels"]] == [1]
+    assert [lv["sessions"] for lv in missed.details["levels"]] == [1, 2]
+    assert not any(lv["meets_slo"] for lv in missed.details["levels"])

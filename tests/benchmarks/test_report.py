@@ -64,9 +64,12 @@ def _load() -> ScenarioResult:
             },
             {
                 "sessions": 2,
+                "accepted": 1,
+                "refused": 1,
                 "turns": 2,
                 "v2v_p50_ms": 900.0,
                 "v2v_p95_ms": 990.0,
+                "refusal_p95_ms": 12.4,
                 "errors": 0,
                 "underruns": 3,
                 "meets_slo": False,
@@ -145,7 +148,8 @@ def test_report_md_has_the_headline_and_tables(results: dict, tmp_path: Path) ->
     assert "streaming / naive (p50) | 0.6" in text
     assert "max sessions with V2V p95 <= 800 ms | 1" in text
     assert "| v2v_ms | 6 |" in text
-    assert "| 2 | 2 | 900 | 990 | 0 | 3 | no |" in text  # the load table
+    assert "| 2 | 1 | 1 | 2 | 900 | 990 | 12 | 0 | 3 | no |" in text  # the load table
+    assert "| 1 | 1 | 0 | 2 | 625 | 648 | - | 0 | 0 | yes |" in text  # written before admission
     assert "STT corpus WER | 0.05" in text
     assert "![latency_cdf](latency_cdf.png)" in text
 

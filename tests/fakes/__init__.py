@@ -30,6 +30,7 @@ from tests.fakes.stages import (
     ScriptedSTT,
     ScriptedTTS,
     loop_time,
+    scheduled,
     tone,
 )
 
@@ -50,5 +51,6 @@ __all__ = [
     "ScriptedTTS",
     "loop_time",
     "passage",
+    "scheduled",
     "tone",
 ]

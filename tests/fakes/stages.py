@@ -21,10 +21,11 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from pipeline.scheduler import EngineScheduler
 from pipeline.stages import LLM, STT, TTS
 from pipeline.types import (
     AudioChunk,
@@ -49,6 +50,23 @@ PIPER_PACE: dict[str, float] = {"ttfb_s": 0.12, "rtf": 0.05}
 def loop_time() -> float:
     """The running event loop's clock (virtual under ``looptime``)."""
     return asyncio.get_running_loop().time()
+
+
+S = TypeVar("S", STT, LLM, TTS)
+
+
+def scheduled(stage: S, capacity: int = 1, max_queue: int = 8, max_wait_s: float = 5.0) -> S:
+    """``stage`` with an engine scheduler on the loop's clock, as the registry gives every
+    engine (``pipeline.scheduler``); a fallback chain takes its slots."""
+    stage.scheduler = EngineScheduler(
+        stage.name,
+        stage=stage.stage,
+        capacity=capacity,
+        max_queue=max_queue,
+        max_wait_s=max_wait_s,
+        clock=loop_time,
+    )
+    return stage
 
 
 class OutOfMemoryError(RuntimeError):

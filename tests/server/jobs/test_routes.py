@@ -17,6 +17,8 @@ from benchmarks.longform import build_recording
 from benchmarks.stats import wer
 from models.registry import Engines
 from pipeline.audio import decode_audio, encode_wav
+from pipeline.fallback_core import Chain
+from pipeline.priority import Priority
 from pipeline.settings import AudioLimits, JobSettings
 from server.state import AppState
 from tests.server.conftest import AppFactory, http_client, make_settings, spoken_wav
@@ -236,3 +238,37 @@ async def test_cancel_result_and_missing_jobs(app_factory: AppFactory) -> None:
     assert [e["type"] for e in events] == ["job.cancelled"]
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert deleted.json()["deleted"] is True and gone.status_code == 404
+
+
+async def test_a_busy_engine_makes_a_job_wait_without_spending_an_attempt(
+    app_factory: AppFactory, engines: Engines
+) -> None:
+    # one attempt only: had a refusal counted as a failure, the job would have failed
+    app = _app(app_factory, max_attempts=1)
+    state: AppState = app.state.voxline
+    assert isinstance(engines.tts, Chain)
+    tts = engines.tts.backends[0].scheduler
+    assert tts is not None
+    refused_before, saved_queue = tts.refused, tts.max_queue
+    held = await tts.acquire(Priority.INTERACTIVE)  # a user is being answered
+    tts.max_queue = 0  # and nothing may wait: batch work is refused at once
+    try:
+        async with http_client(app) as client, _Running(app):
+            job = (await client.post("/v1/jobs", data={"kind": "speech", "input": "Hello."})).json()
+            # refused, queued again, claimed again, refused again (a scheduler has no event to
+            # wait on; the guard keeps a hang short)
+            deadline = time.monotonic() + 60
+            while tts.refused < refused_before + 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            assert tts.refused >= refused_before + 2
+            waiting = (await client.get(f"/v1/jobs/{job['id']}")).json()
+            assert waiting["status"] in ("queued", "running"), waiting
+            tts.max_queue = saved_queue
+            held.release()  # spare capacity: the job gets it
+            seen = await _wait(client, job["id"])
+        stored = await asyncio.to_thread(state.jobs.runner.queue.get, job["id"], any_owner=True)
+    finally:
+        tts.max_queue = saved_queue
+        held.release()
+    assert seen[-1]["status"] == "succeeded", seen[-1]
+    assert stored is not None and stored.failures == 0
