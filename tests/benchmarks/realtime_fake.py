@@ -35,6 +35,7 @@ class FakePlan:
     rate: int = 24_000
     refuse: bool = False  # close every connection at once (a server that is down)
     max_sessions: int | None = None  # more at once are refused at the handshake (503)
+    api_key: str | None = None  # a handshake without ``Authorization: Bearer <it>`` gets 401
 
 
 async def _respond(ws: ServerConnection, plan: FakePlan, turn: int) -> None:
@@ -116,7 +117,9 @@ async def fake_realtime_server(plan: FakePlan) -> AsyncIterator[str]:
     """Serve on a free port in the running loop; yield its ``ws://`` base URL."""
     open_sessions: set[ServerConnection] = set()
 
-    def admit(connection: ServerConnection, _: Request) -> Response | None:
+    def admit(connection: ServerConnection, request: Request) -> Response | None:
+        if plan.api_key and request.headers.get("Authorization") != f"Bearer {plan.api_key}":
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid_api_key\n")
         if plan.max_sessions is None or len(open_sessions) < plan.max_sessions:
             open_sessions.add(connection)
             return None

@@ -106,3 +106,19 @@ def test_realtime_and_load_against_a_server(tmp_path: Path) -> None:
     assert [lv["sessions"] for lv in load["levels"]] == [1, 2]
     assert (tmp_path / "v2v_concurrency.png").is_file()
     assert "max sessions with V2V p95 <= 800 ms | 2" in (tmp_path / "report.md").read_text()
+
+
+def test_realtime_sends_the_api_key_a_server_asks_for(tmp_path: Path) -> None:
+    plan = FakePlan(silence_ms=200, reply_delay_s=0.1, chunks=1, chunk_s=0.2, api_key="sk-bench")
+    args = ["bench", "realtime", "--quick", "--limit", "1", "--warmup", "0"]
+    with fake_realtime_server_thread(plan) as url:
+        refused = runner.invoke(app, [*args, "--url", url, "--out", str(tmp_path / "no")])
+        keyed = runner.invoke(
+            app,
+            [*args, "--url", url, "--out", str(tmp_path / "yes")],
+            env={"VOXLINE_API_KEY": "sk-bench"},
+        )
+    assert refused.exit_code != 0
+    assert keyed.exit_code == 0, keyed.output
+    results = json.loads((tmp_path / "yes" / "results.json").read_text())
+    assert results["scenarios"]["realtime"]["v2v_ms"]["n"] == 1
