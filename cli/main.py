@@ -1,5 +1,5 @@
 """The ``voxline`` command line: one voice turn, a spoken sample, the configured models, the
-server, the demo and the benchmark.
+server, the demo, the benchmark, the eval and releases.
 
 This is the composition root (docs/architecture.md, "Layers"): the only module that uses both
 ``server`` and ``benchmarks``. Each command imports the heavy parts it needs when it runs.
@@ -26,6 +26,7 @@ from rich.table import Table
 from benchmarks.cli import bench
 from benchmarks.eval.cli import evaluate
 from cli.doctor import doctor
+from cli.release import release_app
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
 from pipeline.errors import InvalidInput, StageError, VoxlineError
@@ -237,6 +238,7 @@ def models(
 app.command()(doctor)
 app.command()(bench)
 app.command("eval")(evaluate)
+app.add_typer(release_app, name="release")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -202,6 +202,32 @@ async def _start(engine: STT | LLM | TTS, warm: bool) -> None:
     await engine.start()
     if warm:
         await engine.warm()
+
+
+STAGE_BUILDERS: dict[str, Callable[[Settings], STT | LLM | TTS]] = {
+    "stt": build_stt,
+    "llm": build_llm,
+    "tts": build_tts,
+}
+"""Each stage's chain builder, by stage name."""
+
+
+async def start_stage(stage: Stage, settings: Settings, *, warm: bool = True) -> STT | LLM | TTS:
+    """Build, load and (optionally) warm one stage's chain (a server's releases share stages).
+
+    Raises:
+        InvalidInput: ``stage`` is not ``stt``, ``llm`` or ``tts``.
+    """
+    builder = STAGE_BUILDERS.get(stage)
+    if builder is None:
+        raise InvalidInput(f"no engine stage {stage!r}", param="stage")
+    engine: STT | LLM | TTS = builder(settings)
+    try:
+        await _start(engine, warm)
+    except BaseException:
+        await engine.aclose()
+        raise
+    return engine
 
 
 async def start_engines(settings: Settings, *, warm: bool = True) -> Engines:

@@ -1,10 +1,12 @@
 """The FastAPI application factory and its lifespan.
 
-``create_app(settings)`` builds an app whose lifespan loads and warms the engines in the
-background: ``/healthz`` answers at once (liveness), ``/readyz`` says 503 until the engines are
-warm, and model routes answer 503 (OpenAI error shape, Retry-After) until then. Settings and
-engines live on ``app.state``; nothing is read from a module global. Tests may hand in
-already-started engines so one model load serves many tests.
+``create_app(settings)`` builds an app whose lifespan loads and warms the engines of the active
+release (the server's own settings when none was promoted: docs/releases.md) in the background:
+``/healthz`` answers at once (liveness), ``/readyz`` says 503 until the engines are warm, and
+model routes answer 503 (OpenAI error shape, Retry-After) until then. Then it follows the
+store's active-release pointer (``server.releases``). Settings and engines live on
+``app.state``; nothing is read from a module global. Tests may hand in already-started engines
+so one model load serves many tests.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from models.registry import Engines, start_engines
+from models.registry import Engines
 from pipeline.errors import VoxlineError
 from pipeline.settings import Settings
 from pipeline.vad import VAD
@@ -34,6 +36,7 @@ from server.errors import install_error_handlers
 from server.limits import BodyLimitMiddleware
 from server.logging_setup import RequestContextMiddleware
 from server.metrics import RequestMetricsMiddleware
+from server.releases import ReleaseMiddleware
 from server.state import AppState
 
 log = logging.getLogger("voxline.server")
@@ -58,8 +61,9 @@ def create_app(
 
     Args:
         settings: The settings tree (default: from the environment).
-        engines: Already-started engines to serve with (tests); the lifespan then neither loads
-            nor closes them.
+        engines: Already-started engines to serve with (tests) as the server's own settings'
+            release; the lifespan then neither loads nor closes them (it still follows the
+            store: a promoted release gets engines of its own where its settings differ).
         vad: An already-loaded VAD for the realtime sessions (default: loaded with the engines,
             or on the first realtime connection when ``engines`` are handed in).
     """
@@ -69,22 +73,21 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if owns_engines:
-            state.warming = asyncio.create_task(_warm(state))
+        state.warming = asyncio.create_task(_warm(state, load=owns_engines))
         try:
             yield
         finally:
+            if not state.warming.done():
+                state.warming.cancel()
+            await asyncio.gather(state.warming, return_exceptions=True)
+            await state.releases.aclose()  # the engines it started, not those handed in
             state.ledger.close()
             await asyncio.to_thread(state.store.close)
             await asyncio.to_thread(state.tracing.shutdown)
-            if state.warming is not None and not state.warming.done():
-                state.warming.cancel()
-                await asyncio.gather(state.warming, return_exceptions=True)
-            if owns_engines and state.engines is not None:
-                await state.engines.aclose()
 
     app = FastAPI(title="voxline", version="0.1.0", lifespan=lifespan)
     app.state.voxline = state
+    app.add_middleware(ReleaseMiddleware, releases=state.releases)  # server.releases
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.audio.max_bytes + 1024 * 1024)
     app.add_middleware(MeterMiddleware)  # a meter per request: server.accounting
     # added last = outermost: every request is counted and carries a request id
@@ -98,20 +101,23 @@ def create_app(
     return app
 
 
-async def _warm(state: AppState) -> Engines:
-    try:
-        state.engines = await start_engines(state.settings)
-        state.listen(state.engines)
-        log.info("engines ready")
-    except VoxlineError as exc:
-        state.startup_error = str(exc)
-        log.error("engines failed to start: %s", exc)
-        raise
-    try:
-        await state.load_vad()
-    except VoxlineError as exc:  # only realtime needs it: its route retries and reports it
-        log.error("the VAD failed to load: %s", exc)
-    return state.engines
+async def _warm(state: AppState, *, load: bool) -> None:
+    """Start the active release's engines (unless handed in), the VAD, then follow the store
+    until the app stops. A release that cannot start leaves the server unready, still
+    following: a rollback in the store makes it ready."""
+    if load:
+        try:
+            await state.releases.start()
+            log.info("engines ready", extra={"release": state.releases.active_name})
+        except VoxlineError as exc:
+            state.startup_error = str(exc)
+            log.error("engines failed to start: %s", exc)
+        else:
+            try:
+                await state.load_vad()
+            except VoxlineError as exc:  # only realtime needs it: its route retries and reports
+                log.error("the VAD failed to load: %s", exc)
+    await state.releases.follow()
 
 
 def _mount_demo(app: FastAPI, settings: Settings) -> None:

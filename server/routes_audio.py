@@ -55,7 +55,8 @@ from server.audio_schemas import (
 )
 from server.errors import body_of
 from server.logging_setup import current_request_id
-from server.state import AppState, engines_of, state_of
+from server.releases import LiveRelease
+from server.state import AppState, engines_of, release_of, state_of
 
 log = logging.getLogger("voxline.server.audio")
 router = APIRouter()
@@ -218,13 +219,11 @@ async def _transcript_events(
 
 
 @router.get("/v1/audio/voices")
-async def list_voices(
-    engines: Annotated[Engines, Depends(engines_of)],
-    state: Annotated[AppState, Depends(state_of)],
-) -> dict[str, Any]:
-    """The voices the TTS backend accepts, in OpenAI's list shape, and the default one."""
-    voices = engines.tts.capabilities.voices
-    default = state.settings.tts.voice or (voices[0] if voices else None)
+async def list_voices(live: Annotated[LiveRelease, Depends(release_of)]) -> dict[str, Any]:
+    """The voices the TTS backend accepts, in OpenAI's list shape, and the default one (the
+    serving release's)."""
+    voices = live.engines.tts.capabilities.voices
+    default = live.settings.tts.voice or (voices[0] if voices else None)
     return {
         "object": "list",
         "default": default,

@@ -13,6 +13,7 @@ stops the LLM's worker thread.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator
 
@@ -38,7 +39,7 @@ from server.schemas import (
     completion_id,
     now,
 )
-from server.state import engines_of, state_of
+from server.state import release_of, state_of
 from server.streaming import EventStream, cancel_on_disconnect, client_gone, sse
 
 log = logging.getLogger("voxline.server.chat")
@@ -70,8 +71,16 @@ async def chat_completions(
         StageError: the LLM failed before producing anything (5xx).
     """
     messages, params = body.to_pipeline()
-    engines = engines_of(request)
-    model = body.model or state_of(request).settings.llm.model
+    live = release_of(request)
+    engines, llm = live.engines, live.settings.llm
+    # the release's sampling defaults, not the engine's own: releases share an engine
+    params = dataclasses.replace(
+        params,
+        max_tokens=params.max_tokens or llm.max_tokens,
+        temperature=llm.temperature if params.temperature is None else params.temperature,
+        top_p=llm.top_p if params.top_p is None else params.top_p,
+    )
+    model = body.model or llm.model
     state = state_of(request)
 
     def charge(_: list[TextDelta], __: float) -> None:

@@ -29,6 +29,9 @@ after each command so the pump, which never waits on I/O, has drained them by th
 When the client goes away, ``session.aclose()`` cancels the response in flight, which stops the
 engines' worker threads within a frame of work. Until the engines are warm, a connection gets an
 ``error`` (``engines_not_ready``) and is closed with 1013 (try again later).
+
+A session is served by one release from start to end (``server.releases``): the one leased when
+it connected, whose name is in ``session.created`` and every ``response.done`` (``voxline``).
 """
 
 from __future__ import annotations
@@ -51,7 +54,6 @@ from pipeline.events import ErrorEvent, ResponseDone, TranscriptCompleted, Usage
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.stages import CallRecord
-from pipeline.types import TurnTimings
 from server.accounting import SessionUsage
 from server.logging_setup import bind
 from server.realtime_events import ServerEvents, Wire, error_event
@@ -68,7 +70,7 @@ from server.realtime_protocol import (
     TruncateItem,
     UpdateSession,
 )
-from server.state import AppState
+from server.state import AppState, release_of
 
 log = logging.getLogger("voxline.server.realtime")
 
@@ -92,23 +94,26 @@ async def realtime(
     assert isinstance(state, AppState)
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
-    engines, vad = state.engines, None
-    reason = state.startup_error or "the engines are still loading: try again shortly"
-    if engines is not None:
-        try:
-            vad = await state.load_vad()
-        except VoxlineError as exc:
-            reason = str(exc)
-    if engines is None or vad is None:
+    try:
+        # the session's release: its settings and engines for the whole session
+        live = release_of(websocket)
+        vad = await state.load_vad()
+    except VoxlineError as exc:
+        reason = str(exc)
+        if state.engines is None:
+            reason = state.startup_error or "the engines are still loading: try again shortly"
         error = ErrorEvent(reason, "server_error", code="engines_not_ready")
         with suppress(WebSocketDisconnect, RuntimeError):
             await websocket.send_text(json.dumps(error_event(error)))
             await websocket.close(code=_TRY_AGAIN_LATER, reason="engines not ready")
         return
-    settings = state.settings
+    settings, engines = live.settings, live.engines
     config = SessionConfig.from_settings(settings)
     events = ServerEvents(
-        model=model or "voxline", config=config, transcription_model=engines.stt.name
+        model=model or "voxline",
+        config=config,
+        transcription_model=engines.stt.name,
+        release=live.name,
     )
     heard = _LastTranscription(engines.stt.name)
     session = Session(
@@ -132,10 +137,15 @@ async def realtime(
         backlog_bytes=settings.audio.max_bytes,
         default_vad=TurnDetection.from_settings(settings.session),
         usage=SessionUsage(state.accounting, events.session_id),
-        observe_turn=state.metrics.observe_turn,
+        observe_turn=functools.partial(state.releases.observe_response, live.name),
         heard=heard,
     )
-    log.info("realtime session %s opened (model %s)", events.session_id, events.model)
+    log.info(
+        "realtime session %s opened (model %s, release %s)",
+        events.session_id,
+        events.model,
+        live.name,
+    )
     try:
         with state.metrics.session(), bind(session_id=events.session_id):
             await connection.run()
@@ -186,7 +196,7 @@ class _Connection:
         backlog_bytes: int,
         default_vad: TurnDetection,
         usage: SessionUsage | None = None,
-        observe_turn: Callable[[TurnTimings], None] = lambda _: None,
+        observe_turn: Callable[[ResponseDone], None] = lambda _: None,
         heard: _LastTranscription | None = None,
     ) -> None:
         self._ws = websocket
@@ -333,7 +343,7 @@ class _Connection:
             try:
                 wires = self._events.map(event, cause)
                 if isinstance(event, ResponseDone) and self._usage is not None:
-                    self._observe_turn(event.timings)
+                    self._observe_turn(event)
                     billed = self._usage.report()
                     for wire in wires:  # the cost rides in response.done's usage
                         if wire["type"] == "response.done":

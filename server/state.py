@@ -10,10 +10,10 @@ import asyncio
 import logging
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from models.registry import Engines
 from models.vad_silero import SileroVAD
-from pipeline.errors import EngineUnavailable
 from pipeline.fallback_core import Chain
 from pipeline.fallback_types import FallbackReport
 from pipeline.ledger import Ledger
@@ -22,6 +22,7 @@ from pipeline.vad import VAD
 from server.accounting import Accounting
 from server.logging_setup import log_call
 from server.metrics import Metrics
+from server.releases import LiveRelease, ServerReleases, slot_release
 from server.tracing import Tracing
 from store import Store
 
@@ -29,11 +30,15 @@ log = logging.getLogger("voxline.server")
 
 
 class AppState:
-    """What the routes share: settings, engines once warm, and why they are not (if so).
+    """What the routes share: settings, the releases and their engines once warm, and why
+    they are not (if so).
 
-    ``vad`` is the one loaded VAD model; each realtime session ``fork()`` s it (its own state,
-    the same weights). ``store`` is the durable state (``VOXLINE_STATE__URL``), opened here (its
-    schema migrated) and closed by the app's lifespan.
+    ``settings`` are the server's own; ``releases`` (``server.releases``) hold the active
+    release (and a canary): each request or session gets its release, with its settings and
+    engines, from ``release_of`` / ``engines_of`` / ``settings_of``. ``engines`` are the active
+    release's. ``vad`` is the one loaded VAD model; each realtime session ``fork()`` s it (its
+    own state, the same weights). ``store`` is the durable state (``VOXLINE_STATE__URL``),
+    opened here (its schema migrated) and closed by the app's lifespan.
     """
 
     def __init__(
@@ -45,19 +50,34 @@ class AppState:
         store: Store | None = None,
     ) -> None:
         self.settings = settings
-        self.engines = engines
         self.vad = vad
         self.store = store or Store.open(settings.state)
         self.startup_error: str | None = None
-        self.warming: asyncio.Task[Engines] | None = None
+        self.warming: asyncio.Task[None] | None = None
         self.metrics = Metrics()
         self.ledger = Ledger.from_settings(settings.pricing)
         self.ledger.listeners.append(self.metrics.observe_charge)
         self.accounting = Accounting(self.ledger, self.metrics)
         self.tracing = Tracing.from_settings(settings)
         self._listened: set[int] = set()
+        self.releases = ServerReleases(
+            settings, self.store, metrics=self.metrics, listen=self.listen
+        )
         if engines is not None:
-            self.listen(engines)
+            self.engines = engines
+
+    @property
+    def engines(self) -> Engines | None:
+        """The active release's engines (``None`` while none is ready)."""
+        active = self.releases.active
+        return None if active is None else active.engines
+
+    @engines.setter
+    def engines(self, engines: Engines) -> None:
+        """Serve ``engines`` (already started, never closed here) as the server's own
+        settings' release."""
+        self.releases.adopt(engines)
+        self.listen(engines)
 
     def listen(self, engines: Engines) -> None:
         """Hook metrics, traces and stage logs into every backend of every chain (once each:
@@ -104,10 +124,24 @@ def state_of(request: Request) -> AppState:
     return state
 
 
+def release_of(request: HTTPConnection) -> LiveRelease:
+    """The release serving this request or connection: its name, settings and engines, the
+    same for its whole life (a FastAPI dependency; ``server.releases``).
+
+    Raises:
+        EngineUnavailable: no release is ready yet (503).
+    """
+    state: AppState = request.app.state.voxline
+    return slot_release(request, reason=state.startup_error or state.releases.error)
+
+
 def engines_of(request: Request) -> Engines:
-    """The warm engines, or a 503 while they are loading (a FastAPI dependency)."""
-    state = state_of(request)
-    if state.engines is None:
-        reason = state.startup_error or "the engines are still loading"
-        raise EngineUnavailable(reason, stage="pipeline", backend="server")
-    return state.engines
+    """The warm engines of the request's release, or a 503 while they are loading (a FastAPI
+    dependency)."""
+    return release_of(request).engines
+
+
+def settings_of(request: Request) -> Settings:
+    """The settings of the request's release: the server's own with the release's overrides
+    (prompt, sampling, voice...)."""
+    return release_of(request).settings
