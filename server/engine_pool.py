@@ -95,7 +95,8 @@ class EnginePool:
 
     def adopt(self, settings: Settings, engines: Engines) -> Keys:
         """Hold engines started elsewhere (handed to the app) under ``settings``' keys; they
-        are shared like any other and never closed by the pool."""
+        are shared like any other, kept even when no release holds them (a rollback to them
+        loads nothing) and never closed by the pool."""
         keys = {stage: engine_key(settings, stage) for stage in STAGES}
         for stage in STAGES:
             entry = self._entries.get(keys[stage])
@@ -156,7 +157,7 @@ class EnginePool:
         )
 
     def _unused(self) -> list[_Entry]:
-        gone = [key for key, entry in self._entries.items() if entry.users <= 0]
+        gone = [k for k, e in self._entries.items() if e.users <= 0 and e.owned]
         return [self._entries.pop(key) for key in gone]
 
     @staticmethod

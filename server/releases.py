@@ -297,9 +297,13 @@ class ServerReleases:
             None if self.canary is None else self.canary.name,
         )
 
+    async def settle(self) -> None:
+        """Wait for the engine closes already scheduled (retired releases') to finish."""
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
     async def aclose(self) -> None:
         """Close every engine this server started (at shutdown)."""
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.settle()
         self.active = self.canary = None
         self._held.clear()
         await self.pool.aclose()
