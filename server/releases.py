@@ -256,7 +256,11 @@ class ServerReleases:
         canary = pointer.canary
         if canary is None:
             self._watch = None
-        elif self._watch is None or self._watch.name != canary.name:
+        elif (
+            self._watch is None
+            or self._watch.name != canary.name
+            or pointer.active not in self._watch.stats
+        ):
             stats = {pointer.active: TurnStats(), canary.name: TurnStats()}
             self._watch = _CanaryWatch(canary.name, canary.percent, stats)
 

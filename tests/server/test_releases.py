@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from models.registry import Engines
-from pipeline.settings import ReleaseSettings
+from pipeline.settings import ReleaseSettings, StateSettings
 from pipeline.settings_env import to_tree
 from server.state import AppState
+from store import Store
 from store.releases import IMPLICIT
 from tests.server.conftest import AppFactory, http_client, make_settings, openai_client, spoken_wav
 
@@ -192,3 +193,32 @@ async def test_a_release_that_cannot_start_leaves_the_server_on_its_release(
     state.store.releases.rollback(reason="cannot start")
     await state.releases.poll()
     assert state.releases.error is None and state.releases.active.name == IMPLICIT
+
+
+async def test_replicas_on_one_postgres_follow_one_pointer(
+    app_factory: AppFactory, postgres_url: str
+) -> None:
+    settings = make_settings(
+        state=StateSettings(url=postgres_url), release=ReleaseSettings(canary_min_turns=1)
+    )
+    replicas = [_state(app_factory(settings)) for _ in range(2)]
+    with Store.open(url=postgres_url) as admin:  # the `voxline release` commands' store
+        admin.releases.create("terse", TERSE, to_tree(TERSE))
+        admin.releases.start_canary("terse", 50)
+        for replica in replicas:
+            await replica.releases.poll()
+        assert all(r.releases.canary is not None for r in replicas)
+
+        # one replica sees the canary fail and rolls it back; the other follows the store
+        first, second = replicas
+        first.releases.observe_turn(IMPLICIT, None, outcome="completed", fallback=False)
+        first.releases.observe_turn("terse", None, outcome="failed", fallback=False)
+        await first.releases.poll()
+        await second.releases.poll()
+        assert first.releases.canary is None and second.releases.canary is None
+        assert admin.releases.require("terse").status == "rolled_back"
+
+        admin.releases.promote("terse")
+        for replica in replicas:
+            await replica.releases.poll()
+        assert {r.releases.active_name for r in replicas} == {"terse"}
