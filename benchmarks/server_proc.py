@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -49,8 +50,12 @@ async def local_server(
         EngineUnavailable: the server exited or was not ready within ``ready_timeout_s``.
     """
     port = _free_port()
-    env = {**os.environ, **config.environ()}
+    env = {k: v for k, v in os.environ.items() if k != "VOXLINE_STATE__URL"}
+    env.update(config.environ())
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # a state store of its own: no API keys (its clients are loopback, keyless), and its
+    # charges stay out of the user's ledger
+    env["VOXLINE_STATE__DATA_DIR"] = tempfile.mkdtemp(prefix="state-", dir=log_path.parent)
     command = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1"]
     with log_path.open("wb") as log:
         start = time.perf_counter()

@@ -26,6 +26,8 @@ from rich.table import Table
 from benchmarks.cli import bench
 from benchmarks.eval.cli import evaluate
 from cli.doctor import doctor
+from cli.jobs import app as jobs_app
+from cli.keys import app as keys_app
 from cli.release import release_app
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
@@ -175,20 +177,56 @@ def say(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Deploy on the Ray cluster at this address (auto, HOST:PORT, ray://HOST:10001,"
+            " local): the stages as Ray Serve deployments, the API as their ingress.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the streaming voice server (realtime WebSocket + OpenAI-compatible HTTP)."""
+    settings = Settings()
+    refusal = _exposure_refusal(settings, host)
+    if refusal is not None:
+        raise _fail(refusal, 2)
+    if ray is not None:
+        from server.ray_serve import run  # ray is an optional extra (docs/ray.md)
+
+        run(settings, ray, host=host, port=port)
+        return
     import uvicorn
 
     from server.app import create_app
     from server.logging_setup import configure_logging
 
-    settings = Settings()
     logging.getLogger().handlers.clear()  # the CLI's plain handler: the server logs JSON lines
     configure_logging(settings.observability)
     # our JSON handler takes uvicorn's logs too; its access log (raw paths and query strings)
     # is replaced by one line per request from the request-context middleware
     uvicorn.run(
         create_app(settings), host=host, port=port, ws="auto", log_config=None, access_log=False
+    )
+
+
+def _exposure_refusal(settings: Settings, host: str) -> str | None:
+    """Why ``serve`` must not listen on ``host`` (``None``: it may). The secure default: with
+    no API key, a server answers loopback clients only, so binding another interface without
+    one is refused unless the setting says so explicitly."""
+    from server.edge.hosts import is_loopback
+    from store import Store
+
+    if is_loopback(host) or settings.edge.allow_remote_without_keys:
+        return None
+    with Store.open(settings.state) as store:
+        if store.keys.any_keys():
+            return None
+    return (
+        f"refusing to listen on {host} without an API key: anyone who can reach it could use"
+        " it. Create a key first (`voxline keys create NAME`), or set"
+        " VOXLINE_EDGE__ALLOW_REMOTE_WITHOUT_KEYS=true to serve without authentication."
     )
 
 
@@ -199,11 +237,17 @@ def demo(
     ),
     host: Annotated[str, typer.Option(help="Interface the demo listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The demo's TCP port.")] = 7860,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VOXLINE_API_KEY", help="A key (realtime scope) for a server with API keys."
+        ),
+    ] = None,
 ) -> None:
     """Serve the browser demo on its own against a running server (``serve`` has it at /demo)."""
     from server.demo import launch_demo  # gradio is heavy: imported only for this command
 
-    launch_demo(url, host=host, port=port)
+    launch_demo(url, host=host, port=port, api_key=api_key)
 
 
 @app.command()
@@ -237,7 +281,9 @@ def models(
 
 app.command()(doctor)
 app.command()(bench)
+app.add_typer(keys_app, name="keys")
 app.command("eval")(evaluate)
+app.add_typer(jobs_app, name="jobs")
 app.add_typer(release_app, name="release")
 
 

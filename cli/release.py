@@ -42,6 +42,9 @@ SERVER_ONLY: Mapping[str, str] = {
     "audio": "upload limits are enforced before a release is chosen: a server setting",
     "release": "how servers follow releases: a server setting, not a release's",
     "demo_enabled": "the demo is mounted at start: a server setting",
+    "edge": "keys, origins and limits guard every release alike: a server setting",
+    "jobs": "the job queue and workers are the process's: a server setting",
+    "ray": "the Ray Serve deployment is the process's: a server setting",
 }
 """Top-level settings a release may not set, and why (they are read once, by the process)."""
 

@@ -90,8 +90,20 @@ def policy_of(fallback: FallbackSettings) -> FallbackPolicy:
     return FallbackPolicy(**fallback.model_dump())
 
 
+def _ray(stage: Stage, settings: Settings) -> STT | LLM | TTS:
+    from models.ray_stage import ray_backend  # ray is an optional extra
+
+    ray = settings.ray
+    fallback: FallbackSettings = getattr(settings, stage).fallback
+    return ray_backend(stage, ray.app_name, retries=ray.replica_retries, policy=policy_of(fallback))
+
+
 def _stt_backend(name: BackendName, settings: Settings) -> STT:
     cfg = settings.stt
+    if name == "ray":
+        stt = _ray("stt", settings)
+        assert isinstance(stt, STT)
+        return stt
     if name == "hosted":
         from models.stt_hosted import HostedSTT
 
@@ -107,6 +119,10 @@ def _stt_backend(name: BackendName, settings: Settings) -> STT:
 
 def _llm_backend(name: BackendName, settings: Settings) -> LLM:
     cfg = settings.llm
+    if name == "ray":
+        llm = _ray("llm", settings)
+        assert isinstance(llm, LLM)
+        return llm
     if name == "hosted":
         from models.llm_hosted import HostedLLM
 
@@ -138,6 +154,10 @@ def _llm_engine(engine: str) -> str:
 
 def _tts_backend(name: BackendName, settings: Settings) -> TTS:
     cfg = settings.tts
+    if name == "ray":
+        tts = _ray("tts", settings)
+        assert isinstance(tts, TTS)
+        return tts
     if name == "hosted":
         from models.tts_hosted import HostedTTS
 
@@ -274,6 +294,9 @@ def _info(stage: Stage, backend: BackendName, engine: str, ref: str) -> ModelInf
 
 def _backend_info(stage: Stage, backend: BackendName, settings: Settings) -> ModelInfo:
     cfg: STTSettings | LLMSettings | TTSSettings = getattr(settings, stage)
+    if backend == "ray":
+        where = f"{settings.ray.address or '(VOXLINE_RAY__ADDRESS unset)'} {settings.ray.app_name}"
+        return ModelInfo(stage, backend, "ray", "-", "ray", where, None, None, None)
     if backend == "hosted":
         hosted = cfg.hosted
         where = hosted.base_url or "(VOXLINE_" + stage.upper() + "__HOSTED__BASE_URL unset)"

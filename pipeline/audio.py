@@ -85,6 +85,7 @@ def decode_audio(data: bytes, *, sample_rate: int, limits: AudioLimits) -> Audio
             if not container.streams.audio:
                 raise AudioDecodeError("no audio stream found", param="file", code="invalid_audio")
             stream = container.streams.audio[0]
+            _check_declared(stream, container, limits)
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             for frame in container.decode(stream):
                 _check_frame(frame, limits)
@@ -121,9 +122,34 @@ def decode_audio(data: bytes, *, sample_rate: int, limits: AudioLimits) -> Audio
     return AudioChunk(samples, sample_rate)
 
 
+def _check_declared(stream: object, container: object, limits: AudioLimits) -> None:
+    """Refuse what the file's own header says breaks a limit, before decoding a frame: a small
+    file can declare an hour of 8-channel 192 kHz audio, seconds of CPU to decode just to find
+    out. Frames are still checked as they come (a header can lie, or say nothing)."""
+    codec = stream.codec_context  # type: ignore[attr-defined]
+    channels, rate = codec.channels, codec.sample_rate
+    if channels and rate:
+        _check_format(channels, rate, limits)
+    seconds = None
+    if stream.duration is not None and stream.time_base:  # type: ignore[attr-defined]
+        seconds = float(stream.duration * stream.time_base)  # type: ignore[attr-defined]
+    elif container.duration is not None:  # type: ignore[attr-defined]
+        seconds = container.duration / 1_000_000  # type: ignore[attr-defined]  # AV_TIME_BASE
+    if seconds is not None and seconds > limits.max_seconds:
+        raise AudioDecodeError(
+            f"audio is longer than {limits.max_seconds:g} seconds (its header says"
+            f" {seconds:.0f} s)",
+            param="file",
+            code="audio_too_long",
+        )
+
+
 def _check_frame(frame: object, limits: AudioLimits) -> None:
     channels = len(frame.layout.channels)  # type: ignore[attr-defined]
-    rate = frame.sample_rate  # type: ignore[attr-defined]
+    _check_format(channels, frame.sample_rate, limits)  # type: ignore[attr-defined]
+
+
+def _check_format(channels: int, rate: int | None, limits: AudioLimits) -> None:
     if channels > limits.max_channels:
         raise AudioDecodeError(
             f"audio has {channels} channels; the limit is {limits.max_channels}",

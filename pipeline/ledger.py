@@ -7,30 +7,26 @@ hosted API compare in the same currency. It is pure (no web, no engines): the se
 charges and shows them in ``response.done``, ``/v1/turns`` results and ``GET /v1/usage``; the
 benchmark can price its runs the same way.
 
-Every charge keeps the price it was recorded with: with ``ledger_path`` set, charges are
-appended to a JSON-lines file and replayed at start, so totals survive a restart and a later
-change of prices never rewrites history.
+Every charge keeps the price it was recorded with, so a later change of prices never rewrites
+history. The ledger keeps this process's totals in memory; the server stores each charge, with
+the API key it was for, in the state store (``store.charges``: one row per charge, written in
+its own transaction, so a crash cannot tear one), which is what ``GET /v1/usage`` reads.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Literal
 
 from pipeline.errors import Stage
 
 if TYPE_CHECKING:  # annotations only: the ledger stays importable without pydantic or numpy
     from pipeline.settings import PricingSettings
     from pipeline.stages import CallRecord
-
-log = logging.getLogger("voxline.ledger")
 
 BackendKind = Literal["hosted", "gpu", "cpu"]
 
@@ -157,41 +153,31 @@ ChargeListener = Callable[[Charge], None]
 class Ledger:
     """Records charges and keeps their totals per (UTC day, backend); thread-safe.
 
-    Only the totals are kept in memory (a long-running server records millions of charges);
-    the individual charges live in the JSON-lines file when one is configured.
+    Only the totals are kept, in memory (a long-running server records millions of charges);
+    the individual charges are its listeners' to keep (the server's accounting stores them).
 
     Args:
         prices: The price table.
-        path: JSON-lines file to append every charge to and to replay now (``None``: memory
-            only). A line that cannot be read (a write cut short by a crash) is skipped.
         clock: Unix time source (tests pin it to put charges on chosen days).
     """
 
     def __init__(
         self,
         prices: PriceTable | None = None,
-        path: Path | None = None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.prices = prices or PriceTable()
-        self.path = path
         self.listeners: list[ChargeListener] = []
-        """Called with every new charge (not replayed ones), e.g. ``Metrics.observe_charge``."""
+        """Called with every new charge, e.g. ``Metrics.observe_charge``."""
         self._clock = clock
         self._lock = threading.Lock()
         self._totals: dict[tuple[str, str, bool], Totals] = {}
-        self._file: IO[str] | None = None
-        if path is not None:
-            self._replay(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # line-buffered: each charge reaches the file as one whole line, at once
-            self._file = path.open("a", encoding="utf-8", buffering=1)
 
     @classmethod
     def from_settings(cls, pricing: PricingSettings) -> Ledger:
-        """A ledger priced and stored as the ``pricing`` settings section says."""
-        return cls(PriceTable.from_settings(pricing), pricing.ledger_path)
+        """A ledger priced as the ``pricing`` settings section says."""
+        return cls(PriceTable.from_settings(pricing))
 
     def record(
         self,
@@ -206,7 +192,33 @@ class Ledger:
         engine_seconds: float = 0.0,
         speculative: bool = False,
     ) -> float:
-        """Price one stage's usage within a request, add it to the totals and return its cost.
+        """``charge(...)``'s cost in USD (same arguments)."""
+        return self.charge(
+            request_id,
+            backend,
+            stage,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            chars=chars,
+            audio_seconds=audio_seconds,
+            engine_seconds=engine_seconds,
+            speculative=speculative,
+        ).cost_usd
+
+    def charge(
+        self,
+        request_id: str,
+        backend: str,
+        stage: Stage,
+        *,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        chars: int = 0,
+        audio_seconds: float = 0.0,
+        engine_seconds: float = 0.0,
+        speculative: bool = False,
+    ) -> Charge:
+        """Price one stage's usage within a request, add it to the totals and return the charge.
 
         Args:
             request_id: The request (or realtime response) it belongs to.
@@ -220,7 +232,7 @@ class Ledger:
             speculative: The work was for a speculative reply that was dropped.
 
         Returns:
-            The charge's cost in USD.
+            The charge, with its cost in USD.
         """
         cost = self.prices.price(
             stage,
@@ -246,20 +258,23 @@ class Ledger:
         )
         with self._lock:
             self._add(charge)
-            if self._file is not None:
-                # one short line to a local file: microseconds, so fine on the event loop
-                self._file.write(json.dumps(asdict(charge), separators=(",", ":")) + "\n")
         for listener in self.listeners:
             listener(charge)
-        return cost
+        return charge
 
     def record_call(self, request_id: str, call: CallRecord, *, speculative: bool = False) -> float:
-        """Record one engine call (``pipeline.stages.CallRecord``) and return its cost.
+        """Record one engine call and return its cost (``charge_call``'s)."""
+        return self.charge_call(request_id, call, speculative=speculative).cost_usd
+
+    def charge_call(
+        self, request_id: str, call: CallRecord, *, speculative: bool = False
+    ) -> Charge:
+        """Record one engine call (``pipeline.stages.CallRecord``) and return its charge.
 
         The quantities are the engine's own: STT audio seconds in, LLM prompt and completion
         tokens, TTS characters and audio seconds out, and the call's compute time.
         """
-        return self.record(
+        return self.charge(
             request_id,
             call.backend,
             call.stage,
@@ -272,7 +287,7 @@ class Ledger:
         )
 
     def total(self) -> Totals:
-        """Everything recorded (including replayed charges)."""
+        """Everything recorded."""
         with self._lock:
             values = list(self._totals.values())
         out = Totals()
@@ -306,50 +321,6 @@ class Ledger:
                 per_day[backend] = per_day.get(backend, Totals()).plus(t)
         return out
 
-    def close(self) -> None:
-        """Close the JSON-lines file (recording after this keeps totals in memory only)."""
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-
     def _add(self, charge: Charge) -> None:
         key = (charge.day, charge.backend, charge.speculative)
         self._totals[key] = self._totals.get(key, Totals()).plus(charge)
-
-    def _replay(self, path: Path) -> None:
-        if not path.exists():
-            return
-        skipped = 0
-        with path.open(encoding="utf-8") as lines:
-            for line in lines:
-                if not line.strip():
-                    continue
-                try:
-                    self._add(_charge_of(json.loads(line)))
-                except (ValueError, TypeError, KeyError):
-                    skipped += 1
-        if skipped:
-            log.warning("skipped %d unreadable line(s) of the ledger %s", skipped, path)
-
-
-def _charge_of(data: Any) -> Charge:
-    """A charge read back from one JSON line (types checked: the file may be hand-edited)."""
-    if not isinstance(data, dict):
-        raise TypeError("not an object")
-    stage = data["stage"]
-    if stage not in get_args(Stage):
-        raise ValueError(f"unknown stage {stage!r}")
-    return Charge(
-        at=float(data["at"]),
-        request_id=str(data["request_id"]),
-        backend=str(data["backend"]),
-        stage=stage,
-        tokens_in=int(data.get("tokens_in", 0)),
-        tokens_out=int(data.get("tokens_out", 0)),
-        chars=int(data.get("chars", 0)),
-        audio_seconds=float(data.get("audio_seconds", 0.0)),
-        engine_seconds=float(data.get("engine_seconds", 0.0)),
-        cost_usd=float(data.get("cost_usd", 0.0)),
-        speculative=bool(data.get("speculative", False)),
-    )

@@ -39,7 +39,9 @@ class HostedSettings(BaseModel):
     """Retries of a request that failed before any output (connection errors, 429, 5xx)."""
 
 
-BackendName = Literal["gpu", "cpu", "hosted"]
+BackendName = Literal["gpu", "cpu", "hosted", "ray"]
+"""``ray``: the stage's Ray Serve deployment (docs/ray.md); the others run in this process or,
+for ``hosted``, behind an OpenAI-compatible URL."""
 
 
 class FallbackSettings(BaseModel):
@@ -406,6 +408,7 @@ class PricingSettings(BaseModel):
     whisper-1, gpt-4o-mini and tts-1 when this was written: edit them for your provider (a second
     voxline server as the hosted backend costs what its machine costs: set them to 0). Local
     engines are priced by the seconds they ran times an hourly rate for the machine kind.
+    Charges are stored in the state store (``state``), each with the API key it was for.
     """
 
     model_config = ConfigDict(use_attribute_docstrings=True)
@@ -422,9 +425,6 @@ class PricingSettings(BaseModel):
     """Local engines on a CPU: USD per engine-hour (a share of a small cloud VM)."""
     local_gpu_usd_per_hour: float = Field(default=2.0, ge=0.0)
     """Local engines on a GPU: USD per engine-hour (about an on-demand datacenter GPU)."""
-    ledger_path: Path | None = None
-    """JSON-lines file every charge is appended to, replayed at start so totals survive a
-    restart (unset: in memory only)."""
 
 
 class StateSettings(BaseModel):
@@ -451,6 +451,142 @@ class StateSettings(BaseModel):
     """SQLite only. ``NORMAL``: a commit is in the WAL file when the call returns, so killing
     the process loses nothing; a power cut may lose the last commits (the file stays
     consistent). ``FULL``: every commit is synced to disk too (about 5 ms more per write)."""
+
+
+class EdgeSettings(BaseModel):
+    """The edge of the server: API keys, origins and hosts, per-key limits (README, "Security").
+
+    Auth is on as soon as one API key exists (``voxline keys create``); until then the server
+    answers loopback clients only. Browsers are accepted from the server's own origin, loopback
+    origins and ``allowed_origins``; the ``Host`` header must be a loopback name, the address the
+    connection arrived on, or one of ``allowed_hosts`` (DNS rebinding).
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    allowed_origins: list[str] = []
+    """Browser origins allowed besides the server's own and loopback ones, exactly as browsers
+    send them (``https://app.example.com``; ``*``: any origin). Others are refused with 403,
+    WebSocket handshakes included."""
+    allowed_hosts: list[str] = []
+    """``Host`` names accepted besides loopback names and the address the connection arrived
+    on: ``voice.example.com``, ``*.example.com``, or ``*`` (no check). Set it to the name
+    clients use when the server is exposed."""
+    allow_remote_without_keys: bool = False
+    """Serve non-loopback clients while no API key exists (no authentication at all). Off: the
+    server refuses them, and ``voxline serve`` refuses to bind a non-loopback address."""
+    metrics_from_loopback: bool = False
+    """Let loopback clients scrape ``/metrics`` without a key (a local Prometheus); otherwise
+    ``/metrics`` needs a key with the ``admin`` scope once keys exist."""
+    client_secret_ttl_s: int = Field(default=600, ge=10, le=7200)
+    """Lifetime of a realtime client secret when the request sets none (OpenAI's default)."""
+    demo_login_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
+    """Lifetime of a demo login: the client secret its cookie holds."""
+    session_lease_ttl_s: float = Field(default=30.0, ge=2.0)
+    """Seconds a realtime session's slot (``max_sessions`` per key) outlives its last renewal:
+    a crashed replica's sessions stop counting after this."""
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest JSON request body (chat, speech, client secrets), refused with 413 before it is
+    parsed. Uploads (transcriptions, turns, the demo) are bounded by ``audio.max_bytes``."""
+
+
+class JobSettings(BaseModel):
+    """Durable jobs (``POST /v1/jobs``): long audio, long text, batches of turns (docs/jobs.md).
+
+    Jobs live in the state store, so they survive a restart: a job whose worker died is taken
+    over once its lease lapses and resumes after its last finished chunk.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    workers: int = Field(default=1, ge=0, le=64)
+    """Jobs this process runs at once (0: it only accepts jobs; another replica runs them)."""
+    chunk_parallelism: int = Field(default=2, ge=1, le=64)
+    """Chunks of one job in flight at once (they run at batch priority: interactive work first)."""
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    """Largest job upload in bytes (audio file, text, JSONL); larger ones are refused (413)."""
+    max_seconds: float = Field(default=4 * 3600.0, gt=0.0)
+    """Longest audio a transcription job accepts, in seconds (checked while decoding)."""
+    max_text_chars: int = Field(default=1_000_000, ge=1)
+    """Longest text a speech job accepts, in characters."""
+    max_turns: int = Field(default=1000, ge=1)
+    """Most lines in the JSONL file of a turns job."""
+    max_pending: int = Field(default=1000, ge=1)
+    """Queued and running jobs of all callers together; past it a submission gets 429."""
+    max_pending_per_key: int = Field(default=20, ge=1)
+    """Queued and running jobs of one API key (or of anonymous callers); past it 429."""
+    chunk_seconds: float = Field(default=30.0, ge=5.0, le=600.0)
+    """Longest audio chunk of a transcription job: audio is cut at the longest silence before
+    this (whisper reads 30 s windows)."""
+    min_chunk_seconds: float = Field(default=10.0, ge=0.5, le=600.0)
+    """A cut is not made before this many seconds of chunk (fewer, longer chunks)."""
+    min_silence_ms: int = Field(default=300, ge=32, le=10_000)
+    """Silence (Silero VAD) long enough to cut at; a chunk with no voiced frame is skipped."""
+    speech_chunk_chars: int = Field(default=600, ge=50, le=4096)
+    """Largest text chunk of a speech job (whole sentences up to this many characters)."""
+    lease_ttl_s: float = Field(default=30.0, gt=0.0)
+    """A worker renews its claim on a job this often (a third of it, in fact); a job whose
+    worker died is taken over this long after its last renewal."""
+    poll_interval_s: float = Field(default=1.0, gt=0.0)
+    """How often an idle worker looks for queued jobs (and for jobs whose worker died)."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Times a job may be started (a worker that died counts); the next one fails it."""
+
+
+class RayStageSettings(BaseModel):
+    """One stage as a Ray Serve deployment: replicas, autoscaling, resources."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    num_replicas: int = Field(default=1, ge=1)
+    """Replicas when autoscaling is off."""
+    autoscaling: bool = False
+    """Let Ray Serve scale between ``min_replicas`` and ``max_replicas``."""
+    min_replicas: int = Field(default=1, ge=0)
+    """Autoscaling: fewest replicas."""
+    max_replicas: int = Field(default=2, ge=1)
+    """Autoscaling: most replicas."""
+    target_ongoing_requests: float = Field(default=2.0, gt=0.0)
+    """Autoscaling: requests in flight per replica that Serve aims for."""
+    max_ongoing_requests: int = Field(default=8, ge=1)
+    """Requests a replica takes at once; more wait in Serve's queue."""
+    num_cpus: float = Field(default=0.25, ge=0.0)
+    """CPUs Ray reserves per replica (for placement only: fractions share a core; the engine's
+    own thread settings decide what it uses)."""
+    num_gpus: float = Field(default=0.0, ge=0.0)
+    """GPUs (or a fraction of one) Ray reserves per replica."""
+    chain: list[Literal["gpu", "cpu", "hosted"]] | None = None
+    """The backends inside each replica (unset: ``gpu`` then ``cpu`` on a machine with CUDA,
+    else ``cpu``)."""
+
+
+class RaySettings(BaseModel):
+    """Ray Serve: the stages as deployments, the API as their ingress (docs/ray.md)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    address: str | None = None
+    """Ray cluster address (``auto``, ``HOST:PORT``, ``ray://HOST:10001``; ``local``: start one
+    in this process). Unset: no Ray; a chain naming ``ray`` needs it."""
+    app_name: str = "voxline"
+    """Ray Serve application name (the stage deployments are looked up in it)."""
+    namespace: str = "voxline"
+    """Ray namespace the server and its deployments share."""
+    replica_retries: int = Field(default=1, ge=0, le=8)
+    """A stage call whose replica died is retried this many times (Serve routes it to another
+    replica); what was already streamed is not repeated."""
+    job_tasks: bool = True
+    """On Ray, run job chunks as Ray tasks (any node) rather than in the ingress process."""
+    task_num_cpus: float = Field(default=0.25, ge=0.0)
+    """CPUs Ray reserves per job chunk task (the engine work is in the stage replicas)."""
+    stt: RayStageSettings = RayStageSettings()
+    """The STT deployment."""
+    llm: RayStageSettings = RayStageSettings()
+    """The LLM deployment."""
+    tts: RayStageSettings = RayStageSettings()
+    """The TTS deployment."""
+    ingress: RayStageSettings = RayStageSettings(num_cpus=0.25)
+    """The API deployment (HTTP routes and the realtime WebSocket)."""
 
 
 class ReleaseSettings(BaseModel):
@@ -518,6 +654,12 @@ class Settings(BaseSettings):
     """The cost ledger's price table."""
     state: StateSettings = StateSettings()
     """The durable state store."""
+    edge: EdgeSettings = EdgeSettings()
+    """API keys, origins, hosts and per-key limits."""
+    jobs: JobSettings = JobSettings()
+    """Durable jobs."""
+    ray: RaySettings = RaySettings()
+    """Ray Serve deployment."""
     release: ReleaseSettings = ReleaseSettings()
     """Releases: following promotions, the promotion gate, canaries."""
     cache_dir: Path = Path.home() / ".cache" / "voxline"

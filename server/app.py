@@ -25,21 +25,27 @@ from pipeline.vad import VAD
 from server import (
     routes_audio,
     routes_chat,
+    routes_client_secrets,
     routes_health,
+    routes_jobs,
     routes_metrics,
     routes_realtime,
     routes_turns,
     routes_usage,
 )
 from server.accounting import MeterMiddleware
+from server.edge import EdgeMiddleware, install_handlers
 from server.errors import install_error_handlers
 from server.limits import BodyLimitMiddleware
 from server.logging_setup import RequestContextMiddleware
 from server.metrics import RequestMetricsMiddleware
+from server.openapi import install_openapi
 from server.releases import ReleaseMiddleware
 from server.state import AppState
 
 log = logging.getLogger("voxline.server")
+
+_FORM_OVERHEAD = 1024 * 1024  # multipart boundaries and form fields around an upload
 
 ROUTERS = (
     routes_health.router,
@@ -47,8 +53,10 @@ ROUTERS = (
     routes_audio.router,
     routes_turns.router,
     routes_realtime.router,
+    routes_client_secrets.router,
     routes_metrics.router,
     routes_usage.router,
+    routes_jobs.router,
 )
 """Every route of the API. Imported, not discovered: a route module that fails to import fails
 the start, loudly."""
@@ -74,30 +82,42 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.warming = asyncio.create_task(_warm(state, load=owns_engines))
+        state.jobs.runner.start()
         try:
             yield
         finally:
+            await state.jobs.runner.aclose()  # its jobs go back to the queue, resumable
             if not state.warming.done():
                 state.warming.cancel()
             await asyncio.gather(state.warming, return_exceptions=True)
             await state.releases.aclose()  # the engines it started, not those handed in
-            state.ledger.close()
+            await asyncio.to_thread(state.accounting.close)  # the charges in flight first
             await asyncio.to_thread(state.store.close)
             await asyncio.to_thread(state.tracing.shutdown)
 
     app = FastAPI(title="voxline", version="0.1.0", lifespan=lifespan)
     app.state.voxline = state
+    # added first = innermost; the order, outermost first, is drawn in server.edge's docstring
     app.add_middleware(ReleaseMiddleware, releases=state.releases)  # server.releases
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.audio.max_bytes + 1024 * 1024)
     app.add_middleware(MeterMiddleware)  # a meter per request: server.accounting
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.edge.max_json_bytes,
+        upload_max_bytes=settings.audio.max_bytes + _FORM_OVERHEAD,
+        overrides={"/v1/jobs": settings.jobs.max_bytes + _FORM_OVERHEAD},  # long recordings
+    )
+    # (admission control goes here: behind the edge, so a refused key never takes a slot)
+    app.add_middleware(EdgeMiddleware, state=state)
     # added last = outermost: every request is counted and carries a request id
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
+    install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     if settings.demo_enabled:
         _mount_demo(app, settings)
+    install_openapi(app)
     return app
 
 
@@ -128,4 +148,7 @@ def _mount_demo(app: FastAPI, settings: Settings) -> None:
             raise
         log.warning("no demo at /demo: it needs gradio (the `demo` extra)")
         return
+    from server.edge.demo_login import router as demo_login
+
+    app.include_router(demo_login)  # before the mount, which would otherwise match its path
     mount_demo(app, settings)

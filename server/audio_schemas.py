@@ -34,7 +34,7 @@ SPEECH_MEDIA_TYPES: dict[str, str] = {
 class VoiceRef(BaseModel):
     """A voice given as an object (``{"id": "voice_1234"}``), as OpenAI allows for custom voices."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # the document's types, no coercion
 
     id: str = Field(min_length=1)
 
@@ -42,7 +42,7 @@ class VoiceRef(BaseModel):
 class SpeechRequest(BaseModel):
     """The body of ``POST /v1/audio/speech`` (OpenAI's fields; unknown fields are ignored)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # the document's types, no coercion
 
     model: str
     """Any name: the server speaks with its configured TTS engine."""

@@ -35,6 +35,7 @@ from pipeline.settings import AudioLimits, Settings
 from pipeline.types import AudioChunk
 from server.demo_client import RealtimeDemoClient, TabSessions
 from server.demo_conversation import SAMPLE_RATE, STAGES, DemoView, Int16Array, TurnStats
+from server.edge import auth
 
 log = logging.getLogger("voxline.demo")
 
@@ -54,6 +55,19 @@ def _read_clip(path: Path, limits: AudioLimits) -> AudioChunk:
 
 def _key(request: gr.Request) -> str:
     return request.session_hash or ""
+
+
+def _credential(request: gr.Request, api_key: str | None) -> str | None:
+    """What the tab's realtime session authenticates with: the browser's own credential (its
+    bearer header, or the demo login's cookie, which holds a client secret for its key), else
+    the key the demo was launched with (``voxline demo --api-key``), else nothing (no keys)."""
+    raw = request.request
+    if raw is not None:
+        headers = raw.headers
+        found = auth.bearer(headers) or auth.demo_cookie(headers)
+        if found is not None:
+            return found
+    return api_key
 
 
 def _base_url(server_url: str | None, request: gr.Request) -> str:
@@ -149,6 +163,7 @@ def build_demo(
     *,
     instructions: str = "",
     limits: AudioLimits | None = None,
+    api_key: str | None = None,
 ) -> gr.Blocks:
     """The demo page.
 
@@ -156,6 +171,8 @@ def build_demo(
         server_url: The voxline server to talk to; ``None``: the one serving the page.
         instructions: The instructions box's first value (empty: the server's default).
         limits: Bounds on an uploaded clip.
+        api_key: The key to talk to the server with when the browser brings none (the demo
+            served on its own; mounted on the server, each browser logs in with its own key).
     """
     sessions = TabSessions()
     stream_reply = shutil.which("ffmpeg") is not None
@@ -165,11 +182,14 @@ def build_demo(
 
     async def tab_client(request: gr.Request, voice: str | None, prompt: str) -> RealtimeDemoClient:
         url = _base_url(server_url, request)
-        return await sessions.client(_key(request), url, voice, prompt)
+        credential = _credential(request, api_key)
+        return await sessions.client(_key(request), url, voice, prompt, api_key=credential)
 
     async def load_voices(request: gr.Request) -> Any:
         try:
-            async with httpx.AsyncClient(timeout=5.0) as http:
+            credential = _credential(request, api_key)
+            headers = {"Authorization": f"Bearer {credential}"} if credential else None
+            async with httpx.AsyncClient(timeout=5.0, headers=headers) as http:
                 response = await http.get(f"{_base_url(server_url, request)}/v1/audio/voices")
                 response.raise_for_status()
                 body = response.json()
@@ -357,9 +377,13 @@ def mount_demo(app: FastAPI, settings: Settings) -> None:
     )
 
 
-def launch_demo(url: str, *, host: str = "127.0.0.1", port: int = 7860) -> None:
-    """Serve the demo on its own (blocking) against the voxline server at ``url``."""
-    demo = build_demo(url)
+def launch_demo(
+    url: str, *, host: str = "127.0.0.1", port: int = 7860, api_key: str | None = None
+) -> None:
+    """Serve the demo on its own (blocking) against the voxline server at ``url``, talking to
+    it with ``api_key`` (anyone who reaches this demo uses that key: it listens on loopback
+    unless ``host`` says otherwise)."""
+    demo = build_demo(url, api_key=api_key)
     demo.launch(
         server_name=host,
         server_port=port,

@@ -169,17 +169,24 @@ class TabSessions:
         return self._locks.setdefault(key, asyncio.Lock())
 
     async def client(
-        self, key: str, url: str, voice: str | None, instructions: str | None
+        self,
+        key: str,
+        url: str,
+        voice: str | None,
+        instructions: str | None,
+        *,
+        api_key: str | None = None,
     ) -> RealtimeDemoClient:
-        """The tab's session at ``url`` (opened if needed), configured with ``voice`` and
-        ``instructions``. Call with ``lock(key)`` held.
+        """The tab's session at ``url`` (opened if needed, with ``api_key`` as its bearer: a
+        key or a client secret), configured with ``voice`` and ``instructions``. Call with
+        ``lock(key)`` held.
 
         Raises:
             EngineUnavailable: the server cannot be reached or opened no session.
         """
         client = self._clients.get(key)
         if client is None or client.closed:
-            client = RealtimeDemoClient(url)
+            client = RealtimeDemoClient(url, api_key=api_key)
             await client.connect()
             self._clients[key] = client
         await client.configure(voice=voice, instructions=instructions)

@@ -35,7 +35,17 @@ from pipeline.stages import LLM, STT, TTS
 STAGES: tuple[Stage, ...] = ("stt", "llm", "tts")
 
 ENGINE_FREE = frozenset(
-    {"session", "observability", "pricing", "state", "audio", "demo_enabled", "release"}
+    {
+        "session",
+        "observability",
+        "pricing",
+        "state",
+        "audio",
+        "demo_enabled",
+        "release",
+        "edge",
+        "jobs",
+    }
 )
 """Top-level settings no engine is built from (a release that changes only these shares every
 engine with the active one)."""

@@ -24,8 +24,20 @@ from pipeline.errors import (
     StageError,
     VoxlineError,
 )
+from store.errors import Conflict, NotFound, StoreUnavailable
 
 _AUDIO_STATUS = {"audio_too_large": 413, "unsupported_format": 415}
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "invalid_api_key",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limit_exceeded",
+}
+"""Named codes for the HTTP errors Starlette raises itself (never a bare ``"413"``)."""
 
 
 def status_of(exc: VoxlineError) -> int:
@@ -34,8 +46,14 @@ def status_of(exc: VoxlineError) -> int:
         return _AUDIO_STATUS.get(exc.code or "", 400)
     if isinstance(exc, InvalidInput):
         return 413 if exc.code == "request_too_large" else 400
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
     if isinstance(exc, EngineTimeout):
         return 504
+    if isinstance(exc, StoreUnavailable):
+        return 503
     if isinstance(exc, EngineOverloaded | EngineUnavailable | ModelLoadError):
         return 503
     return 500
@@ -58,6 +76,9 @@ def body_of(exc: VoxlineError) -> dict[str, Any]:
         return error_body(
             exc.message, type_="server_error", code=f"{exc.stage}_{type(exc).__name__}"
         )
+    if isinstance(exc, NotFound | Conflict):
+        code = "not_found" if isinstance(exc, NotFound) else "conflict"
+        return error_body(str(exc), type_="invalid_request_error", code=code)
     return error_body(str(exc), type_="server_error")
 
 
@@ -92,7 +113,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        body = error_body(str(exc.detail), type_=type_, code=str(exc.status_code))
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        body = error_body(str(exc.detail), type_=type_, code=code)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -47,6 +47,7 @@ from server.metrics import route_template
 
 request_id_var: ContextVar[str | None] = ContextVar("voxline_request_id", default=None)
 session_id_var: ContextVar[str | None] = ContextVar("voxline_session_id", default=None)
+key_id_var: ContextVar[str | None] = ContextVar("voxline_key_id", default=None)
 release_var: ContextVar[str | None] = ContextVar("voxline_release", default=None)
 
 _SAFE_VALUES = (TurnTimings, Usage, Backends, CallRecord, Charge, Totals)
@@ -59,6 +60,9 @@ _SECRETS = (
     re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?:bearer\s+)?[^\s\"',;}]+"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
     re.compile(r"()\bsk-[A-Za-z0-9._-]{8,}"),
+    # our own API keys and client secrets (store.keys), and a browser's realtime subprotocol
+    re.compile(r"()\b(?:vx-|ek_)[A-Za-z0-9._-]{8,}"),
+    re.compile(r"(openai-insecure-api-key\.)[^\s\"',;]+"),
 )
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -102,13 +106,18 @@ def current_request_id() -> str | None:
 
 
 @contextmanager
-def bind(*, request_id: str | None = None, session_id: str | None = None) -> Iterator[None]:
-    """Put ``request_id`` / ``session_id`` on every log line written inside the block."""
+def bind(
+    *, request_id: str | None = None, session_id: str | None = None, key_id: str | None = None
+) -> Iterator[None]:
+    """Put ``request_id`` / ``session_id`` / ``key_id`` (the caller's API key, bound by the
+    edge) on every log line written inside the block."""
     tokens = []
     if request_id is not None:
         tokens.append((request_id_var, request_id_var.set(request_id)))
     if session_id is not None:
         tokens.append((session_id_var, session_id_var.set(session_id)))
+    if key_id is not None:
+        tokens.append((key_id_var, key_id_var.set(key_id)))
     try:
         yield
     finally:
@@ -153,8 +162,9 @@ class JsonFormatter(logging.Formatter):
             out["request_id"] = request_id
         if session_id is not None:
             out["session_id"] = session_id
-        release = release_var.get()
-        if release is not None:
+        if (key_id := key_id_var.get()) is not None:
+            out["key_id"] = key_id
+        if (release := release_var.get()) is not None:
             out["release"] = release
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRS and not key.startswith("_"):
@@ -311,6 +321,7 @@ class RequestContextMiddleware:
                         route_template(scope),
                         status,
                         extra={
+                            "key_id": scope.get("voxline.key_id"),
                             "method": scope["method"],
                             "route": route_template(scope),
                             "status": status,

@@ -4,8 +4,8 @@ Its own ``CollectorRegistry`` rather than the library's global one: the global r
 a second metric of the same name, and tests (or anything embedding voxline) build many apps in
 one process. Names follow Prometheus' conventions: the ``voxline_`` prefix, base units (seconds,
 USD) and ``_total`` on counters. Every label has a bounded set of values (stage, backend, route
-*template*, status code, token type): never a user, session, request id or raw path, each of
-which would create a series per user.
+*template*, status code, token type, API key id: keys are few and made by an admin): never a
+user, session, request id or raw path, each of which would create a series per user.
 
 The object is fed through small hooks, so routes never touch ``prometheus_client``:
 
@@ -16,7 +16,8 @@ The object is fed through small hooks, so routes never touch ``prometheus_client
 - ``set_releases``: the active release (and the canary), as ``voxline_release_active``;
 - ``count_usage``: tokens and audio seconds of a billed engine call (``server.accounting``);
 - ``observe_charge``: a ledger listener (``ledger.listeners.append(metrics.observe_charge)``);
-- ``count_fallback``, ``session()``; and ``RequestMetricsMiddleware`` counts every HTTP request.
+- ``count_fallback``, ``session()``; and ``RequestMetricsMiddleware`` counts every HTTP request;
+- ``count_key_request``, ``count_refusal``: the edge (``server.edge``), per key and per refusal.
 """
 
 from __future__ import annotations
@@ -133,6 +134,19 @@ class Metrics:
         self.active_sessions = Gauge(
             "voxline_active_sessions", "Realtime sessions open now.", registry=r
         )
+        # key ids are few and chosen by an admin (`voxline keys create`): a bounded label
+        self.key_requests = Counter(
+            "voxline_key_requests",
+            "Requests (and realtime sessions) the edge let through, by API key id.",
+            ["key"],
+            registry=r,
+        )
+        self.edge_refusals = Counter(
+            "voxline_edge_refusals",
+            "Requests the edge refused, by reason (invalid_api_key, rate_limit_exceeded...).",
+            ["reason"],
+            registry=r,
+        )
 
     def observe_call(self, record: CallRecord) -> None:
         """Stage listener: the call's duration, and its time to first output (LLM, TTS).
@@ -184,6 +198,14 @@ class Metrics:
     def count_request(self, route: str, code: int) -> None:
         """Count one HTTP request (``route``: the template, e.g. ``/v1/audio/speech``)."""
         self.requests.labels(route, str(code)).inc()
+
+    def count_key_request(self, key_id: str) -> None:
+        """Count one request (or realtime session) served for the key ``key_id``."""
+        self.key_requests.labels(key_id).inc()
+
+    def count_refusal(self, reason: str) -> None:
+        """Count one request the edge refused (``reason``: its error code, a bounded word)."""
+        self.edge_refusals.labels(reason).inc()
 
     def count_fallback(self, stage: str, from_: str, to: str, reason: str) -> None:
         """Count a call handed from backend ``from_`` to ``to``.

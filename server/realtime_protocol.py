@@ -274,7 +274,10 @@ class ClientEventParser:
             ) from exc
         if len(pcm) % 2:
             raise InvalidInput(
-                "pcm16 audio has an even number of bytes", param="audio", code="invalid_audio"
+                f"pcm16 audio must have an even number of bytes (whole 16-bit samples); this"
+                f" append has {len(pcm)}",
+                param="audio",
+                code="invalid_audio",
             )
         return pcm
 

@@ -53,10 +53,12 @@ from server.audio_schemas import (
     to_verbose_json,
     to_vtt,
 )
+from server.edge.quotas import require_quota
 from server.errors import body_of
 from server.logging_setup import current_request_id
 from server.releases import LiveRelease
 from server.state import AppState, engines_of, release_of, state_of
+from store import UsageAmounts
 
 log = logging.getLogger("voxline.server.audio")
 router = APIRouter()
@@ -154,9 +156,11 @@ async def create_transcription(
         decode_audio, data, sample_rate=stt.sample_rate, limits=state.settings.audio
     )
     del data  # up to max_bytes of upload: not kept alive while the model works
+    # the key's audio quota, with the seconds this upload would add, before the engine runs
+    await require_quota(state.store, UsageAmounts(audio_seconds=audio.duration))
 
-    def charge(_: list[Transcript], __: float) -> None:
-        state.accounting.settle(current_request_id() or "-")
+    async def charge(_: list[Transcript], __: float) -> None:
+        await state.accounting.settle(current_request_id() or "-")
 
     transcripts = metered(stt.transcribe(audio, language=code, prompt=prompt or None), charge)
     if stream:
@@ -241,8 +245,8 @@ async def create_speech(
     encoder = StreamEncoder(request.response_format, sample_rate=SPEECH_SAMPLE_RATE)
     tts = engines.tts
 
-    def charge(_: list[AudioChunk], __: float) -> None:
-        state.accounting.settle(current_request_id() or "-")
+    async def charge(_: list[AudioChunk], __: float) -> None:
+        await state.accounting.settle(current_request_id() or "-")
 
     # The stage validates input, voice and speed before its engine runs.
     chunks = metered(tts.synthesize(request.input, request.voice_name, speed=request.speed), charge)

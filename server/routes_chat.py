@@ -83,8 +83,8 @@ async def chat_completions(
     model = body.model or llm.model
     state = state_of(request)
 
-    def charge(_: list[TextDelta], __: float) -> None:
-        state.accounting.settle(current_request_id() or completion_id())
+    async def charge(_: list[TextDelta], __: float) -> None:
+        await state.accounting.settle(current_request_id() or completion_id())
 
     deltas = metered(engines.llm.stream(messages, params), charge)
     if not body.stream:

@@ -50,11 +50,19 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from pipeline.audio import decode_pcm16
 from pipeline.errors import InvalidInput, VoxlineError
-from pipeline.events import ErrorEvent, ResponseDone, TranscriptCompleted, UsageReported
+from pipeline.events import (
+    ErrorEvent,
+    ResponseCreated,
+    ResponseDone,
+    TranscriptCompleted,
+    UsageReported,
+)
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.stages import CallRecord
+from server import identity
 from server.accounting import SessionUsage
+from server.edge.realtime import RealtimeLimits
 from server.logging_setup import bind
 from server.realtime_events import ServerEvents, Wire, error_event
 from server.realtime_protocol import (
@@ -70,6 +78,7 @@ from server.realtime_protocol import (
     TruncateItem,
     UpdateSession,
 )
+from server.routes_client_secrets import session_config
 from server.state import AppState, release_of
 
 log = logging.getLogger("voxline.server.realtime")
@@ -108,7 +117,13 @@ async def realtime(
             await websocket.close(code=_TRY_AGAIN_LATER, reason="engines not ready")
         return
     settings, engines = live.settings, live.engines
+    who = identity.current()  # bound by the edge for the whole connection
     config = SessionConfig.from_settings(settings)
+    if who is not None and who.session:  # opened with a client secret minted with a session
+        try:
+            config = session_config(settings, dict(who.session), engines.tts.capabilities.voices)
+        except InvalidInput as exc:  # valid when minted; the engines may have changed since
+            log.warning("a client secret's session no longer applies: %s", exc.code)
     events = ServerEvents(
         model=model or "voxline",
         config=config,
@@ -136,10 +151,14 @@ async def realtime(
         parser,
         backlog_bytes=settings.audio.max_bytes,
         default_vad=TurnDetection.from_settings(settings.session),
-        usage=SessionUsage(state.accounting, events.session_id),
+        usage=SessionUsage(state.accounting, events.session_id, who),
         observe_turn=functools.partial(state.releases.observe_response, live.name),
         heard=heard,
     )
+    if who is not None:
+        connection.limits = RealtimeLimits(
+            state.store, who, connection.emit, session.cancel_response
+        )
     log.info(
         "realtime session %s opened (model %s, release %s)",
         events.session_id,
@@ -215,6 +234,12 @@ class _Connection:
         )
         self._outbox: asyncio.Queue[list[Wire]] = asyncio.Queue()
         self._cause: str | None = None  # event_id of the command being applied
+        self.limits: RealtimeLimits | None = None
+        """The caller's key limits, checked at each response (``server.edge.realtime``)."""
+
+    def emit(self, wires: list[Wire]) -> None:
+        """Queue server events that come from outside the session (the edge's limits)."""
+        self._outbox.put_nowait(wires)
 
     async def run(self) -> None:
         """Serve until the client goes away; then stop the session's work."""
@@ -243,6 +268,10 @@ class _Connection:
             # reported (billed); it never waits on I/O, so this is quick
             with suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(outbound[0]), _DRAIN_S)
+            if self.limits is not None:
+                await self.limits.aclose()
+            if self._usage is not None:  # the session's charges are in the store
+                await self._usage.flush()
             for task in outbound:
                 task.cancel()
             await asyncio.gather(*outbound, return_exceptions=True)
@@ -340,6 +369,8 @@ class _Connection:
                 cause = self._cause
             if isinstance(event, TranscriptCompleted) and self._heard is not None:
                 self._heard.heard(event)
+            if isinstance(event, ResponseCreated) and self.limits is not None:
+                self.limits.response_started()
             try:
                 wires = self._events.map(event, cause)
                 if isinstance(event, ResponseDone) and self._usage is not None:

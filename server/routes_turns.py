@@ -31,6 +31,7 @@ from pipeline.errors import InvalidInput, StageError, VoxlineError
 from pipeline.settings import Settings
 from pipeline.turn import ReplyAudio, ReplyText, TranscriptReady, TurnEvent, TurnResult, run_turn
 from pipeline.types import AudioChunk, GenerationParams
+from server.edge.quotas import require_quota
 from server.errors import body_of, error_body
 from server.logging_setup import current_request_id
 from server.schemas import (
@@ -39,6 +40,7 @@ from server.schemas import (
 )
 from server.state import AppState, release_of, state_of
 from server.streaming import EventStream, cancel_on_disconnect, client_gone, sse
+from store import UsageAmounts
 
 log = logging.getLogger("voxline.server.turns")
 
@@ -80,6 +82,8 @@ async def create_turn(
     settings, engines = live.settings, live.engines
     _check_voice(engines, voice)
     audio = await _decode(await file.read(), state_of(request).settings, engines.stt.sample_rate)
+    # the key's audio quota, with the seconds this upload would add, before the engines run
+    await require_quota(state_of(request).store, UsageAmounts(audio_seconds=audio.duration))
     turn = functools.partial(
         _accounted,
         state_of(request),
@@ -135,7 +139,7 @@ async def _accounted(state: AppState, release: str, audio: AudioChunk, **turn: A
     state.releases.observe_turn(
         release, result.timings, outcome="completed", fallback=bool(result.fallbacks)
     )
-    cost = state.accounting.settle(request_id or "-")
+    cost = await state.accounting.settle(request_id or "-")
     return dataclasses.replace(result, cost_usd=round(cost, 8))
 
 

@@ -19,10 +19,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Literal, TypeVar, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
@@ -47,19 +48,42 @@ MAX_STOP_SEQUENCES = 4
 class TextPart(BaseModel):
     """One part of a message's content; only text parts are understood (others are a 400)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # the document's types, no coercion
 
     type: Literal["text"]
     text: str
 
 
+def _json_int(value: object) -> object:
+    # JSON Schema's integers include 3.0; strict mode refuses it, lax mode also takes "3"
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_int)]
+"""An integer as JSON Schema means it (``3`` or ``3.0``), never a string or a boolean."""
+PositiveJsonInt = Annotated[int, Field(ge=1), BeforeValidator(_json_int)]
+"""A ``JsonInt`` of at least 1."""
+
+
+def _not_null(schema: dict[str, Any]) -> None:
+    """Document a field that is optional in the model (so the route names it when missing)
+    as never null."""
+    schema["anyOf"] = [s for s in schema.get("anyOf", ()) if s.get("type") != "null"]
+    schema.pop("default", None)
+
+
 class ChatMessageIn(BaseModel):
     """A message as clients send it: ``content`` is a string or a list of text parts."""
 
-    model_config = ConfigDict(extra="ignore")
+    # what ``to_message`` and ``validate_chat`` accept, declared for the OpenAPI document
+    model_config = ConfigDict(
+        extra="ignore", strict=True, json_schema_extra={"required": ["role", "content"]}
+    )
 
-    role: str
-    content: str | list[TextPart] | None = None
+    role: str = Field(json_schema_extra={"enum": ["system", "developer", "user", "assistant"]})
+    content: str | list[TextPart] | None = Field(default=None, json_schema_extra=_not_null)
 
     def to_message(self, index: int) -> Message:
         """The pipeline's message (roles are checked by ``validate_chat``)."""
@@ -77,7 +101,7 @@ class ChatMessageIn(BaseModel):
 class StreamOptions(BaseModel):
     """``stream_options``: only ``include_usage`` has a meaning here."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # the document's types, no coercion
 
     include_usage: bool = False
 
@@ -85,17 +109,25 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions`` body (OpenAI's shape; unknown fields are ignored)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # the document's types, no coercion
 
+    # Bounds checked by ``to_pipeline`` (with messages naming the field sent) are declared in
+    # the JSON schema only, so the OpenAPI document says what is accepted.
     model: str | None = None
-    messages: list[ChatMessageIn]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int | None = None
+    messages: list[ChatMessageIn] = Field(json_schema_extra={"minItems": 1})
+    max_tokens: PositiveJsonInt | None = None
+    max_completion_tokens: PositiveJsonInt | None = None
+    temperature: float | None = Field(
+        default=None, json_schema_extra={"minimum": 0.0, "maximum": 2.0}
+    )
+    top_p: float | None = Field(
+        default=None, json_schema_extra={"exclusiveMinimum": 0.0, "maximum": 1.0}
+    )
+    stop: str | list[str] | None = Field(
+        default=None, json_schema_extra={"maxItems": MAX_STOP_SEQUENCES}
+    )
+    seed: JsonInt | None = None
+    n: JsonInt | None = Field(default=None, json_schema_extra={"minimum": 1, "maximum": 1})
     stream: bool = False
     stream_options: StreamOptions | None = None
 

@@ -20,6 +20,7 @@ from pipeline.ledger import Ledger
 from pipeline.settings import Settings
 from pipeline.vad import VAD
 from server.accounting import Accounting
+from server.jobs.service import JobService
 from server.logging_setup import log_call
 from server.metrics import Metrics
 from server.releases import LiveRelease, ServerReleases, slot_release
@@ -35,10 +36,12 @@ class AppState:
 
     ``settings`` are the server's own; ``releases`` (``server.releases``) hold the active
     release (and a canary): each request or session gets its release, with its settings and
-    engines, from ``release_of`` / ``engines_of`` / ``settings_of``. ``engines`` are the active
-    release's. ``vad`` is the one loaded VAD model; each realtime session ``fork()`` s it (its
-    own state, the same weights). ``store`` is the durable state (``VOXLINE_STATE__URL``),
-    opened here (its schema migrated) and closed by the app's lifespan.
+    engines, from ``release_of`` / ``engines_of`` / ``settings_of``; a job, from its claim to
+    its end. ``engines`` are the active release's. ``vad`` is the one loaded VAD model; each
+    realtime session ``fork()`` s it (its own state, the same weights). ``store`` is the
+    durable state (``VOXLINE_STATE__URL``), opened here (its schema migrated) and closed by the
+    app's lifespan. ``jobs`` is the job queue and this process's job worker (started and
+    stopped by the lifespan).
     """
 
     def __init__(
@@ -57,11 +60,19 @@ class AppState:
         self.metrics = Metrics()
         self.ledger = Ledger.from_settings(settings.pricing)
         self.ledger.listeners.append(self.metrics.observe_charge)
-        self.accounting = Accounting(self.ledger, self.metrics)
+        self.accounting = Accounting(self.ledger, self.metrics, self.store)
         self.tracing = Tracing.from_settings(settings)
         self._listened: set[int] = set()
         self.releases = ServerReleases(
             settings, self.store, metrics=self.metrics, listen=self.listen
+        )
+        self.jobs = JobService(
+            self.store,
+            settings,
+            lease=self.releases.lease,
+            unlease=self.releases.unlease,
+            vad=self.load_vad,
+            accounting=self.accounting,
         )
         if engines is not None:
             self.engines = engines
@@ -78,6 +89,12 @@ class AppState:
         settings' release."""
         self.releases.adopt(engines)
         self.listen(engines)
+
+    @property
+    def active_settings(self) -> Settings:
+        """The active release's settings (the server's own while none is ready)."""
+        active = self.releases.active
+        return self.settings if active is None else active.settings
 
     def listen(self, engines: Engines) -> None:
         """Hook metrics, traces and stage logs into every backend of every chain (once each:

@@ -118,6 +118,33 @@ class Charges:
                 ).scalar_one()
             )
 
+    def append_many(
+        self, items: Sequence[Charge], *, key_id: str | None = None, speculative: bool = False
+    ) -> None:
+        """Store several charges of one request in one transaction (all or none)."""
+        if not items:
+            return
+        rows = [
+            {
+                "at": c.at,
+                "day": c.day,
+                "request_id": c.request_id,
+                "key_id": key_id,
+                "backend": c.backend,
+                "stage": c.stage,
+                "tokens_in": c.tokens_in,
+                "tokens_out": c.tokens_out,
+                "chars": c.chars,
+                "audio_seconds": c.audio_seconds,
+                "engine_seconds": c.engine_seconds,
+                "cost_usd": c.cost_usd,
+                "speculative": speculative or c.speculative,
+            }
+            for c in items
+        ]
+        with self._db.write() as conn:
+            conn.execute(charges.insert(), rows)
+
     def for_request(self, request_id: str) -> list[StoredCharge]:
         """The charges of one request, in the order they were appended."""
         query = sa.select(charges).where(charges.c.request_id == request_id)

@@ -34,6 +34,8 @@ class Store:
     def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self._clock = clock
+        self.clock = clock
+        """The Unix time source every repository reads (callers computing periods use it)."""
         self.keys = ApiKeys(db, clock)
         """API keys (:mod:`store.keys`)."""
         self.client_secrets = ClientSecrets(db, self.keys, clock)

@@ -365,3 +365,50 @@ def test_resample_same_rate_and_empty() -> None:
     empty = resample(AudioChunk(np.zeros(0, np.float32), 16_000), 24_000)
     assert empty.sample_rate == 24_000
     assert len(empty.samples) == 0
+
+
+def _flac_declaring(seconds: float, *, rate: int = 192_000, layout: str = "7.1") -> bytes:
+    """A tenth of a second of 8-channel 192 kHz FLAC whose header claims ``seconds``."""
+    channels = len(av.AudioLayout(layout).channels)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="flac") as container:
+        stream = container.add_stream("flac", rate=rate, layout=layout)
+        samples = np.zeros((1, channels * rate // 10), dtype=np.int16)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout=layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    data = bytearray(buf.getvalue())
+    # STREAMINFO (after "fLaC" and its 4-byte block header): bytes 10-17 end with the 36-bit
+    # total sample count
+    offset = data.index(b"fLaC") + 8 + 10
+    packed = int.from_bytes(data[offset : offset + 8], "big")
+    packed = (packed & ~((1 << 36) - 1)) | int(seconds * rate)
+    data[offset : offset + 8] = packed.to_bytes(8, "big")
+    return bytes(data)
+
+
+def test_a_header_that_declares_too_long_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hostile 7.1-channel 192 kHz FLAC: its header says what it would cost; not a frame
+    is decoded to find out."""
+    decoded: list[object] = []
+    real = av.container.InputContainer.decode
+
+    def counting(self: object, *args: object, **kwargs: object) -> object:
+        decoded.append(args)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(av.container.InputContainer, "decode", counting)
+    with pytest.raises(AudioDecodeError) as info:
+        decode_audio(_flac_declaring(700.0), sample_rate=16_000, limits=AudioLimits())
+    assert info.value.code == "audio_too_long" and "700 s" in str(info.value)
+    assert decoded == []
+    # the same file declaring its true length decodes (and is checked frame by frame too)
+    short = decode_audio(_flac_declaring(0.1), sample_rate=16_000, limits=AudioLimits())
+    assert short.duration == pytest.approx(0.1, abs=0.01)
+    assert decoded != []  # (the counter sees decoding when it happens)
+    with pytest.raises(AudioDecodeError) as info:
+        decode_audio(_flac_declaring(0.1), sample_rate=16_000, limits=AudioLimits(max_channels=2))
+    assert info.value.code == "too_many_channels"

@@ -1,16 +1,15 @@
-"""The cost ledger: pricing by backend kind, totals per backend and per UTC day, the JSON-lines
-file that survives a restart, and concurrent recording."""
+"""The cost ledger: pricing by backend kind, totals per backend and per UTC day, and concurrent
+recording. (Durability is the state store's: tests/store/test_charges.py, and the server's
+``kill -9`` test in tests/server/test_edge_server.py.)"""
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
-from pipeline.ledger import Charge, Ledger, PriceTable, Totals, backend_kind
+from pipeline.ledger import Charge, Ledger, PriceTable, backend_kind
 from pipeline.settings import PricingSettings
 from pipeline.stages import CallRecord
 
@@ -118,50 +117,8 @@ def test_listeners_hear_each_new_charge() -> None:
     assert heard[0].day == "2026-03-01"
 
 
-def test_the_jsonl_file_restores_totals_after_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "ledger.jsonl"
-    clock = Clock(DAY1)
-    first = Ledger(PriceTable(), path, clock=clock)
-    first.record("r1", "hosted:h:443", "stt", audio_seconds=60)
-    clock.now = DAY2
-    first.record("r2", "whisper:cuda", "stt", audio_seconds=4, engine_seconds=1.8)
-    first.close()
-    before = (first.by_backend(), first.by_day(), first.total())
-
-    # prices changed since: the restored totals keep what each charge cost when recorded
-    second = Ledger(PriceTable(hosted_stt_usd_per_minute=1.0, local_gpu_usd_per_hour=99), path)
-
-    assert (second.by_backend(), second.by_day(), second.total()) == before
-    assert second.by_backend()["hosted:h:443"].cost_usd == pytest.approx(0.006)
-    # and it keeps appending to the same file
-    second.record("r3", "hosted:h:443", "stt", audio_seconds=60)
-    second.close()
-    lines = path.read_text().splitlines()
-    assert len(lines) == 3
-    assert json.loads(lines[2])["cost_usd"] == pytest.approx(1.0)
-    assert Ledger(path=path).total().charges == 3
-
-
-def test_unreadable_lines_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = tmp_path / "ledger.jsonl"
-    ledger = Ledger(path=path, clock=Clock(DAY1))
-    ledger.record("r1", "piper:cpu", "tts", chars=10, engine_seconds=72)
-    ledger.close()
-    with path.open("a") as f:
-        f.write('{"at": 1, "request_id": "x", "backend": "b", "stage": "nope"}\n')
-        f.write("[1, 2]\n\n")
-        f.write('{"at": 1, "request_id": "r2", "backend": "piper:cpu", "stag')  # cut short
-
-    restored = Ledger(path=path)
-
-    assert restored.total() == Totals(
-        charges=1, chars=10, engine_seconds=72, cost_usd=pytest.approx(0.001)
-    )
-    assert "skipped 3 unreadable line(s)" in caplog.text
-
-
-def test_concurrent_records_are_all_counted(tmp_path: Path) -> None:
-    ledger = Ledger(PriceTable(), tmp_path / "ledger.jsonl")
+def test_concurrent_records_are_all_counted() -> None:
+    ledger = Ledger(PriceTable())
     per_thread = 500
 
     def work(n: int) -> None:
@@ -173,13 +130,10 @@ def test_concurrent_records_are_all_counted(tmp_path: Path) -> None:
         t.start()
     for t in threads:
         t.join()
-    ledger.close()
 
     assert ledger.total().tokens_in == 4 * per_thread
     assert ledger.by_backend()["b0:cpu"].charges == 2 * per_thread
     assert ledger.total().cost_usd == pytest.approx(4 * per_thread * 0.00005)
-    assert len((tmp_path / "ledger.jsonl").read_text().splitlines()) == 4 * per_thread
-    assert Ledger(path=tmp_path / "ledger.jsonl").total() == ledger.total()
 
 
 def test_record_call_prices_each_engine_call_from_its_own_counts() -> None:
@@ -207,15 +161,3 @@ def test_record_call_prices_each_engine_call_from_its_own_counts() -> None:
     speculative = ledger.speculative()
     assert (speculative.charges, speculative.tokens_in) == (1, 60)
     assert speculative.cost_usd == pytest.approx(spec)
-
-
-def test_speculative_charges_survive_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.jsonl"
-    ledger = Ledger(PriceTable(), path, clock=Clock(DAY1))
-    call = CallRecord("llm", "llamacpp:cpu", 5.0, 100.0, 3, tokens_in=10, tokens_out=3)
-    ledger.record_call("r1", call, speculative=True)
-    ledger.record_call("r2", call)
-    ledger.close()
-    again = Ledger(PriceTable(), path)
-    assert again.speculative().charges == 1
-    assert again.total().charges == 2

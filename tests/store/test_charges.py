@@ -54,6 +54,19 @@ def test_stored_charges_come_back_whole(store: Store) -> None:
     )  # fmt: skip
 
 
+def test_charges_of_one_request_are_stored_together(store: Store) -> None:
+    items = [
+        _charge(DAY1, "whisper:cpu", "req", audio_seconds=2.0, cost_usd=0.1),
+        _charge(DAY1, "llamacpp:cpu", "req", tokens_in=7, tokens_out=3, cost_usd=0.2),
+    ]
+    store.charges.append_many(items, key_id="k")
+    store.charges.append_many([], key_id="k")  # nothing to store: no transaction, no error
+    stored = store.charges.for_request("req")
+    assert [s.charge for s in stored] == items
+    assert {s.key_id for s in stored} == {"k"}
+    assert store.charges.totals(key_id="k").cost_usd == pytest.approx(0.3)
+
+
 def test_the_store_agrees_with_the_ledgers_own_totals(store: Store) -> None:
     ledger = Ledger(PriceTable(), clock=lambda: DAY1)
     ledger.listeners.append(store.charges.append)  # the store as the ledger's sink

@@ -1,0 +1,91 @@
+"""Which credential each route needs, and what a request to it counts against.
+
+One table, read by the edge for every HTTP request and WebSocket handshake, so that what a key
+may do is written down in one place (README, "Security", shows it):
+
+| route | scope | counted (rpm) | quotas checked |
+|---|---|---|---|
+| ``/healthz``, ``/readyz``, ``/docs``, ``/openapi.json`` | open | no | no |
+| ``/v1/realtime`` (WebSocket; also a client secret) | ``realtime`` | yes | yes |
+| ``POST /v1/realtime/client_secrets`` (an API key, never a secret) | ``realtime`` | yes | no |
+| ``/v1/audio/transcriptions``, ``/v1/audio/speech`` | ``audio`` | yes | yes |
+| ``/v1/turns`` (audio in, audio out: a voice turn) | ``audio`` | yes | yes |
+| ``/v1/chat/completions`` | ``chat`` | yes | yes |
+| ``/v1/models``, ``/v1/audio/voices``, any other ``/v1`` path | any key | yes | no |
+| ``/v1/usage`` | ``admin`` | yes | no |
+| ``/metrics`` (or loopback, with ``edge.metrics_from_loopback``) | ``admin`` | no | no |
+| ``/demo/login`` | open | no | no |
+| ``/demo/...`` (the page; also its login cookie) | ``realtime`` | uploads only | no |
+
+A scope a route does not name (``None``) accepts any valid credential. The demo's own requests
+(assets, events) are not counted: its conversations are, as the realtime sessions they open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Scope = Literal["realtime", "audio", "chat", "admin"]
+SCOPES: tuple[Scope, ...] = ("realtime", "audio", "chat", "admin")
+"""Every scope a key can have (``voxline keys create --scopes``)."""
+
+DEMO_PATH = "/demo"
+DEMO_LOGIN_PATH = "/demo/login"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What the edge asks of a request to one route."""
+
+    open: bool = False
+    """No credential needed (probes, the API's documentation, the demo's login page)."""
+    scope: Scope | None = None
+    """The scope needed (``None``: any valid credential)."""
+    counted: bool = True
+    """Counted against the key's requests per minute."""
+    spends: bool = False
+    """Does engine work: refused when one of the key's quotas is spent."""
+    keys_only: bool = False
+    """A client secret is not enough (minting one)."""
+    cookie: bool = False
+    """The demo's login cookie is accepted as the credential."""
+    upload: bool = False
+    """Takes an audio upload: the body may be ``audio.max_bytes`` (else ``edge.max_json_bytes``)."""
+
+
+_OPEN = Rule(open=True, counted=False)
+_EXACT: dict[str, Rule] = {
+    "/healthz": _OPEN,
+    "/readyz": _OPEN,
+    "/docs": _OPEN,
+    "/docs/oauth2-redirect": _OPEN,
+    "/redoc": _OPEN,
+    "/openapi.json": _OPEN,
+    "/metrics": Rule(scope="admin", counted=False),
+    "/v1/usage": Rule(scope="admin"),
+    "/v1/realtime": Rule(scope="realtime", spends=True),
+    "/v1/realtime/client_secrets": Rule(scope="realtime", keys_only=True),
+    "/v1/audio/transcriptions": Rule(scope="audio", spends=True, upload=True),
+    "/v1/audio/speech": Rule(scope="audio", spends=True),
+    "/v1/turns": Rule(scope="audio", spends=True, upload=True),
+    "/v1/chat/completions": Rule(scope="chat", spends=True),
+    DEMO_LOGIN_PATH: Rule(open=True, counted=False),
+}
+_DEMO = Rule(scope="realtime", counted=False, cookie=True, upload=True)
+_DEMO_UPLOAD = Rule(scope="realtime", cookie=True, upload=True)
+_API = Rule()
+
+
+def rule_for(path: str) -> Rule:
+    """The rule of the route at ``path`` (paths outside ``/v1`` and the demo are open: they are
+    404s, and the answer must not depend on a key)."""
+    path = path.rstrip("/") or "/"
+    rule = _EXACT.get(path)
+    if rule is not None:
+        return rule
+    if path == DEMO_PATH or path.startswith(DEMO_PATH + "/"):
+        return _DEMO_UPLOAD if path.endswith("/gradio_api/upload") else _DEMO
+    if path == "/v1" or path.startswith("/v1/"):
+        return _API
+    return _OPEN

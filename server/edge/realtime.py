@@ -1,0 +1,95 @@
+"""A realtime session's key limits, inside the session (as OpenAI's Realtime API reports them).
+
+The handshake was admitted by the edge (its quotas, its rpm, a session slot). After that each
+response counts as one request of the key, checked when the response starts
+(``response.created``): within the limits, the client gets ``rate_limits.updated`` with the
+key's request and token windows; over one, the response is cancelled at once and the client
+gets an ``error`` event (``rate_limit_exceeded`` or ``insufficient_quota``). The session stays
+open either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from server.edge import quotas
+from server.edge.refusal import Refusal
+from server.identity import Identity
+from server.realtime_events import wire_event
+from store import Store, StoreError
+
+log = logging.getLogger("voxline.server.edge")
+
+Wire = dict[str, Any]
+
+
+class RealtimeLimits:
+    """Checks each response of one session against its key's limits.
+
+    Args:
+        store: The state store.
+        who: The session's caller.
+        emit: Queues server events for the client.
+        cancel: Cancels the response in progress.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        who: Identity,
+        emit: Callable[[list[Wire]], None],
+        cancel: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._store = store
+        self._who = who
+        self._emit = emit
+        self._cancel = cancel
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def response_started(self) -> None:
+        """Check the response that just started (never waits: the check runs in a task)."""
+        task = asyncio.create_task(self._check(), name="realtime-limits")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Stop the checks in flight (the session is closing)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _check(self) -> None:
+        try:
+            refusal, windows = await asyncio.to_thread(self._decide)
+        except StoreError:
+            log.warning("could not check a realtime response against its key's limits")
+            return
+        if refusal is not None:
+            await self._cancel()
+            error = {
+                "type": refusal.type,
+                "code": refusal.code,
+                "message": refusal.message,
+                "param": None,
+                "event_id": None,
+            }
+            self._emit([wire_event("error", error=error)])
+            return
+        if windows:
+            self._emit([wire_event("rate_limits.updated", rate_limits=windows)])
+
+    def _decide(self) -> tuple[Refusal | None, list[dict[str, Any]]]:
+        store, who = self._store, self._who
+        quota = store.usage.check(who.key_id, who.limits)
+        if not quota.allowed:
+            return quotas.over_quota(quota), []
+        if who.limits.rpm is not None:
+            hit = store.rate_limits.hit(
+                quotas.rpm_scope(who.key_id), who.limits.rpm, quotas.RPM_WINDOW_S
+            )
+            if not hit.allowed:
+                return quotas.over_rate(hit), []
+        return None, [w.event() for w in quotas.windows(store, who)]
