@@ -124,14 +124,15 @@ class ServerReleases:
         self._version = 0  # the implicit pointer: a stored one (version >= 1) is applied
         self._publish()
 
-    def lease(self) -> LiveRelease | None:
+    def lease(self, *, canary: bool = True) -> LiveRelease | None:
         """A live release for a new session or turn (the canary for its share), counted as
-        used until ``unlease``; ``None`` while nothing is ready."""
+        used until ``unlease``; ``None`` while nothing is ready. ``canary=False``: the active
+        release, and no place in the canary's share (jobs: the canary is for live traffic)."""
         live = self.active
         if live is None:
             return None
         watch = self._watch
-        if watch is not None and self.canary is not None:
+        if canary and watch is not None and self.canary is not None:
             watch.leases += 1
             n, share = watch.leases, watch.percent / 100
             # an even spread: lease n goes to the canary when n * share crosses an integer

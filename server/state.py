@@ -7,6 +7,7 @@ each other (``server.app`` imports the routes; the routes import this).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from fastapi import Request
@@ -69,7 +70,7 @@ class AppState:
         self.jobs = JobService(
             self.store,
             settings,
-            lease=self.releases.lease,
+            lease=functools.partial(self.releases.lease, canary=False),
             unlease=self.releases.unlease,
             vad=self.load_vad,
             accounting=self.accounting,

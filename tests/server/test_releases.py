@@ -130,9 +130,12 @@ async def test_a_canary_gets_its_share_and_is_rolled_back_when_it_fails_more(
     await state.releases.poll()
     assert state.releases.canary is not None and state.releases.canary.name == "cand"
 
+    jobs = [state.releases.lease(canary=False) for _ in range(3)]  # a job runner's polls
+    assert {job.name for job in jobs if job is not None} == {IMPLICIT}
     leases = [state.releases.lease() for _ in range(8)]
     names = [lease.name for lease in leases if lease is not None]
     assert names == [IMPLICIT, IMPLICIT, IMPLICIT, "cand"] * 2  # 25%, evenly spread
+    leases += jobs
     for lease in leases:
         assert lease is not None
         state.releases.unlease(lease)
