@@ -160,11 +160,10 @@ class EnginePool:
         return {key: entry.users for key, entry in self._entries.items()}
 
     async def aclose(self) -> None:
-        """Close every chain the pool started (at shutdown)."""
-        entries, self._entries = list(self._entries.values()), {}
-        await asyncio.gather(
-            *(e.engine.aclose() for e in entries if e.owned), return_exceptions=True
-        )
+        """Close every chain the pool started (at shutdown); those handed in stay held."""
+        owned = [e for e in self._entries.values() if e.owned]
+        self._entries = {k: e for k, e in self._entries.items() if not e.owned}
+        await self._close(owned)
 
     def _unused(self) -> list[_Entry]:
         gone = [k for k, e in self._entries.items() if e.users <= 0 and e.owned]

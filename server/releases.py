@@ -307,11 +307,21 @@ class ServerReleases:
         await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def aclose(self) -> None:
-        """Close every engine this server started (at shutdown)."""
+        """Close every engine this server started (at shutdown). Releases served only by
+        engines handed to the app stay (an app's lifespan may run again: tests)."""
         await self.settle()
-        self.active = self.canary = None
-        self._held.clear()
         await self.pool.aclose()
+        held = self.pool.held()
+        self._held = {
+            name: live
+            for name, live in self._held.items()
+            if all(key in held for key in live.keys.values())
+        }
+        if self.active not in self._held.values():
+            self.active = None
+        if self.canary not in self._held.values():
+            self.canary, self._watch = None, None
+        self._publish()
 
 
 class _Slot:
