@@ -201,6 +201,8 @@ class ServerReleases:
                 await self.poll()
             except VoxlineError as exc:  # the store is down: keep serving, try again
                 log.warning("release poll failed: %s", exc)
+            except Exception:  # a bug must not stop the server from following the store
+                log.exception("release poll failed")
 
     async def poll(self) -> None:
         """One step: apply the pointer if it moved; judge the canary."""
