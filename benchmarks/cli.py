@@ -58,7 +58,7 @@ def bench(
     scenarios: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Scenarios: stt llm tts turn realtime load, and compare (the others per "
+            help="Scenarios: stt llm tts turn realtime load retrieval, and compare (the others per "
             "--config). Default: stt llm tts turn.",
             show_default=False,
         ),
@@ -91,7 +91,8 @@ def bench(
         int | None, typer.Option(min=1, help="Use only the first N inputs (quick: 3).")
     ] = None,
     url: Annotated[
-        str | None, typer.Option(help="A running server for realtime/load (default: start one).")
+        str | None,
+        typer.Option(help="A running server for realtime/load/retrieval (default: start one)."),
     ] = None,
     slo_v2v_p95_ms: Annotated[
         float, typer.Option(help="load: the V2V p95 a concurrency level must meet.")

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from benchmarks.configs import ConfigSpec
 from benchmarks.data import Clip
+from pipeline.router import Router
 from pipeline.settings import Settings
 from pipeline.stages import LLM, STT, TTS
 from pipeline.types import GenerationParams
@@ -106,6 +107,7 @@ class BenchContext:
     cold: ColdStart = field(default_factory=ColdStart)
     _engines: dict[str, STT | LLM | TTS] = field(default_factory=dict)
     _starting: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _router: Router | None = None
 
     async def ensure(self, *stages: str) -> None:
         """Start (and warm) the engines of ``stages`` not started yet, concurrently."""
@@ -169,9 +171,30 @@ class BenchContext:
             seed=self.options.seed,
         )
 
+    async def router(self) -> Router | None:
+        """The LLM tiers' router, started and warmed (``None``: the settings have one tier,
+        ``llm``). The default tier is the ``llm`` engine itself."""
+        if not self.settings.llm.tiers:
+            return None
+        from models.registry import build_llm, router_of, tier_settings
+
+        await self.ensure("llm")
+        async with self._starting:
+            if self._router is None:
+                default = self.settings.router.default_tier
+                tiers: dict[str, LLM] = {default: self.llm}
+                for name in self.settings.llm.tiers:
+                    if name != default:
+                        tiers[name] = build_llm(tier_settings(self.settings, name))
+                        await self._start(f"llm:{name}", tiers[name])
+                        self._engines[f"llm:{name}"] = tiers[name]
+                self._router = router_of(self.settings, tiers)
+        return self._router
+
     async def aclose(self) -> None:
         """Close every started engine."""
         engines, self._engines = list(self._engines.values()), {}
+        self._router = None
         await asyncio.gather(*(e.aclose() for e in engines), return_exceptions=True)
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from client.realtime import RealtimeClient, Received, audio_seconds, error_message
 from pipeline.types import AudioChunk
@@ -61,6 +62,7 @@ class TurnMeasurement:
         errors: ``error`` events received during the turn (their messages).
         timed_out: no ``response.done`` before the deadline.
         early_responses: responses that finished before the end of speech (false end of turn).
+        response: the ``response`` object of the turn's ``response.done`` (``None``: none came).
     """
 
     v2v_ms: float | None
@@ -73,6 +75,7 @@ class TurnMeasurement:
     errors: tuple[str, ...] = ()
     timed_out: bool = False
     early_responses: int = 0
+    response: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -86,6 +89,7 @@ class _Turn:
     errors: list[str] = field(default_factory=list)
     early: int = 0
     done: bool = False
+    response: dict[str, Any] | None = None
 
 
 class RealtimeSession:
@@ -99,6 +103,7 @@ class RealtimeSession:
         connect_timeout_s: Seconds to connect and receive ``session.created``.
         clock: Seconds of the client's own clock: pacing and arrival times (tests pass the
             event loop's virtual one).
+        session: Extra ``session.update`` fields (e.g. ``tools``).
 
     Raises:
         EngineUnavailable: (on entering) the session could not be opened.
@@ -112,7 +117,9 @@ class RealtimeSession:
         sample_rate: int = 24_000,
         connect_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.perf_counter,
+        session: Mapping[str, Any] | None = None,
     ) -> None:
+        self._session_fields = dict(session or {})
         self.client = RealtimeClient(
             url,
             api_key=api_key,
@@ -126,7 +133,7 @@ class RealtimeSession:
     async def __aenter__(self) -> RealtimeSession:
         await self.client.connect()
         try:
-            await self.client.update_session()
+            await self.client.update_session(**self._session_fields)
         except BaseException:
             await self.client.aclose()
             raise
@@ -178,6 +185,7 @@ class RealtimeSession:
             errors=tuple(turn.errors),
             timed_out=timed_out,
             early_responses=turn.early,
+            response=turn.response,
         )
 
     def _on_event(self, turn: _Turn, received: Received) -> None:
@@ -199,6 +207,7 @@ class RealtimeSession:
                 turn.early += 1
                 turn.reply.clear()
                 return
-            timings = ((event.get("response") or {}).get("voxline")) or {}
+            turn.response = event.get("response") or {}
+            timings = turn.response.get("voxline") or {}
             turn.server = {k: float(v) for k, v in timings.items() if isinstance(v, int | float)}
             turn.done = True

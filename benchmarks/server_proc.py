@@ -15,7 +15,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +42,14 @@ def _free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def local_server(
-    config: ConfigSpec, log_path: Path, *, ready_timeout_s: float = 300.0
+    config: ConfigSpec,
+    log_path: Path,
+    *,
+    ready_timeout_s: float = 300.0,
+    extra_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[StartedServer]:
-    """Run ``voxline serve`` on a free local port with ``config`` until the block exits.
+    """Run ``voxline serve`` on a free local port with ``config`` until the block exits
+    (``extra_env``: more variables for the process, over the configuration's).
 
     Raises:
         EngineUnavailable: the server exited or was not ready within ``ready_timeout_s``.
@@ -56,6 +61,7 @@ async def local_server(
     # a state store of its own: no API keys (its clients are loopback, keyless), and its
     # charges stay out of the user's ledger
     env["VOXLINE_STATE__DATA_DIR"] = tempfile.mkdtemp(prefix="state-", dir=log_path.parent)
+    env.update(extra_env or {})
     command = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1"]
     with log_path.open("wb") as log:
         start = time.perf_counter()

@@ -27,6 +27,7 @@ from benchmarks.cli import bench
 from benchmarks.eval.cli import evaluate
 from cli.doctor import doctor
 from cli.jobs import app as jobs_app
+from cli.kb import app as kb_app
 from cli.keys import app as keys_app
 from cli.release import release_app
 from models.registry import check_loads, describe_models, start_engines
@@ -273,7 +274,8 @@ def models(
     for i in infos:
         size = "-" if i.size_bytes is None else f"{i.size_bytes / 1e6:.0f} MB"
         loads = {None: "not checked", True: "yes", False: f"no: {i.error}"}[i.loads]
-        table.add_row(i.stage, i.backend, i.engine, i.ref, i.source, size, i.license or "-", loads)
+        stage = i.stage if i.tier is None else f"{i.stage}:{i.tier}"
+        table.add_row(stage, i.backend, i.engine, i.ref, i.source, size, i.license or "-", loads)
     Console().print(table)
     if any(i.loads is False for i in infos):
         sys.exit(1)
@@ -283,6 +285,7 @@ app.command()(doctor)
 app.command()(bench)
 app.add_typer(keys_app, name="keys")
 app.command("eval")(evaluate)
+app.add_typer(kb_app, name="kb")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(release_app, name="release")
 

@@ -35,6 +35,11 @@ release_app = typer.Typer(
 )
 console = Console(stderr=True)
 
+_EMBEDDED = (
+    "the stored vectors were made with the server's embedding model (one per process): "
+    "a server setting"
+)
+
 SERVER_ONLY: Mapping[str, str] = {
     "state": "where releases live: a server setting, not a release's",
     "observability": "logging and tracing are set up once per process: a server setting",
@@ -45,8 +50,18 @@ SERVER_ONLY: Mapping[str, str] = {
     "edge": "keys, origins and limits guard every release alike: a server setting",
     "jobs": "the job queue and workers are the process's: a server setting",
     "ray": "the Ray Serve deployment is the process's: a server setting",
+    # the knowledge base: its retrieval policy (top_k, thresholds, replies) is a release's;
+    # how files are stored and embedded is the store's, shared by every release
+    "kb.embedding_model": _EMBEDDED,
+    "kb.embedding_runtime": _EMBEDDED,
+    "kb.embedding_threads": _EMBEDDED,
+    "kb.chunk_tokens": "files are chunked once, when added to a store: a server setting",
+    "kb.chunk_overlap_tokens": "files are chunked once, when added to a store: a server setting",
+    "kb.max_file_bytes": "upload limits are enforced before a release is chosen: a server setting",
+    "kb.max_file_chars": "upload limits are enforced before a release is chosen: a server setting",
 }
-"""Top-level settings a release may not set, and why (they are read once, by the process)."""
+"""Settings a release may not set, and why (they are read once, by the process, or shape data
+that outlives a release): top-level sections, or ``section.field``."""
 
 KEY_METRICS = ("answers.contains_match", "stt.wer", "tts.roundtrip_wer")
 """The scorecard values ``release list`` shows."""

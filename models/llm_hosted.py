@@ -4,6 +4,11 @@ Always streamed: a voice turn speaks the first phrase while the rest is still be
 a non-streamed answer would cost the whole generation time in latency. We ask for
 ``stream_options.include_usage`` so the last delta can carry token counts; a peer that ignores the
 option (some do) simply leaves ``usage`` unset on it rather than us inventing numbers.
+
+Function tools pass through: ``tools`` and ``tool_choice`` go to the peer in OpenAI's Chat shape,
+the conversation's calls and results too, and the peer's streamed ``delta.tool_calls`` come back
+as ``ToolCallDelta`` pieces (checked against their schemas by the stage base class like any
+engine's).
 """
 
 from __future__ import annotations
@@ -20,9 +25,19 @@ from models._hosted_http import (
     json_object,
     raise_for_error_event,
 )
+from models._tool_prompt import tool_specs
 from pipeline.settings import HostedSettings
 from pipeline.stages import LLM
-from pipeline.types import GenerationParams, LLMCapabilities, Message, TextDelta, Usage
+from pipeline.tool_calls import new_call_id
+from pipeline.types import (
+    ForcedTool,
+    GenerationParams,
+    LLMCapabilities,
+    Message,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 
 DEFAULT_MODEL = "gpt-4o-mini"
 """Model name sent when the settings name none."""
@@ -55,7 +70,9 @@ class HostedLLM(LLM):
         )
         super().__init__(name=self._client.name, device="remote")
         self._defaults = defaults or GenerationParams()
-        self.capabilities = LLMCapabilities(streaming=True, context_tokens=context_tokens)
+        self.capabilities = LLMCapabilities(
+            streaming=True, context_tokens=context_tokens, tools=True
+        )
 
     @property
     def model(self) -> str:
@@ -79,7 +96,7 @@ class HostedLLM(LLM):
     def _request_body(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self._client.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [_message(m) for m in messages],
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -94,12 +111,21 @@ class HostedLLM(LLM):
         stop = params.stop or d.stop
         if stop:
             body["stop"] = list(stop)
+        if params.tools:
+            body["tools"] = tool_specs(params.tools)
+            choice = params.tool_choice
+            body["tool_choice"] = (
+                {"type": "function", "function": {"name": choice.name}}
+                if isinstance(choice, ForcedTool)
+                else choice
+            )
         return body
 
     async def _attempt(self, body: dict[str, Any]) -> AsyncGenerator[TextDelta, None]:
         usage: Usage | None = None
         finish: str | None = None
         done = False
+        calls = _Calls()
         async with self._client.open("POST", "/chat/completions", json=body) as response:
             async for data in iter_sse_data(response):
                 if data == "[DONE]":
@@ -108,9 +134,12 @@ class HostedLLM(LLM):
                 event = json_object(data)
                 raise_for_error_event(event)
                 for choice in event.get("choices") or ():
-                    text = (choice.get("delta") or {}).get("content")
+                    delta = choice.get("delta") or {}
+                    text = delta.get("content")
                     if text:
                         yield TextDelta(str(text))
+                    for piece in delta.get("tool_calls") or ():
+                        yield TextDelta("", tool_call=calls.piece(piece))
                     finish = choice.get("finish_reason") or finish
                 if event.get("usage"):
                     usage = _usage(event["usage"])
@@ -129,6 +158,48 @@ def _usage(raw: Any) -> Usage:
     )
 
 
-def _finish_reason(raw: str | None) -> Literal["stop", "length"]:
-    # Our contract knows stop and length; content_filter, tool_calls etc. all ended the text.
-    return "length" if raw == "length" else "stop"
+def _finish_reason(raw: str | None) -> Literal["stop", "length", "tool_calls"]:
+    # Our contract knows stop, length and tool_calls; content_filter etc. all ended the text.
+    if raw in ("length", "tool_calls"):
+        return raw  # type: ignore[return-value]  # narrowed by the membership test
+    return "stop"
+
+
+def _message(m: Message) -> dict[str, Any]:
+    """A message in OpenAI's Chat shape."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["content"] = m.content or None
+        out["tool_calls"] = [
+            {
+                "id": c.call_id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+class _Calls:
+    """The peer's streamed ``tool_calls`` pieces: the first piece of a call has its id and
+    name, the next ones (same ``index``) only argument text."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[str, str]] = {}
+
+    def piece(self, raw: object) -> ToolCallDelta:
+        if not isinstance(raw, dict) or not isinstance(raw.get("index", 0), int):
+            raise PeerProtocolError(f"a tool call piece is not an object: {raw!r}"[:200])
+        index = int(raw.get("index", 0))
+        function = raw.get("function") or {}
+        if index not in self._known:
+            call_id, name = raw.get("id"), function.get("name")
+            if not isinstance(name, str):
+                raise PeerProtocolError("the first piece of a tool call has no function name")
+            self._known[index] = (str(call_id or new_call_id()), name)
+        call_id, name = self._known[index]
+        arguments = function.get("arguments") or ""
+        return ToolCallDelta(index, call_id, name, str(arguments))

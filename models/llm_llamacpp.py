@@ -20,14 +20,24 @@ The ``Llama`` object is not thread-safe: replies on one engine are serialized.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from models._lazy import LazyModel, decoding_slot
+from models._tool_prompt import (
+    CALL_PREFIX,
+    TOOL_OPEN,
+    arguments_prefix,
+    chat_dicts,
+    name_grammar,
+    native_tools,
+)
 from models.weights import resolve
 from pipeline.errors import (
     EngineOverloaded,
@@ -40,7 +50,17 @@ from pipeline.offload import iterate_in_thread
 from pipeline.settings import LLMSettings, llm_threads
 from pipeline.stages import LLM
 from pipeline.stops import StopFilter
-from pipeline.types import GenerationParams, LLMCapabilities, Message, TextDelta, Usage
+from pipeline.tool_calls import new_call_id, offered
+from pipeline.types import (
+    ForcedTool,
+    FunctionTool,
+    GenerationParams,
+    LLMCapabilities,
+    Message,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 
 log = logging.getLogger("voxline.llm.llamacpp")
 
@@ -55,6 +75,7 @@ class _Loaded:
     llama: Any  # llama_cpp.Llama
     formatter: Any  # llama_cpp.llama_chat_format.Jinja2ChatFormatter
     context_tokens: int
+    native_tools: bool  # the chat template renders functions and calls itself
 
 
 def _import_llama_cpp() -> Any:
@@ -86,10 +107,14 @@ class LlamaCppLLM(LLM):
         device = _pick_device(settings.device)
         super().__init__(name=f"llamacpp:{device}", device=device)
         self.settings = settings
-        self.capabilities = LLMCapabilities(streaming=True, context_tokens=settings.context_tokens)
+        self.capabilities = LLMCapabilities(
+            streaming=True, context_tokens=settings.context_tokens, tools=True
+        )
         self.load_seconds: float | None = None
         self._model = LazyModel(self._load, stage="llm", backend=self.name)
         self._generate_lock = threading.Lock()
+        self._grammars: dict[str, Any] = {}  # compiled grammars by schema
+        self._grammar_lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -108,9 +133,14 @@ class LlamaCppLLM(LLM):
         self._model.get()
 
     def warmup(self) -> None:
-        """Blocking: load the model and generate two tokens."""
+        """Blocking: load the model, generate two tokens, and one forced function call: the
+        first grammar-constrained decode of a model costs seconds (measured 4-7 s for SmolLM2
+        on 2 cores), every later one a few milliseconds per token."""
         warm = GenerationParams(max_tokens=2, temperature=0.0)
         for _ in self._generate([Message("user", "Hi")], warm, threading.Event()):
+            pass
+        call = dataclasses.replace(warm, tools=(_WARM_TOOL,), tool_choice=ForcedTool("warm"))
+        for _ in self._generate([Message("user", "Hi")], call, threading.Event()):
             pass
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
@@ -204,8 +234,10 @@ class LlamaCppLLM(LLM):
         )
         self.load_seconds = time.perf_counter() - start
         log.info("loaded %s (%s) on %s in %.2f s", ref, path, self.device, self.load_seconds)
-        self.capabilities = LLMCapabilities(streaming=True, context_tokens=llama.n_ctx())
-        return _Loaded(llama, formatter, llama.n_ctx())
+        self.capabilities = LLMCapabilities(
+            streaming=True, context_tokens=llama.n_ctx(), tools=True
+        )
+        return _Loaded(llama, formatter, llama.n_ctx(), native_tools(template))
 
     # -- generation ------------------------------------------------------------------------
 
@@ -219,11 +251,15 @@ class LlamaCppLLM(LLM):
             async for delta in items:
                 yield delta
 
-    def _prompt(self, loaded: _Loaded, messages: Sequence[Message]) -> tuple[list[int], list[str]]:
+    def _prompt(
+        self,
+        loaded: _Loaded,
+        messages: Sequence[Message],
+        tools: Sequence[FunctionTool] = (),
+    ) -> tuple[list[int], list[str]]:
         """The prompt's tokens and the template's own stop strings (its end-of-turn text)."""
-        result = loaded.formatter(
-            messages=[{"role": m.role, "content": m.content} for m in messages]
-        )
+        chat, specs = chat_dicts(messages, tools, native=loaded.native_tools)
+        result = loaded.formatter(messages=chat, tools=specs)
         tokens: list[int] = loaded.llama.tokenize(
             result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
         )
@@ -233,11 +269,11 @@ class LlamaCppLLM(LLM):
     def _generate(
         self, messages: Sequence[Message], params: GenerationParams, stop: threading.Event
     ) -> Iterator[TextDelta]:
-        """Worker-thread side: yield text pieces, then the usage delta."""
-        from llama_cpp import StoppingCriteriaList
-
+        """Worker-thread side: yield text pieces (and a function call's pieces), then the
+        usage delta."""
         loaded = self._model.get()
-        prompt, template_stops = self._prompt(loaded, messages)
+        tools = offered(params)
+        prompt, template_stops = self._prompt(loaded, messages, tools)
         room = loaded.context_tokens - len(prompt)
         if room < 1:
             raise InvalidInput(
@@ -246,58 +282,102 @@ class LlamaCppLLM(LLM):
                 param="messages",
                 code="context_length_exceeded",
             )
-        cfg = self.settings
-        seen = 0  # the longest context the stopping criterion was shown
-
-        def after_each_token(ids: Any, _logits: Any) -> bool:
-            # Called after each sampled token with the context before it (and once more at the
-            # end, with the same length), so the context's length counts the sampled tokens.
-            nonlocal seen
-            seen = max(seen, len(ids))
-            return stop.is_set()  # True ends llama.cpp's decode loop before the next token
-
+        decode = _Decode(loaded, self.settings, params, stop)
+        budget = min(params.max_tokens or self.settings.max_tokens, room)
         with decoding_slot(self._generate_lock, stop) as ours:
             if not ours:
                 return
-            chunks = loaded.llama.create_completion(
-                prompt=prompt,
-                max_tokens=min(params.max_tokens or cfg.max_tokens, room),
-                temperature=cfg.temperature if params.temperature is None else params.temperature,
-                top_p=cfg.top_p if params.top_p is None else params.top_p,
-                # llama.cpp's extra samplers off, so a setting means the same on both engines
-                top_k=0,
-                min_p=0.0,
-                repeat_penalty=1.0,
-                seed=params.seed,
-                stop=template_stops,  # ours are applied below, so "stop" here means end of turn
-                stopping_criteria=StoppingCriteriaList([after_each_token]),
-                stream=True,
-            )
-            stops = StopFilter(params.stop)
-            text = ""
-            finish: Literal["stop", "length"] = "length"
-            with contextlib.closing(chunks):
-                for chunk in chunks:
-                    if stop.is_set():
-                        return
-                    choice = chunk["choices"][0]
-                    text += choice["text"]
+            opening = TOOL_OPEN if tools and params.tool_choice != "auto" else None
+            finish: Literal["stop", "length", "tool_calls"] = "stop"
+            if opening is None:
+                # the reply, as text; with functions offered, until it opens a call
+                watch = (TOOL_OPEN,) if tools else ()
+                stops = StopFilter((*params.stop, *watch))
+                text = ""
+                finish = "length"
+                for piece_text, reason in decode.run(prompt, budget, template_stops):
+                    text += piece_text
                     piece = stops.push(text)
                     if piece:
                         yield TextDelta(piece)
                     if stops.stopped:
                         finish = "stop"
                         break
-                    if choice["finish_reason"] is not None:
-                        finish = "length" if choice["finish_reason"] == "length" else "stop"
-            piece = stops.flush()
-            if piece:
-                yield TextDelta(piece)
-            sampled = seen - len(prompt) + 1 if seen else 0
-            # An end of turn is a sampled token that is not part of the reply.
-            completion = sampled - 1 if finish == "stop" and not stops.stopped else sampled
+                    if reason is not None:
+                        finish = "length" if reason == "length" else "stop"
+                if stop.is_set():
+                    return
+                piece = stops.flush()
+                if piece:
+                    yield TextDelta(piece)
+                opening = _opened_call(text, params.stop) if tools else None
+                ended_on_token = finish == "stop" and not stops.stopped
+            if opening is not None:
+                yield from self._call(decode, prompt, opening, tools, params, room)
+                if stop.is_set():
+                    return
+                finish, ended_on_token = "tool_calls", True
+            # An end of turn (or of a grammar) is a sampled token that is not part of the reply.
+            completion = decode.sampled - 1 if ended_on_token else decode.sampled
             usage = Usage(prompt_tokens=len(prompt), completion_tokens=max(completion, 0))
             yield TextDelta("", usage=usage, finish_reason=finish)
+
+    def _call(
+        self,
+        decode: _Decode,
+        prompt: list[int],
+        opening: str,
+        tools: Sequence[FunctionTool],
+        params: GenerationParams,
+        room: int,
+    ) -> Iterator[TextDelta]:
+        """Generate one function call after ``opening`` (the reply so far, up to and including
+        ``TOOL_OPEN``): its name under a grammar of the offered names (unless one is forced),
+        then its arguments under the grammar of that function's schema, streamed."""
+        llama = decode.loaded.llama
+
+        def tokens(text: str) -> list[int]:
+            more: list[int] = llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            return prompt + more
+
+        so_far = opening + CALL_PREFIX
+        forced = params.tool_choice
+        if isinstance(forced, ForcedTool):
+            name = forced.name
+        else:
+            grammar = self._grammar("names:" + ",".join(t.name for t in tools), tools)
+            said = "".join(t for t, _ in decode.run(tokens(so_far), 24, [], grammar))
+            name = said.rstrip().removesuffix('"')
+            if decode.stop.is_set() or name not in {t.name for t in tools}:
+                return  # stopped, or cut short: the checker reports the missing call
+        tool = next(t for t in tools if t.name == name)
+        call_id = new_call_id()
+        yield TextDelta("", tool_call=ToolCallDelta(0, call_id, name, ""))
+        so_far += arguments_prefix(name)
+        # arguments are not a spoken reply: they get room beyond a voice-sized max_tokens
+        limit = min(max(params.max_tokens or self.settings.max_tokens, ARGUMENT_TOKENS), room)
+        grammar = self._grammar(json.dumps(tool.parameters, sort_keys=True), tool.parameters)
+        for piece, _ in decode.run(tokens(so_far), limit, [], grammar):
+            if piece:
+                yield TextDelta("", tool_call=ToolCallDelta(0, call_id, name, piece))
+
+    def _grammar(self, key: str, spec: Sequence[FunctionTool] | Mapping[str, Any]) -> Any:
+        """A compiled grammar: of the offered names, or of one function's parameters schema
+        (compiled once per schema: a grammar is parsed into llama.cpp's rules each time)."""
+        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+        with self._grammar_lock:
+            grammar = self._grammars.get(key)
+            if grammar is None:
+                if isinstance(spec, Mapping):
+                    gbnf = json_schema_to_gbnf(json.dumps(spec))
+                else:
+                    gbnf = name_grammar(spec)
+                grammar = LlamaGrammar.from_string(gbnf, verbose=False)
+                if len(self._grammars) >= 64:  # bounded: clients choose the schemas
+                    self._grammars.pop(next(iter(self._grammars)))
+                self._grammars[key] = grammar
+            return grammar
 
     def _translate(self, exc: Exception) -> StageError:
         if isinstance(exc, MemoryError):
@@ -309,3 +389,79 @@ class LlamaCppLLM(LLM):
                 f"llama.cpp failed: {exc}", stage="llm", backend=self.name, retryable=True
             )
         return super()._translate(exc)
+
+
+_WARM_TOOL = FunctionTool(
+    "warm", parameters={"type": "object", "properties": {"ok": {"type": "boolean"}}}
+)
+
+ARGUMENT_TOKENS = 256
+"""Least room a function call's arguments get, whatever the reply's ``max_tokens``."""
+
+
+def _opened_call(text: str, stops: Sequence[str]) -> str | None:
+    """The reply up to and including ``TOOL_OPEN`` when it opened a call before any stop
+    string of the caller's (``None``: it did not)."""
+    at = text.find(TOOL_OPEN)
+    if at < 0 or any(0 <= text.find(s) < at for s in stops if s):
+        return None
+    return text[: at + len(TOOL_OPEN)]
+
+
+class _Decode:
+    """The completions of one reply on one loaded model, counting the tokens they sample.
+
+    Args:
+        loaded: The model.
+        settings: The engine's settings (sampling defaults).
+        params: The call's sampling options.
+        stop: Set when the consumer goes away: each completion ends at its next token.
+    """
+
+    def __init__(
+        self, loaded: _Loaded, settings: LLMSettings, params: GenerationParams, stop: Any
+    ) -> None:
+        self.loaded, self.settings, self.params, self.stop = loaded, settings, params, stop
+        self.sampled = 0
+
+    def run(
+        self, prompt: list[int], max_tokens: int, stops: list[str], grammar: Any = None
+    ) -> Iterator[tuple[str, str | None]]:
+        """One completion of ``prompt``: ``(text, finish_reason)`` per streamed chunk."""
+        from llama_cpp import StoppingCriteriaList
+
+        seen = 0  # the longest context the stopping criterion was shown
+        stop = self.stop
+
+        def after_each_token(ids: Any, _logits: Any) -> bool:
+            # Called after each sampled token with the context before it (and once more at the
+            # end, with the same length), so the context's length counts the sampled tokens.
+            nonlocal seen
+            seen = max(seen, len(ids))
+            return bool(stop.is_set())  # True ends llama.cpp's decode loop before the next token
+
+        cfg, params = self.settings, self.params
+        chunks = self.loaded.llama.create_completion(
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=cfg.temperature if params.temperature is None else params.temperature,
+            top_p=cfg.top_p if params.top_p is None else params.top_p,
+            # llama.cpp's extra samplers off, so a setting means the same on both engines
+            top_k=0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            seed=params.seed,
+            stop=stops,  # ours are applied by the caller, so "stop" here means end of turn
+            stopping_criteria=StoppingCriteriaList([after_each_token]),
+            grammar=grammar,
+            stream=True,
+        )
+        try:
+            with contextlib.closing(chunks):
+                for chunk in chunks:
+                    if stop.is_set():
+                        return
+                    choice = chunk["choices"][0]
+                    yield choice["text"], choice["finish_reason"]
+        finally:
+            self.sampled += seen - len(prompt) + 1 if seen else 0

@@ -19,6 +19,7 @@ from typing import Literal
 from models.weights import PACKAGED, ResolvedModel, resolve, size_bytes
 from pipeline.errors import InvalidInput, Stage, VoxlineError
 from pipeline.fallback import FallbackLLM, FallbackPolicy, FallbackSTT, FallbackTTS
+from pipeline.router import Router, RouterPolicy
 from pipeline.settings import (
     BackendName,
     FallbackSettings,
@@ -187,6 +188,38 @@ def build_llm(settings: Settings) -> FallbackLLM:
     return FallbackLLM(backends, policy_of(settings.llm.fallback))
 
 
+def tier_settings(settings: Settings, tier: str) -> Settings:
+    """``settings`` with the ``llm`` section of ``tier`` (the section itself for the default
+    tier; another tier's fields replace the section's where set).
+
+    Raises:
+        InvalidInput: no such tier.
+    """
+    if tier == settings.router.default_tier:
+        return settings
+    override = settings.llm.tiers.get(tier)
+    if override is None:
+        known = ", ".join([settings.router.default_tier, *settings.llm.tiers])
+        raise InvalidInput(f"unknown LLM tier {tier!r}; tiers: {known}", param="llm.tiers")
+    changes = {k: v for k, v in override.model_dump().items() if v is not None}
+    # validated whole, so nested sections (hosted, gpu) become their models again
+    merged = {**settings.llm.model_dump(), **changes, "tiers": {}}
+    return settings.model_copy(update={"llm": type(settings.llm).model_validate(merged)})
+
+
+def build_tiers(settings: Settings) -> dict[str, FallbackLLM]:
+    """Every LLM tier's chain by name, the default tier first (not yet started)."""
+    names = [settings.router.default_tier, *settings.llm.tiers]
+    return {name: build_llm(tier_settings(settings, name)) for name in dict.fromkeys(names)}
+
+
+def router_of(settings: Settings, tiers: Mapping[str, LLM]) -> Router:
+    """The router over ``tiers`` with the ``router`` section's policy."""
+    r = settings.router
+    policy = RouterPolicy(**r.model_dump())
+    return Router(tiers, policy)
+
+
 def build_tts(settings: Settings) -> FallbackTTS:
     """The TTS chain of ``settings.tts`` (not yet started)."""
     backends = [_tts_backend(n, settings) for n in chain_of(settings.tts)]
@@ -205,16 +238,32 @@ def _require_url(hosted: HostedSettings, stage: str) -> HostedSettings:
 
 @dataclass(slots=True)
 class Engines:
-    """One engine per stage, started and warmed."""
+    """One engine per stage, started and warmed; and the LLM tiers with their router.
+
+    ``llm`` is the default tier's; ``router`` (``None``: only ``llm``) picks a tier per turn.
+    """
 
     stt: STT  # FallbackSTT from the registry; tests may hand in a single engine
     llm: LLM
     tts: TTS
+    router: Router | None = None
+
+    def llm_for(self, tier: str) -> LLM:
+        """The LLM of ``tier`` (``llm`` when there is no router or no such tier)."""
+        if self.router is None:
+            return self.llm
+        return self.router.tiers.get(tier, self.llm)
 
     async def aclose(self) -> None:
         """Close every engine (errors in one do not keep the others open)."""
+        llms = {id(self.llm): self.llm}
+        if self.router is not None:
+            llms.update({id(t): t for t in self.router.tiers.values()})
         await asyncio.gather(
-            self.stt.aclose(), self.llm.aclose(), self.tts.aclose(), return_exceptions=True
+            self.stt.aclose(),
+            *(llm.aclose() for llm in llms.values()),
+            self.tts.aclose(),
+            return_exceptions=True,
         )
 
 
@@ -252,9 +301,13 @@ async def start_stage(stage: Stage, settings: Settings, *, warm: bool = True) ->
 
 async def start_engines(settings: Settings, *, warm: bool = True) -> Engines:
     """Build, load and (optionally) warm the three engines, loading them concurrently."""
-    engines = Engines(build_stt(settings), build_llm(settings), build_tts(settings))
+    tiers = build_tiers(settings)
+    default = tiers[settings.router.default_tier]
+    engines = Engines(build_stt(settings), default, build_tts(settings), router_of(settings, tiers))
+    others = [t for name, t in tiers.items() if t is not default]
     try:
-        await asyncio.gather(*(_start(e, warm) for e in (engines.stt, engines.llm, engines.tts)))
+        stages: list[STT | LLM | TTS] = [engines.stt, engines.llm, engines.tts, *others]
+        await asyncio.gather(*(_start(e, warm) for e in stages))
     except BaseException:
         await engines.aclose()
         raise
@@ -275,6 +328,7 @@ class ModelInfo:
     license: str | None
     loads: bool | None  # None: not checked
     error: str | None = None
+    tier: str | None = None  # an LLM tier other than the default (``llm.tiers``)
 
 
 def _info(stage: Stage, backend: BackendName, engine: str, ref: str) -> ModelInfo:
@@ -324,11 +378,20 @@ _BUILDERS = {"stt": _stt_backend, "llm": _llm_backend, "tts": _tts_backend}
 
 def describe_models(settings: Settings) -> list[ModelInfo]:
     """Every backend of every stage's chain: engine, model, where its weights come from, size."""
-    return [
+    infos = [
         _backend_info(stage, backend, settings)
         for stage in _STAGES
         for backend in chain_of(getattr(settings, stage))
     ]
+    for tier in settings.llm.tiers:
+        if tier == settings.router.default_tier:
+            continue
+        tiered = tier_settings(settings, tier)
+        infos += [
+            dataclasses.replace(_backend_info("llm", backend, tiered), tier=tier)
+            for backend in chain_of(tiered.llm)
+        ]
+    return infos
 
 
 async def check_loads(settings: Settings) -> list[ModelInfo]:
@@ -339,7 +402,8 @@ async def check_loads(settings: Settings) -> list[ModelInfo]:
             checked.append(info)
             continue
         try:
-            engine = _BUILDERS[info.stage](info.backend, settings)
+            scope = settings if info.tier is None else tier_settings(settings, info.tier)
+            engine = _BUILDERS[info.stage](info.backend, scope)
             try:
                 await engine.start()
             finally:

@@ -9,7 +9,8 @@ Every error a stage, the pipeline or the server raises on purpose is one of thes
           ├── EngineUnavailable  the engine cannot serve now (not installed, process died, refused)
           ├── EngineTimeout      a deadline passed (first output, gap between chunks, whole call)
           ├── EngineOverloaded   out of memory, a full queue, HTTP 429/503 from a hosted peer
-          └── ModelLoadError     weights missing, offline, corrupt: names the reference and the fix
+          ├── ModelLoadError     weights missing, offline, corrupt: names the reference and the fix
+          └── InvalidToolCall    the model's function call broke its schema, even after a repair
 
 Engines translate their library's exceptions at the boundary (``raise EngineTimeout(...) from e``)
 so nothing above ``models/`` ever needs to know an engine's exception types, and nothing anywhere
@@ -94,3 +95,17 @@ class EngineOverloaded(StageError):
 class ModelLoadError(StageError):
     """Weights are missing, unreachable offline or corrupt. The message names the reference and
     the fix; retrying the same backend will not help, another backend might."""
+
+
+class InvalidToolCall(StageError):
+    """The model called a function with arguments that do not match its schema (or a function
+    that was not offered), and the one repair attempt did not fix it. Not retryable: the call
+    has been streamed, and another backend would start the reply over. HTTP 502: the server
+    is fine, its model's output was not."""
+
+    default_retryable = False
+
+    def __init__(self, message: str, *, backend: str, call_id: str, name: str) -> None:
+        super().__init__(message, stage="llm", backend=backend)
+        self.call_id = call_id
+        self.name = name

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pipeline.errors import InvalidInput, StageError, VoxlineError
 from pipeline.fallback_types import StageFallback
+from pipeline.knowledge import KnowledgeReport
+from pipeline.router import Route
 from pipeline.session_config import SessionConfig
 from pipeline.stages import CallRecord
 from pipeline.types import AudioChunk, Backends, Role, TurnTimings, Usage
@@ -21,6 +23,7 @@ ErrorType = Literal["invalid_request_error", "server_error"]
 ResponseStatus = Literal["completed", "cancelled", "failed", "incomplete"]
 ResponseReason = Literal["turn_detected", "client_cancelled", "max_output_tokens", "session_closed"]
 UsageKind = Literal["transcription", "response", "speculation"]
+ItemKind = Literal["message", "function_call", "function_call_output"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,19 +66,26 @@ class ErrorEvent:
 
 @dataclass(frozen=True, slots=True)
 class ConversationItem:
-    """One message of the conversation as the client sees it (``conversation.item``).
+    """One item of the conversation as the client sees it (``conversation.item``).
 
     Attributes:
         item_id: Its id.
-        role: ``user`` or ``assistant``.
-        text: Transcript or text; ``None`` while a user's audio is not transcribed yet.
+        role: ``user`` or ``assistant`` (``tool`` for a function's result).
+        text: Transcript or text; ``None`` while a user's audio is not transcribed yet. For a
+            function call, its arguments; for a function's result, the output.
         audio: Whether the item is (or was) audio.
+        kind: ``message``, ``function_call`` or ``function_call_output``.
+        call_id: Function call and result: the call's id.
+        name: Function call: the function's name.
     """
 
     item_id: str
     role: Role
     text: str | None
     audio: bool
+    kind: ItemKind = "message"
+    call_id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +220,51 @@ class ResponseAudioDone:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionCallStarted:
+    """The model chose a function to call (``response.output_item.added`` and
+    ``conversation.item.added`` of a ``function_call`` item).
+
+    Attributes:
+        output_index: The item's place among the response's outputs (the spoken message is 0).
+    """
+
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCallDelta:
+    """A piece of a call's arguments as the model writes them
+    (``response.function_call_arguments.delta``)."""
+
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCallDone:
+    """A call is complete and checked against its schema
+    (``response.function_call_arguments.done``, ``response.output_item.done``,
+    ``conversation.item.done``). ``arguments`` is final: after a repair it differs from the
+    deltas (docs/tools.md, "Repair"); ``status`` is ``incomplete`` when the response ended
+    (cancelled, failed) before the call was."""
+
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    name: str
+    arguments: str
+    status: Literal["completed", "incomplete"] = "completed"
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseDone:
     """The response ended (``response.done``).
 
@@ -225,6 +280,7 @@ class ResponseDone:
         backends: Which backend served each stage.
         error: The failure, when ``status`` is ``failed``.
         fallbacks: Every switch to another backend while the reply was made.
+        knowledge: Retrieval and groundedness, when the session searches vector stores.
     """
 
     response_id: str
@@ -237,6 +293,11 @@ class ResponseDone:
     backends: Backends
     error: ErrorEvent | None = None
     fallbacks: tuple[StageFallback, ...] = ()
+    calls: tuple[FunctionCallDone, ...] = ()
+    """The function calls of the response, in order (outputs after the spoken message)."""
+    route: Route | None = None
+    """The LLM tier that answered and why (``pipeline.router``), when the server has tiers."""
+    knowledge: KnowledgeReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +349,9 @@ Event = (
     | ResponseTranscriptDelta
     | ResponseAudioDelta
     | ResponseAudioDone
+    | FunctionCallStarted
+    | FunctionCallDelta
+    | FunctionCallDone
     | ResponseDone
     | ItemTruncated
     | UsageReported

@@ -52,6 +52,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 import numpy as np
 
 from pipeline.breaker import BackendState, BreakerState
+from pipeline.errors import StageError
 from pipeline.fallback_core import Chain, StageCall, Unusable
 from pipeline.fallback_types import (
     Fallback,
@@ -143,11 +144,21 @@ class _LLMCall(StageCall[LLM, TextDelta]):
     def __init__(self, messages: list[Message], params: GenerationParams) -> None:
         self.messages, self.params = messages, params
         self.sent = ""
+        self.called = False  # a function call was passed on
         self._splice: Continuation | None = None
         self._final: TextDelta | None = None  # the last delta of a reply with no text (yet)
 
     def begin(self, backend: LLM) -> AsyncGenerator[TextDelta, None]:
         self._final = None
+        if self.called:
+            # Another backend would start the call over under another id, after the client
+            # had part of this one: the call fails rather than being sent twice.
+            raise StageError(
+                "a function call cannot be continued on another backend",
+                stage="llm",
+                backend=backend.name,
+                retryable=False,
+            )
         if not self.sent.strip():
             self._splice = None
             return backend.stream(self.messages, self.params)
@@ -165,19 +176,22 @@ class _LLMCall(StageCall[LLM, TextDelta]):
         return backend.stream(messages, params)
 
     def accept(self, item: TextDelta) -> list[TextDelta]:
+        if item.tool_call is not None:
+            self.called = True
+            return [item]
         text = item.text if self._splice is None else self._splice.feed(item.text)
         self.sent += text
         if item.finish_reason is None and item.usage is None:
             return [TextDelta(text)] if text else []
         self.done = item.finish_reason is not None
-        out = TextDelta(text, item.usage, item.finish_reason)
-        if not self.sent.strip():
+        out = TextDelta(text, item.usage, item.finish_reason, tool_calls=item.tool_calls)
+        if not self.sent.strip() and not self.called:
             self._final = out  # held: an empty reply may still go to the next backend
             return []
         return [out]
 
     def finish(self) -> list[TextDelta]:
-        if not self.sent.strip():
+        if not self.sent.strip() and not self.called:
             salvage: list[object] = [self._final] if self._final is not None else []
             raise Unusable("the reply has no text", salvage=salvage)
         return []
@@ -288,6 +302,7 @@ class FallbackLLM(Chain[LLM], LLM):
         self.capabilities = LLMCapabilities(
             streaming=all(c.streaming for c in caps),
             context_tokens=min(c.context_tokens for c in caps),
+            tools=any(c.tools for c in caps),
         )
 
     def _stream(

@@ -16,8 +16,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline.events import ConversationItem
-from pipeline.types import Message, Role
+from pipeline.events import ConversationItem, ItemKind
+from pipeline.types import Message, Role, ToolCall
 
 
 @dataclass(slots=True)
@@ -37,10 +37,26 @@ class Item:
     text: str | None
     audio: bool = False
     spoken: list[tuple[str, float]] = field(default_factory=list)
+    kind: ItemKind = "message"
+    call_id: str | None = None
+    name: str | None = None
 
     def snapshot(self) -> ConversationItem:
         """The frozen value the client sees."""
-        return ConversationItem(self.item_id, self.role, self.text, self.audio)
+        return ConversationItem(
+            self.item_id, self.role, self.text, self.audio, self.kind, self.call_id, self.name
+        )
+
+    def message(self) -> Message:
+        """The item as the LLM sees it (a call as an assistant's tool call, a function's
+        result as a ``tool`` message)."""
+        text = self.text or ""
+        if self.kind == "function_call":
+            call = ToolCall(self.call_id or "", self.name or "", text)
+            return Message("assistant", "", tool_calls=(call,))
+        if self.kind == "function_call_output":
+            return Message("tool", text, tool_call_id=self.call_id)
+        return Message(self.role, text)
 
     @property
     def audio_ms(self) -> float:
@@ -110,18 +126,20 @@ class History:
         Items without text (audio awaiting its transcript, a reply cut before any audio) are
         skipped. The newest message is always included, even alone over the budget.
         """
-        candidates = [Message(item.role, item.text) for item in self._items if item.text] + list(
-            extra
-        )
+        candidates = [item.message() for item in self._items if item.text] + list(extra)
         kept: list[Message] = []
         budget = self.max_tokens
         for message in reversed(candidates):
-            cost = self.tokens(message.content)
+            cost = self.tokens(message.content + "".join(c.arguments for c in message.tool_calls))
             if kept and cost > budget:
                 break
             kept.append(message)
             budget -= cost
-        return [Message("system", system_prompt), *reversed(kept)]
+        kept.reverse()
+        # a function's result whose call was trimmed away would answer nothing the LLM sees
+        calls = {c.call_id for m in kept for c in m.tool_calls}
+        kept = [m for m in kept if m.role != "tool" or m.tool_call_id in calls]
+        return [Message("system", system_prompt), *kept]
 
     def _trim(self) -> None:
         # Once over budget, drop the oldest items down to *half* the budget rather than just

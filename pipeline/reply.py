@@ -12,6 +12,16 @@ next thing the consumer reads.
 This is the one path from LLM text to speech: the realtime session's responses and every HTTP
 voice turn (``pipeline.turn``) are built on it.
 
+A reply may call functions (``GenerationParams.tools``): the calls' pieces
+(``ToolCallDelta``) go through the phrase queue, so they reach the consumer after the audio of
+the text said before them, and ``items()`` yields them between the spoken chunks;
+``tool_calls`` holds the complete, validated calls once the LLM is done. ``chunks()`` is the
+audio alone, for consumers that offer no tools.
+Two variations serve the knowledge base (``pipeline.knowledge``): a reply with a fixed
+``text`` speaks it without calling the LLM (an "I don't know" that needs no model), and a reply
+with a ``vet`` holds the LLM's whole answer until ``vet`` has decided what to speak (the answer,
+or a safe reply when it is not supported by its sources).
+
 Audio leaves at ``output_rate`` through one streaming resampler for the whole reply: resampling
 each chunk on its own would put a click at every chunk boundary.
 """
@@ -21,16 +31,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import soxr
 
 from pipeline.phrases import PhraseChunker, PhrasePolicy
+from pipeline.router import Route
 from pipeline.stages import LLM, TTS
 from pipeline.timing import ReplyTimes
-from pipeline.types import AudioChunk, GenerationParams, Message, Usage
+from pipeline.types import AudioChunk, GenerationParams, Message, ToolCall, ToolCallDelta, Usage
 
 Clock = Callable[[], float]
 
@@ -57,6 +68,11 @@ class Reply:
         policy: Where phrases are cut.
         output_rate: Rate of the audio handed out (``None``: the TTS's own rate).
         clock: Time source of ``times``.
+        route: The LLM tier ``llm`` is and why it was picked (``pipeline.router``), reported
+            with the reply's result.
+        text: Speak this instead of asking the LLM (no LLM call, no usage).
+        vet: Called with the LLM's whole reply before any of it is spoken; returns what to
+            speak instead (the same text, or a replacement).
     """
 
     def __init__(
@@ -71,8 +87,12 @@ class Reply:
         policy: PhrasePolicy | None = None,
         output_rate: int | None = None,
         clock: Clock = time.perf_counter,
+        route: Route | None = None,
+        text: str | None = None,
+        vet: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self.llm = llm
+        self.route = route
         self.tts = tts
         self.messages = list(messages)
         self.params = params
@@ -81,13 +101,19 @@ class Reply:
         self.policy = policy or PhrasePolicy()
         self.output_rate = output_rate
         self._clock = clock
+        self._fixed = text
+        self._vet = vet
         self.times = ReplyTimes(started=clock())
         self.usage = Usage()
         self.finish_reason: str | None = None
         self.phrases: list[str] = []
+        self.tool_calls: tuple[ToolCall, ...] = ()
+        """The functions the LLM called, complete and validated (set when it is done)."""
         self._parts: list[str] = []
-        self._phrase_queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._out: asyncio.Queue[SpokenChunk | BaseException | None] = asyncio.Queue()
+        self._phrase_queue: asyncio.Queue[str | ToolCallDelta | None] = asyncio.Queue()
+        self._out: asyncio.Queue[SpokenChunk | ToolCallDelta | BaseException | None] = (
+            asyncio.Queue()
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -105,7 +131,17 @@ class Reply:
             ]
 
     async def chunks(self) -> AsyncIterator[SpokenChunk]:
-        """The reply's audio in order, as it becomes ready.
+        """The reply's audio in order, as it becomes ready (function calls left out).
+
+        Raises:
+            VoxlineError: a stage failed (or refused its input); nothing follows it.
+        """
+        async for item in self.items():
+            if isinstance(item, SpokenChunk):
+                yield item
+
+    async def items(self) -> AsyncIterator[SpokenChunk | ToolCallDelta]:
+        """The reply's audio and the pieces of its function calls, in the order said.
 
         Raises:
             VoxlineError: a stage failed (or refused its input); nothing follows it.
@@ -124,7 +160,11 @@ class Reply:
 
     async def _generate(self) -> None:
         chunker = PhraseChunker(self.policy)
+        held = self._vet is not None
         try:
+            if self._fixed is not None:
+                self._say_fixed(chunker, self._fixed)
+                return
             deltas = self.llm.stream(self.messages, self.params)
             async with contextlib.aclosing(deltas):
                 async for delta in deltas:
@@ -132,18 +172,42 @@ class Reply:
                         self.usage = delta.usage
                     if delta.finish_reason is not None:
                         self.finish_reason = delta.finish_reason
+                        self.tool_calls = delta.tool_calls
+                    if delta.tool_call is not None:
+                        # what was said before the call is spoken before it goes out
+                        for phrase in chunker.flush():
+                            self._hand_over(phrase)
+                        self._phrase_queue.put_nowait(delta.tool_call)
+                        continue
                     if not delta.text:
                         continue
                     self.times.first_token = self.times.first_token or self._clock()
                     self._parts.append(delta.text)
-                    for phrase in chunker.feed(delta.text):
-                        self._hand_over(phrase)
+                    if not held:
+                        for phrase in chunker.feed(delta.text):
+                            self._hand_over(phrase)
             self.times.llm_done = self._clock()
+            if held and self._vet is not None:
+                said = await self._vet(self.text)
+                if said != self.text:
+                    self._parts = [said]
+                for phrase in chunker.feed(self.text):
+                    self._hand_over(phrase)
             for phrase in chunker.flush():
                 self._hand_over(phrase)
             self._phrase_queue.put_nowait(None)
         except Exception as exc:  # delivered in order to the consumer, who reports it
             self._fail(exc)
+
+    def _say_fixed(self, chunker: PhraseChunker, text: str) -> None:
+        # no LLM ran: its "first token" and "done" are now, so the latency vocabulary still
+        # holds (the LLM's share of the turn is zero)
+        now = self._clock()
+        self.times.first_token = self.times.llm_done = now
+        self._parts = [text]
+        for phrase in [*chunker.feed(text), *chunker.flush()]:
+            self._hand_over(phrase)
+        self._phrase_queue.put_nowait(None)
 
     def _hand_over(self, phrase: str) -> None:
         self.times.first_phrase = self.times.first_phrase or self._clock()
@@ -156,6 +220,9 @@ class Reply:
         phrase = ""
         try:
             while (next_phrase := await self._phrase_queue.get()) is not None:
+                if isinstance(next_phrase, ToolCallDelta):
+                    self._out.put_nowait(next_phrase)
+                    continue
                 index, phrase = index + 1, next_phrase
                 self.times.first_handed = self.times.first_handed or self._clock()
                 audio = self.tts.synthesize(phrase, self.voice, speed=self.speed)

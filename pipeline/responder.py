@@ -6,6 +6,12 @@ ends with exactly one ``ResponseDone`` carrying its status, usage and timings. A
 response runs its reply ahead but is *held*: nothing is announced until the session releases it
 (the turn it answers really ended); dropped before that, it leaves no trace.
 
+A reply may call functions (docs/tools.md): each call is an item of its own after the spoken
+message (``output_index`` 1, 2...), announced when the model has chosen the function, its
+arguments streamed as the model writes them, and closed (``FunctionCallDone``) with the checked
+arguments once the LLM is done; the call enters the history then, and the client's
+``function_call_output`` answers it.
+
 The assistant item enters the history when the response is announced. When a response is
 cancelled, the item keeps only the text whose audio the client can have played by then, assuming
 it plays in real time from the first delta; the client's ``truncate`` refines that later.
@@ -26,6 +32,10 @@ from pipeline.errors import VoxlineError
 from pipeline.events import (
     ErrorEvent,
     Event,
+    FunctionCallDelta,
+    FunctionCallDone,
+    FunctionCallStarted,
+    ItemAdded,
     ResponseAudioDelta,
     ResponseAudioDone,
     ResponseCreated,
@@ -37,11 +47,12 @@ from pipeline.events import (
 )
 from pipeline.fallback_types import FallbackReports, collect_reports
 from pipeline.history import History, Item, heard_text
+from pipeline.knowledge import Grounded, KnowledgeReport
 from pipeline.listener import Utterance, new_id
 from pipeline.metering import Meter
 from pipeline.reply import Reply, SpokenChunk
 from pipeline.timing import TurnMarks, turn_timings
-from pipeline.types import Backends, Message, Usage
+from pipeline.types import Backends, Message, ToolCall, ToolCallDelta, Usage
 
 log = logging.getLogger("voxline.session.response")
 
@@ -64,6 +75,11 @@ class Response:
     phrase_index: int = -1
     first_delta_at: float | None = None
     reports: FallbackReports | None = None  # which backends served the LLM and TTS calls
+    calls: dict[int, Item] = field(default_factory=dict)  # function calls by index
+    arguments: dict[int, list[str]] = field(default_factory=dict)  # their arguments so far
+    done_calls: list[FunctionCallDone] = field(default_factory=list)
+    grounded: Grounded | None = None  # what the reply was grounded in (file_search)
+    knowledge: KnowledgeReport | None = None
 
 
 class Responder:
@@ -71,7 +87,8 @@ class Responder:
 
     Args:
         history: The conversation (assistant items are added to it).
-        make_reply: Builds the reply to a conversation (the session's current voice, params...).
+        make_reply: Prepares the reply to a conversation (the session's current voice, params,
+            and its grounding when the session searches vector stores).
         messages: The conversation as the LLM sees it now.
         backends: The backends serving each stage now.
         emit: Sends an event to the client.
@@ -83,7 +100,7 @@ class Responder:
         self,
         history: History,
         *,
-        make_reply: Callable[[list[Message]], Reply],
+        make_reply: Callable[[list[Message]], Awaitable[tuple[Reply, Grounded | None]]],
         messages: Callable[[], list[Message]],
         backends: Callable[[], Backends],
         emit: Callable[[Event], None],
@@ -178,7 +195,7 @@ class Responder:
         error: ErrorEvent | None = None
         try:
             if resp.messages is not None:  # speculative: run ahead while held
-                resp.reply = self._make_reply(resp.messages)
+                resp.reply, resp.grounded = await self._make_reply(resp.messages)
                 resp.reply.start()
             await resp.released.wait()
             previous = self._history.last_id
@@ -190,14 +207,20 @@ class Responder:
                 resp.messages = self._messages()
                 if resp.marks is None:
                     resp.marks, self.pending_marks = self.pending_marks, None
-                resp.reply = self._make_reply(resp.messages)
+                resp.reply, resp.grounded = await self._make_reply(resp.messages)
             reply = resp.reply
-            async for chunk in reply.chunks():
-                self._send(resp, chunk)
+            async for out in reply.items():
+                if isinstance(out, ToolCallDelta):
+                    self._call_piece(resp, out)
+                else:
+                    self._send(resp, out)
             if reply.finish_reason == "length":
                 status, reason = "incomplete", "max_output_tokens"
             resp.item.text = reply.text
             self._emit(ResponseAudioDone(resp.response_id, resp.item_id, reply.text))
+            self._calls_done(resp, reply.tool_calls)
+            if resp.grounded is not None:  # its support is scored once the reply is out
+                resp.knowledge = await resp.grounded.report(reply.text)
         except asyncio.CancelledError:
             if resp.cancel_reason is None:
                 raise
@@ -236,6 +259,55 @@ class Responder:
             resp.first_delta_at = self._clock()
         self._emit(ResponseAudioDelta(resp.response_id, resp.item_id, chunk.audio))
 
+    def _call_piece(self, resp: Response, piece: ToolCallDelta) -> None:
+        """A piece of a function call: announce the call's item first, then its arguments."""
+        item = resp.calls.get(piece.index)
+        if item is None:
+            previous = self._history.last_id
+            item = Item(
+                new_id("item"), "assistant", None, kind="function_call",
+                call_id=piece.call_id, name=piece.name,
+            )  # fmt: skip
+            resp.calls[piece.index] = item
+            resp.arguments[piece.index] = []
+            self._history.add(item)
+            self._emit(
+                FunctionCallStarted(
+                    resp.response_id, item.item_id, piece.index + 1, piece.call_id, piece.name
+                )
+            )
+            self._emit(ItemAdded(item.snapshot(), previous))
+        if piece.arguments:
+            resp.arguments[piece.index].append(piece.arguments)
+            self._emit(
+                FunctionCallDelta(
+                    resp.response_id, item.item_id, piece.index + 1, piece.call_id, piece.arguments
+                )
+            )
+
+    def _calls_done(self, resp: Response, calls: tuple[ToolCall, ...]) -> None:
+        """Close every call: with its checked arguments, or ``incomplete`` when the response
+        ended before the call did."""
+        for index, item in sorted(resp.calls.items()):
+            if any(d.item_id == item.item_id for d in resp.done_calls):
+                continue
+            call = next((c for c in calls if c.call_id == item.call_id), None)
+            streamed = "".join(resp.arguments.get(index, ()))
+            arguments = call.arguments if call is not None else streamed
+            item.text = arguments if call is not None else None  # the LLM sees complete calls
+            self._history.changed()
+            done = FunctionCallDone(
+                resp.response_id,
+                item.item_id,
+                index + 1,
+                item.call_id or "",
+                item.name or "",
+                arguments,
+                "completed" if call is not None else "incomplete",
+            )
+            resp.done_calls.append(done)
+            self._emit(done)
+
     def _served(self, resp: Response) -> Backends:
         configured = self._backends()
         if resp.reports is None:
@@ -264,6 +336,7 @@ class Responder:
         elif status == "failed":
             item.text = heard_text(item.spoken, item.audio_ms)
         self._history.changed()
+        self._calls_done(resp, ())  # calls the response did not finish
         if error is not None:
             self._emit(error)
         self._emit(
@@ -283,8 +356,26 @@ class Responder:
                 self._served(resp),
                 error,
                 resp.reports.switches() if resp.reports is not None else (),
+                tuple(resp.done_calls),
+                reply.route if reply is not None else None,
+                resp.knowledge or _partial_report(resp.grounded),
             )
         )
+
+
+def _partial_report(grounded: Grounded | None) -> KnowledgeReport | None:
+    """What a response that did not finish retrieved (no support: its answer was cut)."""
+    if grounded is None:
+        return None
+    return KnowledgeReport(
+        grounded.search.vector_store_ids,
+        grounded.retrieval.total_ms,
+        tuple(round(p.score, 4) for p in grounded.retrieval.passages),
+        grounded.citations,
+        dont_know=not grounded.passages,
+        llm_called=grounded.fixed_reply is None,
+        relevance=grounded.relevance,
+    )
 
 
 def _no_scope(_: str) -> AbstractContextManager[object]:

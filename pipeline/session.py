@@ -56,10 +56,12 @@ from pipeline.events import (
     UsageReported,
 )
 from pipeline.history import History, Item
+from pipeline.knowledge import Grounded, Grounder
 from pipeline.listener import Heard, Listener, Turn, Utterance, new_id
 from pipeline.phrases import PhrasePolicy
 from pipeline.reply import Reply
 from pipeline.responder import Responder
+from pipeline.router import Router
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.settings import SessionSettings
 from pipeline.stages import LLM, STT, TTS
@@ -105,6 +107,9 @@ class Session:
         clock: Monotonic time source of every timing (injectable for tests).
         response_scope: Entered around each response with its id (the tasks of its LLM and
             TTS calls run inside it): the server opens the response's trace there.
+        router: Picks the LLM tier of each response (``None``: ``llm`` answers every turn).
+        grounder: Retrieval for replies when the configuration names vector stores
+            (``config.file_search``); without one, such a configuration is refused.
 
     Operations never raise for the client's mistakes or a stage's failure: they emit an
     ``ErrorEvent`` and the session stays usable. Once ``aclose()`` has run, they do nothing.
@@ -122,11 +127,16 @@ class Session:
         phrase_policy: PhrasePolicy | None = None,
         clock: Callable[[], float] = time.perf_counter,
         response_scope: Callable[[str], AbstractContextManager[object]] | None = None,
+        router: Router | None = None,
+        grounder: Grounder | None = None,
     ) -> None:
         self.stt, self.llm, self.tts = stt, llm, tts
+        self.router = router
+        self.grounder = grounder
         self.settings = settings = settings or SessionSettings()
         self._config = config or SessionConfig(turn_detection=TurnDetection.from_settings(settings))
         self._config.validate()
+        self._check_knowledge(self._config)
         self.phrase_policy = phrase_policy or PhrasePolicy()
         self._clock = clock
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
@@ -225,6 +235,31 @@ class Session:
         return item_id
 
     @_operation
+    async def add_tool_output(self, call_id: str, output: str) -> str:
+        """Add a function's result (``function_call_output``) answering the model's call
+        ``call_id``; returns its item id. The next response reads it."""
+        calls = [i for i in self._history.items if i.kind == "function_call"]
+        if not any(i.call_id == call_id for i in calls):
+            raise InvalidInput(
+                f"no function call {call_id[:64]!r} in the conversation",
+                param="item.call_id",
+                code="invalid_value",
+            )
+        if any(
+            i.kind == "function_call_output" and i.call_id == call_id for i in self._history.items
+        ):
+            raise InvalidInput(
+                f"the call {call_id[:64]!r} already has its output",
+                param="item.call_id",
+                code="invalid_value",
+            )
+        previous = self._history.last_id
+        item = Item(new_id("item"), "tool", output, kind="function_call_output", call_id=call_id)
+        self._history.add(item)
+        self._emit(ItemAdded(item.snapshot(), previous))
+        return item.item_id
+
+    @_operation
     async def create_response(self) -> None:
         """Answer now (once transcriptions in progress are done)."""
         if self._responses.active is not None:
@@ -269,6 +304,7 @@ class Session:
         except TypeError as exc:
             raise InvalidInput(f"unknown session field: {exc}", param="session") from exc
         config.validate()
+        self._check_knowledge(config)
         td = config.turn_detection
         if (td is None) != (self._config.turn_detection is None):
             self._responses.drop_spec()
@@ -365,19 +401,44 @@ class Session:
         messages = self._history.messages(self._config.instructions, [Message("user", text)])
         responses.speculate(messages, utt, utt.result.frames)
 
-    def _make_reply(self, messages: list[Message]) -> Reply:
+    def _check_knowledge(self, config: SessionConfig) -> None:
+        if config.file_search is not None and self.grounder is None:
+            raise InvalidInput(
+                "this server has no knowledge base: file_search is not available",
+                param="session.tools",
+                code="unsupported_value",
+            )
+
+    async def _make_reply(self, messages: list[Message]) -> tuple[Reply, Grounded | None]:
+        # the seam between transcript and LLM (docs/architecture.md, "Knowledge and tools"):
+        # retrieval first, then the router (which reads how much was retrieved) picks the tier;
+        # the functions the client offered ride in the params
         cfg = self._config
-        return Reply(
-            self.llm,
+        params = cfg.reply_params
+        grounded = None
+        if cfg.file_search is not None and self.grounder is not None:
+            grounded = await self.grounder.ground(messages, cfg.file_search)
+            messages = grounded.messages
+        llm, route = self.llm, None
+        if self.router is not None:
+            hits = len(grounded.passages) if grounded is not None else None
+            route = self.router.route(messages, params, pinned=cfg.tier, retrieval_hits=hits)
+            llm = self.router.llm(route)
+        reply = Reply(
+            llm,
             self.tts,
             messages,
-            params=cfg.params,
+            route=route,
+            params=params,
             voice=cfg.voice,
             speed=cfg.speed,
             policy=self.phrase_policy,
             output_rate=cfg.output_sample_rate,
             clock=self._clock,
+            text=grounded.fixed_reply if grounded is not None else None,
+            vet=grounded.vet if grounded is not None else None,
         )
+        return reply, grounded
 
     def _emit(self, event: Event) -> None:
         # work done while closing is still reported: it is billed (see UsageReported)

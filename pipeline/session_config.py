@@ -8,12 +8,14 @@ from the settings tree.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from pipeline.errors import InvalidInput
+from pipeline.knowledge import FileSearch
 from pipeline.settings import SessionSettings, Settings
 from pipeline.stages import validate_chat
-from pipeline.types import GenerationParams, Message
+from pipeline.types import ForcedTool, FunctionTool, GenerationParams, Message, ToolChoice
 from pipeline.vad import EndpointPolicy
 
 
@@ -65,6 +67,11 @@ class SessionConfig:
         input_sample_rate: Rate of the client's audio (for the transport; ``append_audio``
             takes chunks at any rate).
         output_sample_rate: Rate of the audio deltas (``None``: the TTS engine's own).
+        tools: Functions the model may call (OpenAI's ``session.tools`` of type function).
+        tool_choice: Whether it may, must or must not call one.
+        tier: The LLM tier every response uses (``None``: the router picks per turn).
+        file_search: The vector stores replies are grounded in (OpenAI's ``file_search`` tool
+            in ``session.tools``; ``None``: no retrieval).
     """
 
     instructions: str = "You are a helpful voice assistant."
@@ -75,6 +82,16 @@ class SessionConfig:
     language: str | None = None
     input_sample_rate: int = 24_000
     output_sample_rate: int | None = 24_000
+    tools: tuple[FunctionTool, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    tier: str | None = None
+
+    @property
+    def reply_params(self) -> GenerationParams:
+        """The LLM options of a reply: sampling, and the functions it may call."""
+        return dataclasses.replace(self.params, tools=self.tools, tool_choice=self.tool_choice)
+
+    file_search: FileSearch | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionConfig:
@@ -111,6 +128,16 @@ class SessionConfig:
                 "turn_detection",
                 "durations must not be negative",
             ),
+        ]
+        choice = self.tool_choice
+        names = {t.name for t in self.tools}
+        checks += [
+            (
+                not isinstance(choice, ForcedTool) or choice.name in names,
+                "tool_choice",
+                "names a function that is not in tools",
+            ),
+            (choice != "required" or bool(names), "tool_choice", "'required' needs tools"),
         ]
         for ok, param, problem in checks:
             if not ok:

@@ -169,6 +169,32 @@ class STTSettings(BaseModel):
         return None if value is None or value.strip().lower() in {"", "auto", "none"} else value
 
 
+class LLMTierSettings(BaseModel):
+    """One more LLM tier (``VOXLINE_LLM__TIERS``, JSON): the fields of the ``llm`` section it
+    changes; unset ones are the section's. Each tier is a fallback chain of its own."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    engine: Literal["auto", "transformers", "llamacpp", "hosted"] | None = None
+    """Engine of the tier's ``cpu`` backend (``hosted``: its chain is the hosted backend)."""
+    model: str | None = None
+    """Model reference (a ``.gguf`` path, a directory, ``packaged:<name>`` or a hub id)."""
+    device: Device | None = None
+    """Device of the engine when built on its own."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Default cap on generated tokens per reply."""
+    context_tokens: int | None = Field(default=None, ge=256)
+    """Context window."""
+    threads: int | None = Field(default=None, ge=0)
+    """CPU threads."""
+    hosted: HostedSettings | None = None
+    """The tier's ``hosted`` backend."""
+    chain: list[BackendName] | None = None
+    """Ordered backends of the tier's chain."""
+    gpu: LLMGpuSettings | None = None
+    """The tier's ``gpu`` backend."""
+
+
 class LLMSettings(BaseModel):
     """The language model."""
 
@@ -211,6 +237,36 @@ class LLMSettings(BaseModel):
     """Deadlines and circuit breaker of the chain."""
     gpu: LLMGpuSettings = LLMGpuSettings()
     """The ``gpu`` backend (used when the chain names it)."""
+    tiers: dict[str, LLMTierSettings] = {}
+    """More LLM tiers by name, as JSON, e.g. ``{"large": {"model": "/models/qwen2.5-1.5b.gguf"},
+    "hosted": {"engine": "hosted", "hosted": {"base_url": "https://.../v1"}}}``; this section
+    is the ``router.default_tier``. Empty: one tier, every turn on this model."""
+
+
+class RouterSettings(BaseModel):
+    """Which LLM tier answers each turn (``pipeline.router``): the tier each cheap signal sends
+    a turn to. The ``llm`` section itself is the ``default_tier``; the others are
+    ``llm.tiers``. A tier named here but not configured falls back to the default tier."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    default_tier: str = "small"
+    """The name of the ``llm`` section's own tier: small talk and unclassified turns."""
+    tool_tier: str | None = "large"
+    """Turns with functions offered, or a function's result to read."""
+    knowledge_tier: str | None = "large"
+    """Turns grounded in passages the knowledge base retrieved."""
+    hard_tier: str | None = "hosted"
+    """Long or hard requests (compare, calculate, write code...); without it, the
+    ``long_answer_tier``."""
+    long_answer_tier: str | None = "large"
+    """Requests for an explanation, a description, a list."""
+    question_tier: str | None = "large"
+    """Other questions (facts: the smallest model gets them wrong most)."""
+    hard_words: int = Field(default=40, ge=1)
+    """A request of at least this many words is hard."""
+    long_answer_tokens: int = Field(default=256, ge=1)
+    """A request with a ``max_tokens`` of at least this asks for a long answer."""
 
 
 class GptSovitsVoice(BaseModel):
@@ -627,6 +683,61 @@ class ReleaseSettings(BaseModel):
     15 ms of noise)."""
 
 
+class KBSettings(BaseModel):
+    """The knowledge base: files, vector stores, retrieval in the voice turn, groundedness.
+
+    A turn retrieves when its request (``/v1/turns``' ``tools``) or its realtime session
+    (``session.tools``) names vector stores with OpenAI's ``file_search`` tool. See
+    docs/knowledge.md for how each number here was chosen.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    embedding_model: str = "packaged:all-minilm-l6-v2"
+    """Embedding model reference (``packaged:<name>``, a local sentence-transformers directory
+    or a hub id). Changing it makes stores embedded with another model unsearchable (their
+    dimension or space differs): re-add their files."""
+    embedding_runtime: Literal["onnx", "torch"] = "onnx"
+    """``onnx``: the model exported once to ONNX (cached under ``<cache_dir>/onnx``) and run by
+    onnxruntime, about half the query latency of ``torch`` on a 2-core CPU."""
+    embedding_threads: int = Field(default=1, ge=0)
+    """Threads of one embedding call (0: the runtime's default, all cores). One keeps a query
+    from stalling behind the engines that share the cores."""
+    chunk_tokens: int = Field(default=200, ge=32, le=4096)
+    """Target chunk size in (estimated) tokens. The embedding model reads at most 256 word
+    pieces of a chunk."""
+    chunk_overlap_tokens: int = Field(default=40, ge=0, le=2048)
+    """Tokens a chunk repeats from the end of the one before it (at most half a chunk)."""
+    top_k: int = Field(default=3, ge=1, le=50)
+    """Passages retrieved per turn (a request's ``file_search.max_num_results`` overrides it);
+    each one costs LLM prefill."""
+    relevance_threshold: float = Field(default=0.45, ge=-1.0, le=2.0)
+    """Relevance (cosine similarity + ``keyword_weight`` x the share of the question's words
+    in the passage) below which a passage is not relevant. A turn with no relevant passage is
+    answered "I don't know" (``dont_know``)."""
+    keyword_weight: float = Field(default=0.3, ge=0.0, le=1.0)
+    """Weight of keyword coverage in a passage's relevance (0: cosine similarity alone)."""
+    dont_know: Literal["fixed", "llm"] = "fixed"
+    """When nothing relevant is retrieved: ``fixed`` speaks ``dont_know_reply`` without calling
+    the LLM; ``llm`` tells the LLM explicitly that the documents hold no answer."""
+    dont_know_reply: str = "I don't know. The documents I can search don't say."
+    """The fixed spoken reply when nothing relevant is retrieved."""
+    support_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Support score (of the answer against its sources) below which an answer is flagged as
+    not grounded."""
+    replace_unsupported: bool = False
+    """Hold each grounded reply until its support is scored and speak ``safe_reply`` instead of
+    a flagged one. Costs voice-to-voice latency: the first audio waits for the whole LLM reply."""
+    safe_reply: str = "I'm not sure. I couldn't find a clear answer in the documents."
+    """What is said instead of an unsupported answer (``replace_unsupported``)."""
+    max_context_chars: int = Field(default=2400, ge=200)
+    """Most characters of retrieved passages put in the prompt (the best ones first)."""
+    max_file_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    """Largest file accepted by ``/v1/files`` (a larger upload is refused with 413)."""
+    max_file_chars: int = Field(default=5_000_000, ge=1)
+    """Most characters of text one file may hold once extracted (a PDF can expand a lot)."""
+
+
 class Settings(BaseSettings):
     """All of voxline's settings."""
 
@@ -660,6 +771,10 @@ class Settings(BaseSettings):
     """Durable jobs."""
     ray: RaySettings = RaySettings()
     """Ray Serve deployment."""
+    router: RouterSettings = RouterSettings()
+    """Which LLM tier answers each turn."""
+    kb: KBSettings = KBSettings()
+    """The knowledge base (files, vector stores, retrieval, groundedness)."""
     release: ReleaseSettings = ReleaseSettings()
     """Releases: following promotions, the promotion gate, canaries."""
     cache_dir: Path = Path.home() / ".cache" / "voxline"

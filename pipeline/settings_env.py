@@ -82,6 +82,41 @@ def _mentions(annotation: Any, kinds: tuple[type, ...]) -> bool:
     return any(_mentions(arg, kinds) for arg in typing.get_args(annotation))
 
 
+def _secret_in(annotation: Any, value: Any, path: str = "") -> str | None:
+    """The path of a secret field ``value`` sets somewhere inside ``annotation`` (a JSON
+    section, dict or list of sections), if it sets one (``None``, not a secret, is fine)."""
+    if value is None:
+        return None
+    if isinstance(annotation, type) and issubclass(annotation, SecretStr):
+        return path or "a secret"
+    model = _model_of(annotation)
+    if model is not None and isinstance(value, dict):
+        for key, item in value.items():
+            field = model.model_fields.get(str(key))
+            if field is not None:
+                found = _secret_in(field.annotation, item, f"{path}.{key}".lstrip("."))
+                if found is not None:
+                    return found
+        return None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (types.UnionType, typing.Union):
+        for arg in args:
+            found = _secret_in(arg, value, path)
+            if found is not None:
+                return found
+    elif origin is dict and isinstance(value, dict) and len(args) == 2:
+        for key, item in value.items():
+            found = _secret_in(args[1], item, f"{path}.{key}".lstrip("."))
+            if found is not None:
+                return found
+    elif origin in (list, tuple, set) and isinstance(value, list) and args:
+        for index, item in enumerate(value):
+            found = _secret_in(args[0], item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
 def _is_json(field: FieldInfo) -> bool:
     # pydantic-settings reads these from the environment as JSON: so do we
     return _mentions(field.annotation, (BaseModel, list, dict, set, tuple))
@@ -98,7 +133,8 @@ def to_tree(
     Args:
         env: Variable -> raw value (case-insensitive names, as pydantic-settings reads them).
         model: The settings tree.
-        refused: Top-level fields the overrides may not touch -> why (said in the error).
+        refused: Settings the overrides may not touch -> why (said in the error): a
+            top-level field (``"state"``) or a field of a section (``"kb.embedding_model"``).
 
     Raises:
         InvalidInput: a variable without the prefix, naming no setting, naming a secret (a
@@ -112,8 +148,10 @@ def to_tree(
         if not name.startswith(PREFIX) or len(name) == len(PREFIX):
             raise InvalidInput(f"{key}: not a voxline setting (VOXLINE_...)", param="env")
         parts = name[len(PREFIX) :].lower().split(DELIMITER)
-        if parts[0] in refused:
-            raise InvalidInput(f"{name}: {refused[parts[0]]}", param="env")
+        for depth in range(len(parts)):
+            why = refused.get(".".join(parts[: depth + 1]))
+            if why is not None:
+                raise InvalidInput(f"{name}: {why}", param="env")
         current: type[BaseModel] = model
         node = tree
         for depth, part in enumerate(parts):
@@ -156,6 +194,19 @@ def to_tree(
                         f"{name}: not JSON ({exc}); lists, dicts and sections are JSON",
                         param="env",
                     ) from None
+                secret = _secret_in(field.annotation, value)
+                if secret is not None:  # e.g. a tier's hosted api_key inside VOXLINE_LLM__TIERS
+                    raise InvalidInput(
+                        f"{name}: holds a secret ({secret}); set it in the server's "
+                        "environment, not in a release (releases are stored as written)",
+                        param="env",
+                    )
+                if inner is not None and isinstance(value, dict):
+                    # a section set whole: its own refused fields stay refused
+                    for sub in value:
+                        why = refused.get(".".join([*parts, str(sub).lower()]))
+                        if why is not None:
+                            raise InvalidInput(f"{name}: {sub}: {why}", param="env")
             if part in node:
                 raise InvalidInput(f"{name}: set twice", param="env")
             node[part] = value

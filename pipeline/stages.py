@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -20,8 +21,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline import metering
-from pipeline.errors import EngineOverloaded, InvalidInput, Stage, StageError, VoxlineError
+from pipeline import metering, tool_calls
+from pipeline.errors import (
+    EngineOverloaded,
+    EngineUnavailable,
+    InvalidInput,
+    Stage,
+    StageError,
+    VoxlineError,
+)
 from pipeline.types import (
     AudioChunk,
     GenerationParams,
@@ -261,13 +269,32 @@ class LLM(_Stage):
         """
         params = params or GenerationParams()
         validate_chat(messages, params)
-        timed = self._timed(
-            self._stream(list(messages), params), prompt_tokens=lambda: self.count_tokens(messages)
-        )
+        if not tool_calls.offered(params):
+            source = self._stream(list(messages), params)
+        elif not self.capabilities.tools:
+            source = self._without_tools(list(messages), params)
+        else:  # the calls are checked (and repaired once) here, for every engine alike
+            source = tool_calls.checked_calls(
+                self._stream, list(messages), params, backend=self.name
+            )
+        timed = self._timed(source, prompt_tokens=lambda: self.count_tokens(messages))
         async with contextlib.aclosing(timed):  # closed now when the consumer stops (see STT)
             async for item in timed:
                 assert isinstance(item, TextDelta)
                 yield item
+
+    def _without_tools(
+        self, messages: list[Message], params: GenerationParams
+    ) -> AsyncIterator[TextDelta]:
+        """A backend that cannot call functions: with ``tool_choice`` ``auto`` it answers in
+        text (the functions were an offer); a call it must make is a retryable failure, so a
+        fallback chain moves on to a backend that can."""
+        if tool_calls.must_call(params):
+            raise EngineUnavailable(
+                f"backend {self.name} cannot call functions", stage="llm", backend=self.name
+            )
+        log.debug("%s cannot call functions: answering in text", self.name)
+        return self._stream(messages, dataclasses.replace(params, tools=(), tool_choice="auto"))
 
     def count_tokens(self, messages: Sequence[Message]) -> int | None:
         """The prompt length of ``messages`` as this engine tokenizes them (``None``: unknown).
@@ -301,9 +328,17 @@ def validate_chat(messages: Sequence[Message], params: GenerationParams) -> None
     """Reject what no engine should see (shared by every LLM and by the HTTP routes)."""
     if not messages:
         raise InvalidInput("messages must not be empty", param="messages")
+    calls: set[str] = set()
     for i, message in enumerate(messages):
-        if message.role not in ("system", "user", "assistant"):
+        if message.role not in ("system", "user", "assistant", "tool"):
             raise InvalidInput(f"unknown role {message.role!r}", param=f"messages[{i}].role")
+        calls.update(call.call_id for call in message.tool_calls)
+        if message.role == "tool" and message.tool_call_id not in calls:
+            raise InvalidInput(
+                "a message with role 'tool' must answer a tool call of an earlier assistant "
+                "message (tool_call_id)",
+                param=f"messages[{i}].tool_call_id",
+            )
     if params.max_tokens is not None and params.max_tokens < 1:
         raise InvalidInput("max_tokens must be at least 1", param="max_tokens")
     if params.temperature is not None and not 0.0 <= params.temperature <= 2.0:

@@ -24,8 +24,10 @@ import numpy as np
 from pipeline.audio import rms_dbfs
 from pipeline.errors import InvalidInput
 from pipeline.fallback_types import StageFallback, collect_reports
+from pipeline.knowledge import FileSearch, Grounded, Grounder, KnowledgeReport
 from pipeline.phrases import PhrasePolicy
 from pipeline.reply import Reply
+from pipeline.router import Route, Router
 from pipeline.stages import LLM, STT, TTS
 from pipeline.timing import TurnMarks, turn_timings
 from pipeline.types import (
@@ -58,6 +60,10 @@ class TurnResult:
     """Every switch to another backend during the turn, in order."""
     cost_usd: float | None = None
     """What the turn cost, priced by the server's accounting (``None``: not priced)."""
+    route: Route | None = None
+    """The LLM tier that answered and why (``None``: no router)."""
+    knowledge: KnowledgeReport | None = None
+    """What retrieval found and how grounded the answer was (``None``: no ``file_search``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,10 @@ async def run_turn(
     output_rate: int | None = None,
     on_event: OnEvent | None = None,
     clock: Clock = time.perf_counter,
+    router: Router | None = None,
+    tier: str | None = None,
+    grounder: Grounder | None = None,
+    file_search: FileSearch | None = None,
 ) -> TurnResult:
     """Run one turn and return its transcript, reply, audio and timings.
 
@@ -124,11 +134,18 @@ async def run_turn(
         output_rate: Sample rate of the returned audio (``None``: the TTS's own rate).
         on_event: Hears the transcript, each phrase's text and the audio as they happen.
         clock: Time source of the timings.
+        router: Picks the LLM tier from the transcript (``None``: ``llm`` answers).
+        tier: A tier pinned by the request (the router's ``pinned``).
+        grounder: Retrieval and groundedness (``pipeline.knowledge``); used when
+            ``file_search`` names vector stores.
+        file_search: The request's ``file_search`` tool.
 
     Raises:
-        InvalidInput: silent input, or no speech recognised.
+        InvalidInput: silent input, no speech recognised, or ``file_search`` without a grounder.
         StageError: a stage failed.
     """
+    if file_search is not None and grounder is None:
+        raise InvalidInput("this server has no knowledge base", param="tools")
     if rms_dbfs(audio.samples) < SILENCE_DBFS:
         raise InvalidInput("the audio is silent: no speech to answer", code="no_speech")
     emit = on_event or _ignore
@@ -146,16 +163,30 @@ async def run_turn(
             raise InvalidInput("no speech was recognised in the audio", code="no_speech")
         emit(TranscriptReady(transcript))
         messages = [Message("system", system_prompt), *history, Message("user", transcript)]
+        # the seam between transcript and LLM: retrieval first, then the router, which reads
+        # how much was retrieved
+        grounded: Grounded | None = None
+        if grounder is not None and file_search is not None:
+            grounded = await grounder.ground(messages, file_search)
+            messages = grounded.messages
+        route = None
+        if router is not None:
+            hits = len(grounded.passages) if grounded is not None else None
+            route = router.route(messages, params, pinned=tier, retrieval_hits=hits)
+            llm = router.llm(route)
         reply = Reply(
             llm,
             tts,
             messages,
+            route=route,
             params=params,
             voice=voice,
             speed=speed,
             policy=phrase_policy,
             output_rate=output_rate,
             clock=clock,
+            text=grounded.fixed_reply if grounded is not None else None,
+            vet=grounded.vet if grounded is not None else None,
         )
         chunks: list[AudioChunk] = []
         first_audio: float | None = None
@@ -171,6 +202,7 @@ async def run_turn(
         finally:
             await reply.aclose()
         timings = turn_timings(marks, reply.times, first_audio, clock())
+        knowledge = await grounded.report(reply.text) if grounded is not None else None
     rate = chunks[0].sample_rate if chunks else (output_rate or tts.capabilities.sample_rate)
     samples = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
     return TurnResult(
@@ -186,4 +218,6 @@ async def run_turn(
         usage=reply.usage,
         phrases=tuple(reply.phrases),
         fallbacks=reports.switches(),
+        route=route,
+        knowledge=knowledge,
     )

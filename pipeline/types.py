@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 Float32Array = npt.NDArray[np.float32]
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,21 +60,100 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionTool:
+    """A function the model may call (OpenAI's ``{"type": "function", ...}`` tool).
+
+    Attributes:
+        name: The function's name (``[A-Za-z0-9_-]{1,64}``).
+        description: When and how to call it, for the model.
+        parameters: The JSON schema of its arguments (an object schema).
+    """
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedTool:
+    """``tool_choice`` naming one function: the model must call it."""
+
+    name: str
+
+
+ToolChoice = Literal["auto", "none", "required"] | ForcedTool
+"""Whether the model may (``auto``), must not (``none``) or must (``required``, or this one
+function) call a tool."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A complete function call the model made.
+
+    Attributes:
+        call_id: Its id (``call_...``); the tool's result names it.
+        name: The function called.
+        arguments: The arguments as JSON text (an object), validated against the schema.
+    """
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a function call as the model streams it.
+
+    The first delta of a call has the id and name and (usually) empty ``arguments``; each
+    next one adds a piece of the JSON arguments text.
+
+    Attributes:
+        index: Which call of this reply (0-based).
+        call_id: The call's id.
+        name: The function called.
+        arguments: The next piece of the arguments text.
+    """
+
+    index: int
+    call_id: str
+    name: str
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
     """A piece of LLM output. The last delta of a stream carries ``usage`` and ``finish_reason``
-    (and may have empty ``text``)."""
+    (and may have empty ``text``).
+
+    Tool calls ride on the same stream so that engines and consumers that know nothing of tools
+    keep working: a delta with ``tool_call`` set has empty ``text``, and the last delta of a
+    reply that called functions has ``finish_reason="tool_calls"`` and the complete, validated
+    calls in ``tool_calls``.
+    """
 
     text: str
     usage: Usage | None = None
-    finish_reason: Literal["stop", "length", "cancelled"] | None = None
+    finish_reason: FinishReason | None = None
+    tool_call: ToolCallDelta | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One chat message."""
+    """One chat message.
+
+    Attributes:
+        role: ``system``, ``user``, ``assistant`` or ``tool`` (a function's result).
+        content: The text (may be empty for an assistant message that only calls tools).
+        tool_calls: Assistant: the functions it called.
+        tool_call_id: Tool: the call this is the result of.
+    """
 
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +165,10 @@ class GenerationParams:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    tools: tuple[FunctionTool, ...] = ()
+    """Functions the model may call (empty: a plain text reply)."""
+    tool_choice: ToolChoice = "auto"
+    """Whether it may, must or must not call one (see ``ToolChoice``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +185,8 @@ class LLMCapabilities:
 
     streaming: bool = True
     context_tokens: int = 2048
+    tools: bool = False
+    """Whether the backend can call functions (``GenerationParams.tools``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,12 +26,14 @@ from server import (
     routes_audio,
     routes_chat,
     routes_client_secrets,
+    routes_files,
     routes_health,
     routes_jobs,
     routes_metrics,
     routes_realtime,
     routes_turns,
     routes_usage,
+    routes_vector_stores,
 )
 from server.accounting import MeterMiddleware
 from server.edge import EdgeMiddleware, install_handlers
@@ -56,6 +58,8 @@ ROUTERS = (
     routes_client_secrets.router,
     routes_metrics.router,
     routes_usage.router,
+    routes_files.router,
+    routes_vector_stores.router,
     routes_jobs.router,
 )
 """Every route of the API. Imported, not discovered: a route module that fails to import fails
@@ -86,6 +90,7 @@ def create_app(
         try:
             yield
         finally:
+            await state.stop_ingestions()  # files being indexed end failed: add them again
             await state.jobs.runner.aclose()  # its jobs go back to the queue, resumable
             if not state.warming.done():
                 state.warming.cancel()
@@ -104,7 +109,10 @@ def create_app(
         BodyLimitMiddleware,
         max_bytes=settings.edge.max_json_bytes,
         upload_max_bytes=settings.audio.max_bytes + _FORM_OVERHEAD,
-        overrides={"/v1/jobs": settings.jobs.max_bytes + _FORM_OVERHEAD},  # long recordings
+        overrides={
+            "/v1/jobs": settings.jobs.max_bytes + _FORM_OVERHEAD,  # long recordings
+            "/v1/files": settings.kb.max_file_bytes + _FORM_OVERHEAD,  # documents
+        },
     )
     # (admission control goes here: behind the edge, so a refused key never takes a slot)
     app.add_middleware(EdgeMiddleware, state=state)
@@ -122,9 +130,9 @@ def create_app(
 
 
 async def _warm(state: AppState, *, load: bool) -> None:
-    """Start the active release's engines (unless handed in), the VAD, then follow the store
-    until the app stops. A release that cannot start leaves the server unready, still
-    following: a rollback in the store makes it ready."""
+    """Start the active release's engines (unless handed in), the VAD and the knowledge base's
+    embedding model, then follow the store until the app stops. A release that cannot start
+    leaves the server unready, still following: a rollback in the store makes it ready."""
     if load:
         try:
             await state.releases.start()
@@ -137,6 +145,10 @@ async def _warm(state: AppState, *, load: bool) -> None:
                 await state.load_vad()
             except VoxlineError as exc:  # only realtime needs it: its route retries and reports
                 log.error("the VAD failed to load: %s", exc)
+            try:  # the first grounded turn must not pay for loading the embedding model
+                await asyncio.to_thread(state.kb.query_embedder)
+            except VoxlineError as exc:  # only file_search needs it: a search retries, reports
+                log.error("the knowledge base's embedding model failed to load: %s", exc)
     await state.releases.follow()
 
 

@@ -13,6 +13,12 @@ system prompt and the sampling defaults, which the routes take from the release 
 them). Anything else, including sections added later, counts: an unknown section costs a
 needless second load at worst, never the wrong engine. The engine scheduler attached to a
 backend when it is built (``models.registry``) is shared with it.
+
+LLM tiers (``llm.tiers``, ``pipeline.router``): each tier is a chain of its own, pooled by its
+own key (the tier's settings as ``models.registry.tier_settings`` makes them), so a release that
+adds a ``large`` tier shares its default tier with the active release and starts only the new
+tier, and two releases naming the same tier model load it once. The router itself holds no
+engine: each release gets its own, over its tiers, with its ``router`` policy.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from models.registry import Engines, start_stage
+from models.registry import Engines, router_of, start_stage, tier_settings
 from pipeline.errors import Stage
 from pipeline.settings import Settings
 from pipeline.stages import LLM, STT, TTS
@@ -45,17 +51,21 @@ ENGINE_FREE = frozenset(
         "release",
         "edge",
         "jobs",
+        "router",  # the per-release router is built over pooled tiers, holding no engine
+        "kb",  # the embedding model is the knowledge base's, one per process (server.kb)
     }
 )
 """Top-level settings no engine is built from (a release that changes only these shares every
 engine with the active one)."""
 
 CALL_TIME: Mapping[str, frozenset[str]] = {
-    "llm": frozenset({"system_prompt", "max_tokens", "temperature", "top_p"}),
+    # ``tiers``: every tier is pooled under a key of its own (``slots``)
+    "llm": frozenset({"system_prompt", "max_tokens", "temperature", "top_p", "tiers"}),
 }
 """Fields of a stage's section that reach its engine with each call, not at build time."""
 
-Keys = Mapping[Stage, str]
+Keys = Mapping[str, str]
+"""A release's chains: slot (``stt``, ``llm``, ``tts``, ``llm.<tier>``) -> pool key."""
 StageEngine = STT | LLM | TTS
 StageStarter = Callable[[Stage, Settings], Awaitable[StageEngine]]
 
@@ -78,6 +88,21 @@ def engine_key(settings: Settings, stage: Stage) -> str:
         tree[stage].pop(name, None)
     text = json.dumps(tree, sort_keys=True, default=_plain)
     return f"{stage}:{hashlib.sha256(text.encode()).hexdigest()[:20]}"
+
+
+def slots(settings: Settings) -> dict[str, tuple[Stage, Settings]]:
+    """The chains ``settings`` needs: slot -> (stage, the settings it is built from). The
+    default LLM tier is ``llm``; every other tier of ``llm.tiers`` is ``llm.<tier>``."""
+    out: dict[str, tuple[Stage, Settings]] = {stage: (stage, settings) for stage in STAGES}
+    for tier in settings.llm.tiers:
+        if tier != settings.router.default_tier:
+            out[f"llm.{tier}"] = ("llm", tier_settings(settings, tier))
+    return out
+
+
+def keys_of(settings: Settings) -> dict[str, str]:
+    """Slot -> pool key of every chain ``settings`` needs."""
+    return {slot: engine_key(built, stage) for slot, (stage, built) in slots(settings).items()}
 
 
 @dataclass(slots=True)
@@ -106,45 +131,66 @@ class EnginePool:
     def adopt(self, settings: Settings, engines: Engines) -> Keys:
         """Hold engines started elsewhere (handed to the app) under ``settings``' keys; they
         are shared like any other, kept even when no release holds them (a rollback to them
-        loads nothing) and never closed by the pool."""
-        keys = {stage: engine_key(settings, stage) for stage in STAGES}
-        for stage in STAGES:
-            entry = self._entries.get(keys[stage])
+        loads nothing) and never closed by the pool. A tier the engines lack is not held."""
+        tiers = engines.router.tiers if engines.router is not None else {}
+        keys: dict[str, str] = {}
+        for slot, key in keys_of(settings).items():
+            engine = getattr(engines, slot, None) if slot in STAGES else tiers.get(slot[4:])
+            if engine is None:
+                continue
+            keys[slot] = key
+            entry = self._entries.get(key)
             if entry is None:
-                self._entries[keys[stage]] = _Entry(getattr(engines, stage), 1, owned=False)
+                self._entries[key] = _Entry(engine, 1, owned=False)
             else:
                 entry.users += 1
         return keys
 
     async def acquire(self, settings: Settings) -> tuple[Engines, Keys]:
-        """The engines of ``settings``: shared where a chain of the same key is held, the
-        missing ones started (concurrently) and warmed.
+        """The engines of ``settings`` (every LLM tier and its router included): shared where
+        a chain of the same key is held, the missing ones started (concurrently) and warmed.
 
         Raises:
             VoxlineError: a missing chain could not start (nothing is left held).
         """
-        keys = {stage: engine_key(settings, stage) for stage in STAGES}
+        needed = slots(settings)
+        keys = {slot: engine_key(built, stage) for slot, (stage, built) in needed.items()}
         async with self._lock:
-            held = [s for s in STAGES if keys[s] in self._entries]
-            for stage in held:  # counted before any await: nobody closes them meanwhile
-                self._entries[keys[stage]].users += 1
-            missing = [s for s in STAGES if s not in held]
+            held = [slot for slot in needed if keys[slot] in self._entries]
+            for slot in held:  # counted before any await: nobody closes them meanwhile
+                self._entries[keys[slot]].users += 1
+            missing: dict[str, tuple[Stage, Settings]] = {}  # key -> how to build it, once
+            for slot, (stage, built) in needed.items():
+                if slot not in held:
+                    missing.setdefault(keys[slot], (stage, built))
             results = await asyncio.gather(
-                *(self._start(stage, settings) for stage in missing), return_exceptions=True
+                *(self._start(stage, built) for stage, built in missing.values()),
+                return_exceptions=True,
             )
             failure = next((r for r in results if isinstance(r, BaseException)), None)
             if failure is not None:
                 started = [r for r in results if not isinstance(r, BaseException)]
                 await asyncio.gather(*(e.aclose() for e in started), return_exceptions=True)
-                for stage in held:
-                    self._entries[keys[stage]].users -= 1
+                for slot in held:
+                    self._entries[keys[slot]].users -= 1
                 await self._close(self._unused())
                 raise failure
-            for stage, engine in zip(missing, results, strict=True):
+            for key, engine in zip(missing, results, strict=True):
                 assert not isinstance(engine, BaseException)
-                self._entries[keys[stage]] = _Entry(engine, 1, owned=True)
-        picked = {s: self._entries[keys[s]].engine for s in STAGES}
-        engines = Engines(picked["stt"], picked["llm"], picked["tts"])  # type: ignore[arg-type]
+                self._entries[key] = _Entry(engine, 0, owned=True)
+            for slot in needed:
+                if slot not in held:
+                    self._entries[keys[slot]].users += 1
+        picked = {slot: self._entries[keys[slot]].engine for slot in needed}
+        default = settings.router.default_tier
+        tiers = {default: picked["llm"]}
+        tiers.update({slot[4:]: e for slot, e in picked.items() if slot.startswith("llm.")})
+        engines = Engines(
+            picked["stt"],  # type: ignore[arg-type]
+            picked["llm"],  # type: ignore[arg-type]
+            picked["tts"],  # type: ignore[arg-type]
+            router_of(settings, tiers),  # type: ignore[arg-type]
+        )
         return engines, keys
 
     async def release(self, keys: Keys) -> None:

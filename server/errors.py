@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from pipeline.errors import (
     AudioDecodeError,
@@ -20,6 +21,7 @@ from pipeline.errors import (
     EngineTimeout,
     EngineUnavailable,
     InvalidInput,
+    InvalidToolCall,
     ModelLoadError,
     StageError,
     VoxlineError,
@@ -27,6 +29,7 @@ from pipeline.errors import (
 from store.errors import Conflict, NotFound, StoreUnavailable
 
 _AUDIO_STATUS = {"audio_too_large": 413, "unsupported_format": 415}
+_INPUT_STATUS = {"request_too_large": 413, "file_too_large": 413}
 _HTTP_CODES = {
     400: "invalid_request",
     401: "invalid_api_key",
@@ -45,13 +48,15 @@ def status_of(exc: VoxlineError) -> int:
     if isinstance(exc, AudioDecodeError):
         return _AUDIO_STATUS.get(exc.code or "", 400)
     if isinstance(exc, InvalidInput):
-        return 413 if exc.code == "request_too_large" else 400
+        return _INPUT_STATUS.get(exc.code or "", 400)
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, Conflict):
         return 409
     if isinstance(exc, EngineTimeout):
         return 504
+    if isinstance(exc, InvalidToolCall):
+        return 502  # the model's output broke the tool's schema: a bad answer from upstream
     if isinstance(exc, StoreUnavailable):
         return 503
     if isinstance(exc, EngineOverloaded | EngineUnavailable | ModelLoadError):
@@ -89,6 +94,17 @@ def error_response(exc: VoxlineError) -> JSONResponse:
     return JSONResponse(body_of(exc), status_code=status, headers=headers)
 
 
+def _allowed(request: Request) -> str:
+    """Every method the request's path serves: Starlette's 405 names only the first route
+    that matched the path, and a path may have one route per method (GET and POST)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "__NONE__"})
+        if match == Match.PARTIAL:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error a route can raise to the OpenAI error shape."""
 
@@ -110,12 +126,15 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return JSONResponse(body, status_code=400)
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         body = error_body(str(exc.detail), type_=type_, code=code)
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed(request)}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(error_body("internal server error", type_="server_error"), 500)

@@ -32,6 +32,7 @@ from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:  # annotations only
+    from pipeline.knowledge import KnowledgeReport
     from pipeline.ledger import Charge
     from pipeline.stages import CallRecord
     from pipeline.types import TurnTimings
@@ -43,6 +44,11 @@ FIRST_OUTPUT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75
 """Seconds: time to the first token / first audio, where tens of milliseconds matter."""
 V2V_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 """Seconds: voice-to-voice, dense around the 0.5-1 s that separates snappy from sluggish."""
+
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+"""Similarity and support scores, in [0, 1] (a negative cosine similarity lands in the first)."""
+RETRIEVAL_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""Seconds: query embedding plus search, where the budget is 20 ms."""
 
 UNMATCHED_ROUTE = "unmatched"
 """The ``route`` label of a request no route matched (404s, or one answered before routing):
@@ -131,6 +137,37 @@ class Metrics:
         self.cost = Counter(
             "voxline_cost_usd", "Cost charged by the ledger, in USD.", ["backend"], registry=r
         )
+        self.routes = Counter(
+            "voxline_llm_routes",
+            "Turns answered by each LLM tier, and the router's reason.",
+            ["tier", "reason"],
+            registry=r,
+        )
+        self.kb_retrieval = Histogram(
+            "voxline_kb_retrieval_seconds",
+            "Retrieval in a turn: query embedding plus vector search.",
+            buckets=RETRIEVAL_BUCKETS,
+            registry=r,
+        )
+        self.kb_top_score = Histogram(
+            "voxline_kb_top_score",
+            "Cosine similarity of the best passage retrieved in a turn.",
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.kb_support = Histogram(
+            "voxline_kb_support_score",
+            "Support score of a grounded answer against its sources.",
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.kb_answers = Counter(
+            "voxline_kb_answers",
+            "Turns that searched vector stores, by outcome: grounded (supported), flagged "
+            "(below the support threshold), replaced (a safe reply said instead), dont_know.",
+            ["outcome"],
+            registry=r,
+        )
         self.active_sessions = Gauge(
             "voxline_active_sessions", "Realtime sessions open now.", registry=r
         )
@@ -184,6 +221,24 @@ class Metrics:
         if timings.endpoint_ms is not None:
             self.stage_duration.labels("endpoint", "vad").observe(timings.endpoint_ms / 1000)
 
+    def observe_knowledge(self, report: KnowledgeReport) -> None:
+        """A turn that searched vector stores: retrieval time, best score, support, outcome."""
+        self.kb_retrieval.observe(report.retrieval_ms / 1000)
+        if report.top_score is not None:
+            self.kb_top_score.observe(report.top_score)
+        support = report.support
+        if support is not None:
+            self.kb_support.observe(support.score)
+        if report.dont_know:
+            outcome = "dont_know"
+        elif support is not None and support.replaced:
+            outcome = "replaced"
+        elif support is not None and support.flagged:
+            outcome = "flagged"
+        else:
+            outcome = "grounded"
+        self.kb_answers.labels(outcome).inc()
+
     def count_usage(self, call: CallRecord) -> None:
         """Add a billed engine call's usage: LLM prompt and completion tokens, seconds of audio
         heard (``in``, STT) or spoken (``out``, TTS), labelled with the backend that did it."""
@@ -218,6 +273,10 @@ class Metrics:
                 ``circuit_open``, never an error message.
         """
         self.fallbacks.labels(stage, from_, to, reason).inc()
+
+    def count_route(self, tier: str, reason: str) -> None:
+        """A turn routed to an LLM tier."""
+        self.routes.labels(tier, reason).inc()
 
     def add_cost(self, usd: float, backend: str) -> None:
         """Add ``usd`` spent on ``backend``."""

@@ -73,6 +73,10 @@ _CONTENT: dict[tuple[str, str], dict[str, Any]] = {
         **_STREAM,
     },
     ("post", "/v1/turns"): {"application/json": {"schema": {"type": "object"}}, **_STREAM},
+    ("get", "/v1/files/{file_id}/content"): {
+        media: {"schema": {"type": "string", "format": "binary"}}
+        for media in ("application/pdf", "text/html", "text/markdown", "text/plain")
+    },
 }
 
 
@@ -88,6 +92,8 @@ def _errors(path: str, method: str, op: dict[str, Any]) -> list[str]:
         codes += ["503", "504"]  # the engines
     if rule.upload:
         codes.append("415")
+    if "{" in path or path.startswith("/v1/vector_stores"):
+        codes.append("404")  # an id that does not exist (or is another key's)
     if path == "/readyz":
         codes.append("503")
     return sorted(set(codes))

@@ -29,6 +29,9 @@ from pipeline.events import (
     ConversationItem,
     ErrorEvent,
     Event,
+    FunctionCallDelta,
+    FunctionCallDone,
+    FunctionCallStarted,
     InputCleared,
     InputCommitted,
     ItemAdded,
@@ -45,9 +48,11 @@ from pipeline.events import (
     TranscriptFailed,
     TranscriptPartial,
 )
+from pipeline.knowledge import FileSearch
 from pipeline.listener import new_id
 from pipeline.session_config import SessionConfig
-from server.schemas import fallbacks_json
+from pipeline.types import ForcedTool, ToolChoice
+from server.schemas import fallbacks_json, knowledge_json, route_json
 
 Wire = dict[str, Any]
 """One server event, ready for ``json.dumps``."""
@@ -131,11 +136,19 @@ class ServerEvents:
             "type": "realtime",
             "object": "realtime.session",
             "id": self.session_id,
-            "model": self.model,
+            "model": cfg.tier or self.model,  # a pinned LLM tier, else the model asked for
             "output_modalities": ["audio"],
             "instructions": cfg.instructions,
-            "tools": [],
-            "tool_choice": "auto",
+            "tools": [
+                {
+                    "type": "function",
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": dict(t.parameters),
+                }
+                for t in cfg.tools
+            ],
+            "tool_choice": _choice(cfg.tool_choice),
             "max_output_tokens": max_tokens if max_tokens is not None else "inf",
             "tracing": None,
             "truncation": "auto",
@@ -162,6 +175,8 @@ class ServerEvents:
                 "temperature": cfg.params.temperature,
                 "top_p": cfg.params.top_p,
                 "release": self.release,
+                # OpenAI's realtime sessions have no file_search tool type: it is reported here
+                "file_search": _file_search(cfg.file_search),
             },
         }
 
@@ -208,6 +223,11 @@ class ServerEvents:
             case InputCleared():
                 return [wire_event("input_audio_buffer.cleared")]
             case ItemAdded(item=item, previous_item_id=previous):
+                if item.kind == "function_call":  # its .done comes with FunctionCallDone
+                    wire = _item(item, "in_progress")
+                    return [
+                        wire_event("conversation.item.added", previous_item_id=previous, item=wire)
+                    ]
                 wire = _item(item, "completed")
                 return [
                     wire_event("conversation.item.added", previous_item_id=previous, item=wire),
@@ -240,6 +260,49 @@ class ServerEvents:
             case ResponseAudioDone(response_id=rid, item_id=item_id, transcript=transcript):
                 self._open.discard(rid)
                 return self._closing(rid, item_id, transcript, "completed")
+            case FunctionCallStarted():
+                added = _call_item(event.item_id, event.call_id, event.name, "", "in_progress")
+                return [
+                    wire_event(
+                        "response.output_item.added",
+                        response_id=event.response_id,
+                        output_index=event.output_index,
+                        item=added,
+                    )
+                ]
+            case FunctionCallDelta():
+                return [
+                    wire_event(
+                        "response.function_call_arguments.delta",
+                        response_id=event.response_id,
+                        item_id=event.item_id,
+                        output_index=event.output_index,
+                        call_id=event.call_id,
+                        delta=event.delta,
+                    )
+                ]
+            case FunctionCallDone():
+                done = _call_item(
+                    event.item_id, event.call_id, event.name, event.arguments, event.status
+                )
+                return [
+                    wire_event(
+                        "response.function_call_arguments.done",
+                        response_id=event.response_id,
+                        item_id=event.item_id,
+                        output_index=event.output_index,
+                        call_id=event.call_id,
+                        name=event.name,
+                        arguments=event.arguments,
+                    ),
+                    wire_event(
+                        "response.output_item.done",
+                        response_id=event.response_id,
+                        output_index=event.output_index,
+                        item=done,
+                    ),
+                    wire_event("conversation.item.done", item=done),
+                ]
             case ResponseDone():
                 return self._done(event)
             case ItemTruncated(item_id=item_id, audio_end_ms=end):
@@ -326,8 +389,11 @@ class ServerEvents:
                 "error": error_body(event.error) if event.error is not None else None,
             }
         t, usage = event.timings, event.usage
+        calls = [
+            _call_item(c.item_id, c.call_id, c.name, c.arguments, c.status) for c in event.calls
+        ]
         response = self._response(
-            rid, event.status, [_assistant(item_id, item_status, event.transcript)]
+            rid, event.status, [_assistant(item_id, item_status, event.transcript), *calls]
         )
         response["status_details"] = details
         response["usage"] = {
@@ -354,6 +420,8 @@ class ServerEvents:
                 "tts": event.backends.tts,
             },
             "fallbacks": fallbacks_json(event.fallbacks),
+            **route_json(event.route),
+            **knowledge_json(event.knowledge),
         }
         out.append(wire_event("response.done", response=response))
         return out
@@ -381,6 +449,17 @@ class ServerEvents:
         )
 
 
+def _file_search(search: FileSearch | None) -> Wire | None:
+    if search is None:
+        return None
+    return {
+        "type": "file_search",
+        "vector_store_ids": list(search.vector_store_ids),
+        "max_num_results": search.max_num_results,
+        "ranking_options": {"score_threshold": search.score_threshold},
+    }
+
+
 def _audio_part(transcript: str) -> Wire:
     return {"type": "audio", "transcript": transcript}
 
@@ -396,7 +475,38 @@ def _assistant(item_id: str, status: str, transcript: str | None) -> Wire:
     }
 
 
+def _choice(choice: ToolChoice) -> Wire | str:
+    if isinstance(choice, ForcedTool):
+        return {"type": "function", "name": choice.name}
+    return choice
+
+
+def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> Wire:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+    }
+
+
 def _item(item: ConversationItem, status: str) -> Wire:
+    if item.kind == "function_call":
+        return _call_item(
+            item.item_id, item.call_id or "", item.name or "", item.text or "", status
+        )
+    if item.kind == "function_call_output":
+        return {
+            "id": item.item_id,
+            "object": "realtime.item",
+            "type": "function_call_output",
+            "status": status,
+            "call_id": item.call_id,
+            "output": item.text or "",
+        }
     content = (
         {"type": "input_audio", "transcript": item.text}
         if item.audio

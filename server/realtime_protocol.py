@@ -8,7 +8,7 @@ We follow the GA API (``session.update`` with ``{"type": "realtime", "audio": {.
 the beta API's flat session fields too (``voice``, ``input_audio_format``, ``turn_detection``...),
 so clients of either generation connect unchanged. Validation is strict about types (a string
 where a number belongs is an error, never a coercion) and explicit about what the pipeline cannot
-do (text-only output, tools, G.711 audio, per-response overrides): those are errors naming the
+do (text-only output, G.711 audio, per-response overrides): those are errors naming the
 field, never silently dropped. Fields that change nothing we do (``tracing``, ``noise_reduction``,
 ``include``...) and fields we do not know are ignored, so that clients written against a newer API
 version still connect.
@@ -30,7 +30,10 @@ from typing import Any, Literal, TypeVar
 from pydantic import ValidationError
 
 from pipeline.errors import InvalidInput
+from pipeline.knowledge import FileSearch, file_search_of
 from pipeline.session_config import SessionConfig, TurnDetection
+from pipeline.tool_calls import parse_tool_choice, parse_tools
+from pipeline.types import FunctionTool, ToolChoice
 from server import realtime_schema as wire
 
 T = TypeVar("T")
@@ -74,6 +77,8 @@ class UpdateSession:
         max_tokens: A token cap, or ``"inf"`` for the server's default cap.
         turn_detection: Server VAD fields to change, or ``"off"`` for manual turns.
         language: STT language; ``""`` asks the engine to detect it.
+        file_search: The ``file_search`` tool of ``session.tools``; ``"off"``: tools were set
+            without one (retrieval stops).
     """
 
     instructions: str | None = None
@@ -85,6 +90,10 @@ class UpdateSession:
     language: str | None = None
     input_sample_rate: int | None = None
     output_sample_rate: int | None = None
+    tools: tuple[FunctionTool, ...] | None = None
+    tool_choice: ToolChoice | None = None
+    tier: str | None = None
+    file_search: FileSearch | Literal["off"] | None = None
 
     def changes(self, current: SessionConfig, default_vad: TurnDetection) -> dict[str, object]:
         """Keyword arguments for ``Session.update`` (``SessionConfig`` field names).
@@ -100,6 +109,14 @@ class UpdateSession:
                 out[name] = value
         if self.language is not None:
             out["language"] = self.language or None
+        if self.tools is not None:
+            out["tools"] = self.tools
+        if self.tool_choice is not None:
+            out["tool_choice"] = self.tool_choice
+        if self.tier is not None:
+            out["tier"] = self.tier or None  # "": a model that is no tier, the router decides
+        if self.file_search is not None:
+            out["file_search"] = None if self.file_search == "off" else self.file_search
         if self.temperature is not None or self.max_tokens is not None:
             params = current.params
             if self.temperature is not None:
@@ -147,6 +164,14 @@ class AddUserText:
 
 
 @dataclass(frozen=True, slots=True)
+class AddToolOutput:
+    """``conversation.item.create`` with a ``function_call_output``: a function's result."""
+
+    call_id: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
 class CreateResponse:
     """``response.create``."""
 
@@ -172,6 +197,7 @@ Command = (
     | CommitAudio
     | ClearAudio
     | AddUserText
+    | AddToolOutput
     | CreateResponse
     | CancelResponse
     | TruncateItem
@@ -188,13 +214,19 @@ class ClientEventParser:
         max_append_bytes: Largest decoded audio of one ``input_audio_buffer.append``.
         voices: The voices the TTS accepts now (empty: any name, the engine decides); asked at
             each ``session.update``, since a fallback chain's voices change with its backends.
+        tiers: The server's LLM tiers: a ``session.model`` naming one pins the session to it.
     """
 
     def __init__(
-        self, *, max_append_bytes: int, voices: Callable[[], Sequence[str]] = tuple
+        self,
+        *,
+        max_append_bytes: int,
+        voices: Callable[[], Sequence[str]] = tuple,
+        tiers: Sequence[str] = (),
     ) -> None:
         self.max_append_bytes = max_append_bytes
         self.voices = voices
+        self.tiers = tiers
 
     def parse(self, data: str | bytes) -> tuple[str | None, Command]:
         """One WebSocket message -> the client's ``event_id`` and the command.
@@ -241,6 +273,8 @@ class ClientEventParser:
         if isinstance(event, wire.Append):
             return AppendAudio(self._audio(event.audio))
         if isinstance(event, wire.ItemCreate):
+            if event.item.type == "function_call_output":
+                return _tool_output(event)
             return _user_text(event)
         if isinstance(event, wire.ResponseCreate):
             _check_response_params(event.response)
@@ -284,8 +318,20 @@ class ClientEventParser:
     def _update(self, s: wire.SessionFields) -> UpdateSession:
         if s.type == "transcription":
             raise _unsupported("session.type", "transcription-only sessions are not supported")
-        if s.tools:
-            raise _unsupported("session.tools", "tools (function calling) are not supported yet")
+        tools = None
+        file_search: FileSearch | Literal["off"] | None = None
+        if "tools" in s.model_fields_set:
+            # function tools and the knowledge base's file_search; any other type is refused
+            tools = parse_tools(s.tools or [], param="session.tools", nested=False)
+            file_search = file_search_of(s.tools or [], param="session.tools") or "off"
+        tool_choice = None
+        if s.tool_choice is not None:
+            tool_choice = parse_tool_choice(
+                s.tool_choice, tools, param="session.tool_choice", nested=False
+            )
+        tier = None
+        if s.model is not None:
+            tier = s.model if s.model in self.tiers else ""
         for name in ("output_modalities", "modalities"):
             modalities = getattr(s, name)
             if modalities is not None and "audio" not in modalities:
@@ -316,6 +362,10 @@ class ClientEventParser:
             language=transcription.language if transcription is not None else None,
             input_sample_rate=_rate(a_in.format, s.input_audio_format, "input"),
             output_sample_rate=_rate(a_out.format, s.output_audio_format, "output"),
+            tools=tools,
+            tool_choice=tool_choice,
+            tier=tier,
+            file_search=file_search,
         )
 
 
@@ -364,7 +414,11 @@ def _user_text(event: wire.ItemCreate) -> AddUserText:
     if event.previous_item_id is not None:
         raise _unsupported("previous_item_id", "items can only be appended (omit it)")
     if item.type != "message" or item.role != "user":
-        raise _unsupported("item", "only user messages can be added (type message, role user)")
+        raise _unsupported(
+            "item",
+            "only user messages (type message, role user) and function results (type "
+            "function_call_output) can be added",
+        )
     texts: list[str] = []
     for i, part in enumerate(item.content):
         if part.type not in ("input_text", "text") or part.text is None:
@@ -374,6 +428,25 @@ def _user_text(event: wire.ItemCreate) -> AddUserText:
     if not text.strip():
         raise InvalidInput("the message has no text", param="item.content", code="invalid_value")
     return AddUserText(text)
+
+
+def _tool_output(event: wire.ItemCreate) -> AddToolOutput:
+    item = event.item
+    if event.previous_item_id is not None:
+        raise _unsupported("previous_item_id", "items can only be appended (omit it)")
+    if not item.call_id:
+        raise InvalidInput(
+            "a function_call_output needs the call_id it answers",
+            param="item.call_id",
+            code="missing_required_parameter",
+        )
+    if item.output is None:
+        raise InvalidInput(
+            "a function_call_output needs its output",
+            param="item.output",
+            code="missing_required_parameter",
+        )
+    return AddToolOutput(item.call_id, item.output)
 
 
 def _check_response_params(params: wire.ResponseParams | None) -> None:
@@ -390,8 +463,10 @@ def _check_response_params(params: wire.ResponseParams | None) -> None:
             raise _unsupported(
                 f"response.{name}", "per-response overrides are not supported: use session.update"
             )
-    if params.tools:
-        raise _unsupported("response.tools", "tools (function calling) are not supported yet")
+    if params.tools is not None:
+        raise _unsupported(
+            "response.tools", "per-response tools are not supported: use session.update"
+        )
 
 
 def _unsupported(param: str, message: str) -> InvalidInput:

@@ -87,7 +87,9 @@ class SessionFields(_Strict):
     output_modalities: list[Literal["text", "audio"]] | None = None
     max_output_tokens: Tokens | None = None
     audio: AudioConfig | None = None
-    tools: list[Any] | None = None
+    tools: list[Any] | None = Field(default=None, max_length=64)
+    tool_choice: Any = None
+    model: str | None = Field(default=None, max_length=256)
     # the beta API's flat fields
     modalities: list[Literal["text", "audio"]] | None = None
     voice: str | None = None
@@ -108,11 +110,13 @@ class ContentPart(_Strict):
 
 
 class Item(_Strict):
-    """A conversation item the client adds."""
+    """A conversation item the client adds: a message, or a function's result."""
 
     type: str = "message"
-    role: str
-    content: list[ContentPart] = Field(max_length=64)
+    role: str | None = None
+    content: list[ContentPart] = Field(default_factory=list, max_length=64)
+    call_id: str | None = Field(default=None, max_length=128)
+    output: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
 
 
 class ResponseParams(_Strict):

@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import suppress
 from typing import Annotated
 
@@ -57,15 +58,19 @@ from pipeline.events import (
     TranscriptCompleted,
     UsageReported,
 )
+from pipeline.knowledge import FileSearch, KnowledgeReport
+from pipeline.router import Route
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.stages import CallRecord
 from server import identity
 from server.accounting import SessionUsage
 from server.edge.realtime import RealtimeLimits
+from server.kb import caller, grounder_for
 from server.logging_setup import bind
 from server.realtime_events import ServerEvents, Wire, error_event
 from server.realtime_protocol import (
+    AddToolOutput,
     AddUserText,
     AppendAudio,
     BadClientEvent,
@@ -124,6 +129,9 @@ async def realtime(
             config = session_config(settings, dict(who.session), engines.tts.capabilities.voices)
         except InvalidInput as exc:  # valid when minted; the engines may have changed since
             log.warning("a client secret's session no longer applies: %s", exc.code)
+    router = engines.router
+    if router is not None and model in router.tiers:
+        config = dataclasses.replace(config, tier=model)  # ?model= naming a tier pins it
     events = ServerEvents(
         model=model or "voxline",
         config=config,
@@ -131,6 +139,7 @@ async def realtime(
         release=live.name,
     )
     heard = _LastTranscription(engines.stt.name)
+    owner = caller()
     session = Session(
         engines.stt,
         engines.llm,
@@ -139,10 +148,13 @@ async def realtime(
         config=config,
         settings=settings.session,
         response_scope=functools.partial(_traced, state, events.session_id, heard),
+        router=router,
+        grounder=grounder_for(state.kb, owner, settings.kb),  # the release's retrieval policy
     )
     parser = ClientEventParser(
         max_append_bytes=min(settings.audio.max_bytes, MAX_APPEND_BYTES),
         voices=lambda: engines.tts.capabilities.voices,
+        tiers=tuple(router.tiers) if router is not None else (),
     )
     connection = _Connection(
         websocket,
@@ -154,6 +166,9 @@ async def realtime(
         usage=SessionUsage(state.accounting, events.session_id, who),
         observe_turn=functools.partial(state.releases.observe_response, live.name),
         heard=heard,
+        observe_route=functools.partial(state.observe_route, where="realtime response"),
+        check_stores=functools.partial(_check_stores, state, owner),
+        observe_knowledge=state.observe_knowledge,
     )
     if who is not None:
         connection.limits = RealtimeLimits(
@@ -170,6 +185,11 @@ async def realtime(
             await connection.run()
     finally:
         log.info("realtime session %s closed", events.session_id)
+
+
+async def _check_stores(state: AppState, owner: str | None, ids: Sequence[str]) -> None:
+    """Refuse a ``file_search`` naming a store that is not the caller's (before it is used)."""
+    await asyncio.to_thread(state.kb.check_stores, ids, owner, "session.tools.vector_store_ids")
 
 
 class _LastTranscription:
@@ -217,8 +237,14 @@ class _Connection:
         usage: SessionUsage | None = None,
         observe_turn: Callable[[ResponseDone], None] = lambda _: None,
         heard: _LastTranscription | None = None,
+        observe_route: Callable[[Route | None], None] = lambda _: None,
+        check_stores: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+        observe_knowledge: Callable[[KnowledgeReport], None] = lambda _: None,
     ) -> None:
         self._ws = websocket
+        self._observe_route = observe_route
+        self._check_stores = check_stores
+        self._observe_knowledge = observe_knowledge
         self._usage = usage
         self._observe_turn = observe_turn
         self._heard = heard
@@ -331,6 +357,9 @@ class _Connection:
                 if pcm:
                     await session.append_audio(decode_pcm16(pcm, session.config.input_sample_rate))
             case UpdateSession():
+                search = command.file_search
+                if isinstance(search, FileSearch) and self._check_stores is not None:
+                    await self._check_stores(search.vector_store_ids)
                 await session.update(**command.changes(session.config, self._default_vad))
             case CommitAudio():
                 await session.commit()
@@ -338,6 +367,8 @@ class _Connection:
                 await session.clear()
             case AddUserText(text=text):
                 await session.add_user_text(text)
+            case AddToolOutput(call_id=call_id, output=output):
+                await session.add_tool_output(call_id, output)
             case CreateResponse():
                 await session.create_response()
             case CancelResponse(response_id=rid):
@@ -373,6 +404,10 @@ class _Connection:
                 self.limits.response_started()
             try:
                 wires = self._events.map(event, cause)
+                if isinstance(event, ResponseDone):
+                    self._observe_route(event.route)
+                if isinstance(event, ResponseDone) and event.knowledge is not None:
+                    self._observe_knowledge(event.knowledge)
                 if isinstance(event, ResponseDone) and self._usage is not None:
                     self._observe_turn(event)
                     billed = self._usage.report()

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import dataclasses
 import functools
+import json
 import logging
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
@@ -28,11 +29,13 @@ from starlette.requests import ClientDisconnect
 from models.registry import Engines
 from pipeline.audio import decode_audio, to_pcm16
 from pipeline.errors import InvalidInput, StageError, VoxlineError
+from pipeline.knowledge import FileSearch, file_search_of
 from pipeline.settings import Settings
 from pipeline.turn import ReplyAudio, ReplyText, TranscriptReady, TurnEvent, TurnResult, run_turn
 from pipeline.types import AudioChunk, GenerationParams
 from server.edge.quotas import require_quota
 from server.errors import body_of, error_body
+from server.kb import caller, grounder_for
 from server.logging_setup import current_request_id
 from server.schemas import (
     turn_json,
@@ -61,6 +64,20 @@ async def create_turn(
         str | None, Form(description="System prompt for this turn (default from settings).")
     ] = None,
     max_tokens: Annotated[int | None, Form(ge=1, description="Cap on reply tokens.")] = None,
+    tier: Annotated[
+        str | None,
+        Form(description="Answer with this LLM tier (default: the router picks one per turn)."),
+    ] = None,
+    tools: Annotated[
+        str | None,
+        Form(
+            description=(
+                'A JSON list of OpenAI tools: [{"type": "file_search", "vector_store_ids":'
+                ' ["vs_..."]}] grounds the answer in those vector stores (citations in the'
+                " result)."
+            )
+        ),
+    ] = None,
     stream: Annotated[
         bool,
         Form(
@@ -81,7 +98,21 @@ async def create_turn(
     live = release_of(request)  # this turn's release, held until its response is sent
     settings, engines = live.settings, live.engines
     _check_voice(engines, voice)
-    audio = await _decode(await file.read(), state_of(request).settings, engines.stt.sample_rate)
+    router = engines.router
+    if tier and router is None:
+        raise InvalidInput("this server has one LLM: tier is not available", param="tier")
+    if router is not None:
+        router.check_pin(tier or None, param="tier")
+    state = state_of(request)
+    search = _file_search(tools)
+    grounder = None
+    if search is not None:
+        owner = caller()
+        ids, param = search.vector_store_ids, "tools[0].vector_store_ids"
+        await asyncio.to_thread(state.kb.check_stores, ids, owner, param)
+        grounder = grounder_for(state.kb, owner, settings.kb)  # the release's retrieval policy
+    # upload limits are the server's (a release cannot set them)
+    audio = await _decode(await file.read(), state.settings, engines.stt.sample_rate)
     # the key's audio quota, with the seconds this upload would add, before the engines run
     await require_quota(state_of(request).store, UsageAmounts(audio_seconds=audio.duration))
     turn = functools.partial(
@@ -99,6 +130,10 @@ async def create_turn(
         ),
         voice=voice or settings.tts.voice,
         language=_language(language, settings),
+        router=router,
+        tier=tier or None,
+        grounder=grounder,
+        file_search=search,
     )
     if not stream:
         try:
@@ -139,6 +174,9 @@ async def _accounted(state: AppState, release: str, audio: AudioChunk, **turn: A
     state.releases.observe_turn(
         release, result.timings, outcome="completed", fallback=bool(result.fallbacks)
     )
+    state.observe_route(result.route, "turn")
+    if result.knowledge is not None:
+        state.observe_knowledge(result.knowledge)
     cost = await state.accounting.settle(request_id or "-")
     return dataclasses.replace(result, cost_usd=round(cost, 8))
 
@@ -148,6 +186,27 @@ async def _stop(task: asyncio.Task[TurnResult]) -> None:
     if not task.done():
         task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+def _file_search(tools: str | None) -> FileSearch | None:
+    """The ``file_search`` tool of the ``tools`` form field (a JSON list)."""
+    if tools is None or not tools.strip():
+        return None
+    try:
+        parsed = json.loads(tools)
+    except ValueError as exc:
+        raise InvalidInput("tools must be a JSON list", param="tools", code="invalid_json") from exc
+    if isinstance(parsed, list) and any(
+        isinstance(t, dict) and t.get("type") == "function" for t in parsed
+    ):
+        # a one-shot turn has no way to hand a call's output back: realtime and chat do
+        raise InvalidInput(
+            "a turn takes only file_search tools: call functions over /v1/realtime or "
+            "/v1/chat/completions",
+            param="tools",
+            code="unsupported_value",
+        )
+    return file_search_of(parsed, param="tools")
 
 
 def _check_voice(engines: Engines, voice: str | None) -> None:

@@ -29,13 +29,17 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     model_serializer,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from pipeline.audio import encode_wav
 from pipeline.errors import InvalidInput
 from pipeline.fallback_types import StageFallback
+from pipeline.knowledge import KnowledgeReport
+from pipeline.router import Route
 from pipeline.stages import validate_chat
+from pipeline.tool_calls import parse_tool_choice, parse_tools
 from pipeline.turn import TurnResult
-from pipeline.types import GenerationParams, Message, Role
+from pipeline.types import GenerationParams, Message, Role, ToolCall
 
 T = TypeVar("T")
 
@@ -74,8 +78,29 @@ def _not_null(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
+class FunctionCallIn(BaseModel):
+    """The function of a tool call in an assistant message."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field(max_length=32_768)
+
+
+class ToolCallIn(BaseModel):
+    """A tool call of an earlier assistant message (``messages[i].tool_calls[j]``)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    id: str = Field(min_length=1, max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
-    """A message as clients send it: ``content`` is a string or a list of text parts."""
+    """A message as clients send it: ``content`` is a string or a list of text parts; an
+    assistant message may carry ``tool_calls`` (then ``content`` may be null), and a ``tool``
+    message names the call it answers (``tool_call_id``)."""
 
     # what ``to_message`` and ``validate_chat`` accept, declared for the OpenAPI document
     model_config = ConfigDict(
@@ -84,18 +109,38 @@ class ChatMessageIn(BaseModel):
 
     role: str = Field(json_schema_extra={"enum": ["system", "developer", "user", "assistant"]})
     content: str | list[TextPart] | None = Field(default=None, json_schema_extra=_not_null)
+    # Tools (docs/tools.md) are left out of the OpenAPI document: whether a call or a result is
+    # accepted depends on other messages and on the tools offered, which a JSON schema of one
+    # message cannot say (the document's generated requests would be refused).
+    tool_calls: SkipJsonSchema[list[ToolCallIn] | None] = Field(default=None, max_length=32)
+    tool_call_id: SkipJsonSchema[str | None] = Field(default=None, max_length=128)
 
     def to_message(self, index: int) -> Message:
-        """The pipeline's message (roles are checked by ``validate_chat``)."""
-        if self.content is None:
+        """The pipeline's message (roles and tool call ids are checked by ``validate_chat``)."""
+        calls = tuple(
+            ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ()
+        )
+        if self.content is None and not calls:
             raise InvalidInput("content is required", param=f"messages[{index}].content")
-        if isinstance(self.content, str):
+        if self.content is None:
+            text = ""
+        elif isinstance(self.content, str):
             text = self.content
         else:
             text = "".join(part.text for part in self.content)
         # "developer" is OpenAI's newer name for the system role; stock clients send it.
         role = "system" if self.role == "developer" else self.role
-        return Message(cast(Role, role), text)
+        if calls and role != "assistant":
+            raise InvalidInput(
+                "only assistant messages carry tool_calls", param=f"messages[{index}].tool_calls"
+            )
+        call_id = self.tool_call_id if role == "tool" else None
+        if role == "tool" and not call_id:
+            raise InvalidInput(
+                "a tool message needs the tool_call_id it answers",
+                param=f"messages[{index}].tool_call_id",
+            )
+        return Message(cast(Role, role), text, tool_calls=calls, tool_call_id=call_id)
 
 
 class StreamOptions(BaseModel):
@@ -130,6 +175,9 @@ class ChatCompletionRequest(BaseModel):
     n: JsonInt | None = Field(default=None, json_schema_extra={"minimum": 1, "maximum": 1})
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # left out of the OpenAPI document, as messages' tool calls are (see ``ChatMessageIn``)
+    tools: SkipJsonSchema[list[Any] | None] = None
+    tool_choice: SkipJsonSchema[Any] = None
 
     @property
     def include_usage(self) -> bool:
@@ -157,12 +205,21 @@ class ChatCompletionRequest(BaseModel):
             max_tokens, param = self.max_tokens, "max_tokens"
         if max_tokens is not None and max_tokens < 1:  # checked here to name the field sent
             raise InvalidInput(f"{param} must be at least 1", param=param)
+        tools = parse_tools(self.tools, param="tools", nested=True)
+        if self.tools is not None and len(tools) != len(self.tools):
+            raise InvalidInput(
+                "only tools of type 'function' are served here", param="tools", code="invalid_value"
+            )
         params = GenerationParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             stop=tuple(stops),
             seed=self.seed,
+            tools=tools,
+            tool_choice=parse_tool_choice(
+                self.tool_choice, tools, param="tool_choice", nested=True
+            ),
         )
         validate_chat(messages, params)
         return messages, params
@@ -170,7 +227,7 @@ class ChatCompletionRequest(BaseModel):
 
 # -- chat completions: response ---------------------------------------------------------------
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ChatUsage(BaseModel):
@@ -181,11 +238,44 @@ class ChatUsage(BaseModel):
     total_tokens: int
 
 
+class FunctionCallOut(BaseModel):
+    """The function of a tool call the model made."""
+
+    name: str | None = None
+    arguments: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ToolCallOut(BaseModel):
+    """A tool call the model made (``message.tool_calls[i]``, or a piece of one in a chunk:
+    then ``index`` says which, and only the first piece has ``id``, ``type`` and the name)."""
+
+    index: int | None = None
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallOut
+
+    @model_serializer(mode="wrap")
+    def _without_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 class AssistantMessage(BaseModel):
-    """The reply in a non-streamed completion."""
+    """The reply in a non-streamed completion (``content`` is null when it only calls tools)."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_no_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("tool_calls") is None:
+            out.pop("tool_calls", None)
+        return cast(dict[str, Any], out)
 
 
 class Choice(BaseModel):
@@ -206,6 +296,15 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: ChatUsage
+    voxline: dict[str, str] | None = None
+    """``llm_tier`` and ``route_reason``: the tier that answered and why (with LLM tiers)."""
+
+    @model_serializer(mode="wrap")
+    def _without_no_route(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("voxline") is None:
+            out.pop("voxline", None)
+        return cast(dict[str, Any], out)
 
 
 class ChunkDelta(BaseModel):
@@ -213,6 +312,7 @@ class ChunkDelta(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
     @model_serializer(mode="wrap")
     def _without_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -237,6 +337,15 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: ChatUsage | None = None
+    voxline: dict[str, str] | None = None
+    """On the finish chunk: the LLM tier that answered and why (with LLM tiers)."""
+
+    @model_serializer(mode="wrap")
+    def _without_no_route(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("voxline") is None:
+            out.pop("voxline", None)
+        return cast(dict[str, Any], out)
 
 
 def completion_id() -> str:
@@ -310,6 +419,46 @@ class FallbackOut(BaseModel):
     after_output: bool = False
 
 
+class CitationOut(BaseModel):
+    """A source the answer was given: a chunk of a file in a vector store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file_id: str
+    filename: str
+    chunk: int = Field(ge=0)
+    score: float
+    text: str
+
+
+class SupportOut(BaseModel):
+    """How well the answer is supported by its sources."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: float = Field(ge=0, le=1)
+    threshold: float
+    flagged: bool
+    replaced: bool
+    scorer: str
+    ms: float
+
+
+class KnowledgeOut(BaseModel):
+    """Retrieval and groundedness of a turn that searched vector stores."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector_store_ids: list[str]
+    retrieval_ms: float
+    scores: list[float]
+    relevance: list[float]
+    top_score: float | None
+    dont_know: bool
+    llm_called: bool
+    support: SupportOut | None
+
+
 class TurnResponse(BaseModel):
     """``POST /v1/turns`` result (and, without audio data, ``voxline turn --json``)."""
 
@@ -325,6 +474,12 @@ class TurnResponse(BaseModel):
     audio: TurnAudio
     release: str | None = None
     """The release that answered (docs/releases.md); absent from ``voxline turn --json``."""
+    llm_tier: str | None = None
+    """The LLM tier that answered (``pipeline.router``)."""
+    route_reason: str | None = None
+    """Why the router picked it."""
+    citations: list[CitationOut] | None = None
+    knowledge: KnowledgeOut | None = None
 
 
 def turn_json(result: TurnResult) -> dict[str, object]:
@@ -336,6 +491,7 @@ def turn_json(result: TurnResult) -> dict[str, object]:
         "backends": asdict(result.backends),
         "fallbacks": fallbacks_json(result.fallbacks),
         "cost_usd": result.cost_usd,
+        **route_json(result.route),
         "audio": {
             "seconds": round(result.audio.duration, 3),
             "sample_rate": result.audio.sample_rate,
@@ -345,7 +501,53 @@ def turn_json(result: TurnResult) -> dict[str, object]:
             "completion_tokens": result.usage.completion_tokens,
             "total_tokens": result.usage.total_tokens,
         },
+        **knowledge_json(result.knowledge),
     }
+
+
+def knowledge_json(report: KnowledgeReport | None) -> dict[str, object]:
+    """``citations`` and ``knowledge`` of a grounded turn or response (nothing without one)."""
+    if report is None:
+        return {}
+    support = report.support
+    return {
+        "citations": [
+            {
+                "file_id": c.file_id,
+                "filename": c.filename,
+                "chunk": c.chunk,
+                "score": c.score,
+                "text": c.text,
+            }
+            for c in report.citations
+        ],
+        "knowledge": {
+            "vector_store_ids": list(report.vector_store_ids),
+            "retrieval_ms": report.retrieval_ms,
+            "scores": list(report.scores),
+            "relevance": list(report.relevance),
+            "top_score": report.top_score,
+            "dont_know": report.dont_know,
+            "llm_called": report.llm_called,
+            "support": None
+            if support is None
+            else {
+                "score": support.score,
+                "threshold": support.threshold,
+                "flagged": support.flagged,
+                "replaced": support.replaced,
+                "scorer": support.scorer,
+                "ms": support.ms,
+            },
+        },
+    }
+
+
+def route_json(route: Route | None) -> dict[str, str]:
+    """The LLM tier that answered and why, for a JSON result (nothing without a router)."""
+    if route is None:
+        return {}
+    return {"llm_tier": route.tier, "route_reason": route.reason}
 
 
 def fallbacks_json(switches: Sequence[StageFallback]) -> list[dict[str, object]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import Request
 from starlette.requests import HTTPConnection
@@ -17,11 +18,14 @@ from models.registry import Engines
 from models.vad_silero import SileroVAD
 from pipeline.fallback_core import Chain
 from pipeline.fallback_types import FallbackReport
+from pipeline.knowledge import KnowledgeReport
 from pipeline.ledger import Ledger
+from pipeline.router import Route
 from pipeline.settings import Settings
 from pipeline.vad import VAD
 from server.accounting import Accounting
 from server.jobs.service import JobService
+from server.kb import KnowledgeBase, knowledge_base
 from server.logging_setup import log_call
 from server.metrics import Metrics
 from server.releases import LiveRelease, ServerReleases, slot_release
@@ -67,6 +71,13 @@ class AppState:
         self.releases = ServerReleases(
             settings, self.store, metrics=self.metrics, listen=self.listen
         )
+        self.kb: KnowledgeBase = knowledge_base(self.store, settings)
+        """Files, vector stores and retrieval (its model loads on first use)."""
+        self.ingestions: set[asyncio.Future[object]] = set()
+        # one file indexed at a time, on a thread of its own: indexing never takes the default
+        # executor's threads, which the turns need (VAD, store calls, retrieval)
+        self._ingest_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-ingest")
+        self._queued: set[tuple[str, str]] = set()
         self.jobs = JobService(
             self.store,
             settings,
@@ -101,7 +112,8 @@ class AppState:
         """Hook metrics, traces and stage logs into every backend of every chain (once each:
         tests hand the same engines to many apps). Per backend, so the ``backend`` label names
         the engine that served, and so a fallback is visible."""
-        for chain in (engines.stt, engines.llm, engines.tts):
+        tiers = list(engines.router.tiers.values()) if engines.router is not None else []
+        for chain in (engines.stt, engines.llm, engines.tts, *tiers):
             backends = chain.backends if isinstance(chain, Chain) else [chain]
             for backend in backends:
                 if id(backend) in self._listened:
@@ -122,6 +134,13 @@ class AppState:
                 report.stage, switch.from_backend, switch.to_backend or "none", switch.reason
             )
 
+    def observe_route(self, route: Route | None, where: str) -> None:
+        """A turn's LLM tier and why, in the metrics and the log."""
+        if route is None:
+            return
+        self.metrics.count_route(route.tier, route.reason)
+        log.info("%s answered by LLM tier %s (%s)", where, route.tier, route.reason)
+
     async def load_vad(self) -> VAD:
         """The shared VAD, loaded now if the warm-up has not (tests hand in engines only).
 
@@ -133,6 +152,53 @@ class AppState:
             await asyncio.to_thread(vad.load)
             self.vad = self.vad or vad  # another connection may have loaded one meanwhile
         return self.vad
+
+    def observe_knowledge(self, report: KnowledgeReport) -> None:
+        """A grounded turn's metrics and log line (ids and numbers only: the question, the
+        answer and the passages are content, logged only with ``log_content``)."""
+        self.metrics.observe_knowledge(report)
+        support = report.support
+        log.info(
+            "grounded answer",
+            extra={
+                "vector_store_ids": list(report.vector_store_ids),
+                "retrieval_ms": report.retrieval_ms,
+                "scores": list(report.scores),
+                "citations": [
+                    {"file_id": c.file_id, "chunk": c.chunk, "score": c.score}
+                    for c in report.citations
+                ],
+                "dont_know": report.dont_know,
+                "support": None if support is None else support.score,
+                "flagged": bool(support and support.flagged),
+                "replaced": bool(support and support.replaced),
+            },
+        )
+
+    def ingest_later(self, vector_store_id: str, file_id: str) -> None:
+        """Index a file into a store in the background, after the files queued before it (its
+        record says ``in_progress`` until done); the app's shutdown stops it between batches
+        (it ends ``failed``: add it again)."""
+        key = (vector_store_id, file_id)
+        self._queued.add(key)
+
+        def run() -> object:
+            self._queued.discard(key)
+            return self.kb.ingest(vector_store_id, file_id)
+
+        future = asyncio.get_running_loop().run_in_executor(self._ingest_pool, run)
+        self.ingestions.add(future)
+        future.add_done_callback(self.ingestions.discard)
+
+    async def stop_ingestions(self) -> None:
+        """Stop the files being added (they end ``failed``: add them again)."""
+        self.kb.closing.set()
+        self._ingest_pool.shutdown(wait=False, cancel_futures=True)  # queued files never start
+        if self.ingestions:
+            await asyncio.gather(*self.ingestions, return_exceptions=True)
+        for vector_store_id, file_id in list(self._queued):  # say so, rather than in_progress
+            await asyncio.to_thread(self.kb.abandon, vector_store_id, file_id)
+        self._queued.clear()
 
 
 def state_of(request: Request) -> AppState:

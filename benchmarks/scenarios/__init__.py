@@ -1,9 +1,10 @@
 """The benchmark scenarios, by name, and the engines each needs started in process.
 
 ``stt``, ``llm``, ``tts`` and ``turn`` run the engines in this process; ``realtime`` and
-``load`` talk to a server over the WebSocket (a running one given by ``--url``, or one the
-benchmark starts with the same configuration). ``compare`` is not a scenario of its own: it
-runs the other named scenarios once per ``--config`` (see ``benchmarks.runner``).
+``load`` talk to a server over the WebSocket, ``retrieval`` to its knowledge base over HTTP (a
+running one given by ``--url``, or one the benchmark starts with the same configuration).
+``compare`` is not a scenario of its own: it runs the other named scenarios once per
+``--config`` (see ``benchmarks.runner``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from benchmarks.context import BenchContext, ScenarioResult
-from benchmarks.scenarios import llm, load, realtime, stt, tts, turn
+from benchmarks.scenarios import llm, load, realtime, retrieval, stt, tts, turn
 
 Scenario = Callable[[BenchContext, str], Awaitable[ScenarioResult]]
 
@@ -22,6 +23,7 @@ SCENARIOS: dict[str, Scenario] = {
     "turn": turn.run,
     "realtime": realtime.run,
     "load": load.run,
+    "retrieval": retrieval.run,
 }
 """Every runnable scenario; each is called as ``run(ctx, result_name)``."""
 
@@ -32,13 +34,14 @@ STAGES: dict[str, tuple[str, ...]] = {
     "turn": turn.STAGES,
     "realtime": (),
     "load": (),
+    "retrieval": (),
 }
 """The in-process engines each scenario uses (started together before the first one runs)."""
 
 STANDARD: tuple[str, ...] = ("stt", "llm", "tts", "turn")
 """What ``voxline bench`` runs when no scenario is named."""
 
-SERVER: frozenset[str] = frozenset({"realtime", "load"})
+SERVER: frozenset[str] = frozenset({"realtime", "load", "retrieval"})
 """Scenarios that need a server."""
 
 COMPARE = "compare"

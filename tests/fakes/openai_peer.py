@@ -32,6 +32,9 @@ class PeerPlan:
             like whisper-1, which ignores the flag and answers JSON).
         error_after: SSE only: after this many events, send an ``{"error": ...}`` event and end
             the stream, as llama.cpp and vLLM do when generation fails midway.
+        tool_call: Chat only: answer with a call of this function, ``(name, arguments)``,
+            streamed as OpenAI does (id and name first, then the arguments in pieces,
+            ``finish_reason: "tool_calls"``) instead of the text reply.
     """
 
     status: int = 200
@@ -41,6 +44,7 @@ class PeerPlan:
     drop_after: int | None = None
     stream: bool = True
     error_after: int | None = None
+    tool_call: tuple[str, str] | None = None
 
 
 @dataclass
@@ -206,8 +210,20 @@ class OpenAIPeer:
             return {**base, "choices": [choice]}
 
         events: list[dict[str, Any] | str] = [chunk({"role": "assistant", "content": ""}, None)]
-        events += [chunk({"content": piece}, None) for piece in self.reply]
-        events.append(chunk({}, "stop"))
+        if plan.tool_call is not None:
+            name, arguments = plan.tool_call
+            head = {"index": 0, "id": "call_peer1", "type": "function"}
+            events.append(
+                chunk({"tool_calls": [{**head, "function": {"name": name, "arguments": ""}}]}, None)
+            )
+            third = max(1, len(arguments) // 3)
+            for at in range(0, len(arguments), third):
+                piece = {"index": 0, "function": {"arguments": arguments[at : at + third]}}
+                events.append(chunk({"tool_calls": [piece]}, None))
+            events.append(chunk({}, "tool_calls"))
+        else:
+            events += [chunk({"content": piece}, None) for piece in self.reply]
+            events.append(chunk({}, "stop"))
         if include_usage:
             prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
             usage = {

@@ -32,6 +32,7 @@ from pipeline.types import (
     LLMCapabilities,
     Message,
     TextDelta,
+    ToolCallDelta,
     Transcript,
     TTSCapabilities,
     Usage,
@@ -261,12 +262,17 @@ class ScriptedLLM(_Scripted, LLM):
         fail_times: The first calls raise ``error`` before any output.
         error: See ``fail_times``.
         plans: The calls after those.
+        tool_calls: Function calls to make, ``(name, arguments)``, one per call that offers
+            functions, in order (streamed as a real engine does: the id and name, then the
+            arguments in pieces; ``finish_reason="tool_calls"``); when they run out, such
+            calls answer with ``reply``. Declares ``capabilities.tools``.
     """
 
     def __init__(
         self,
         name: str = "fake-llm",
         *,
+        tool_calls: Sequence[tuple[str, str]] | None = None,
         reply: Sequence[str] = ("Hello", ",", " world", ".", " How", " are", " you", "?"),
         continuation: Literal["restart", "resume"] = "restart",
         context_tokens: int = 2048,
@@ -279,8 +285,11 @@ class ScriptedLLM(_Scripted, LLM):
         LLM.__init__(self, name=name)
         self._init_script(fail_times, error, plans)
         self.reply, self.continuation = list(reply), continuation
-        self.capabilities = LLMCapabilities(context_tokens=context_tokens)
+        self.capabilities = LLMCapabilities(
+            context_tokens=context_tokens, tools=tool_calls is not None
+        )
         self.ttft_s, self.token_s = ttft_s, token_s
+        self.tool_calls = deque(tool_calls or ())
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """This double's tokenizer: a token per 4 characters of the messages (at least one)."""
@@ -302,6 +311,14 @@ class ScriptedLLM(_Scripted, LLM):
         prompt = self.count_tokens(messages)
         deltas = [TextDelta(p) for p in pieces]
         deltas.append(TextDelta("", Usage(prompt, len(pieces)), "stop"))
+        if params.tools and params.tool_choice != "none" and self.tool_calls:
+            name, arguments = self.tool_calls.popleft()
+            call_id = f"call_{len(self.calls)}"
+            third = max(1, len(arguments) // 3)
+            pieces = [arguments[i : i + third] for i in range(0, len(arguments), third)]
+            deltas = [TextDelta("", tool_call=ToolCallDelta(0, call_id, name, ""))]
+            deltas += [TextDelta("", tool_call=ToolCallDelta(0, call_id, name, p)) for p in pieces]
+            deltas.append(TextDelta("", Usage(prompt, len(pieces)), "tool_calls"))
         if plan.garbage:
             deltas = [TextDelta("", Usage(prompt, 0), "stop")]
         return self._play(call, deltas, plan, self.ttft_s, self.token_s)

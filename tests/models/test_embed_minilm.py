@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,17 @@ def test_a_missing_local_model_is_a_model_load_error(tmp_path: object) -> None:
     with pytest.raises(ModelLoadError) as info:
         MiniLMEmbedder(f"{tmp_path}/no-such-model").load()
     assert "no-such-model" in str(info.value)
+
+
+def test_the_onnx_runtime_embeds_as_torch_does(embedder: MiniLMEmbedder, tmp_path: Path) -> None:
+    onnx = MiniLMEmbedder(runtime="onnx", cache_dir=tmp_path, threads=1)
+    onnx.load()  # exports the packaged weights into tmp_path/onnx, once
+    exported = list((tmp_path / "onnx").glob("*.onnx"))
+    assert len(exported) == 1 and exported[0].stat().st_size > 80_000_000
+    texts = ["short", "a much longer text that pads the batch " * 8, "How big a room can it clean?"]
+    np.testing.assert_allclose(onnx.embed(texts), embedder.embed(texts), atol=1e-4)
+    assert onnx.dim == 384 and onnx.max_input_tokens == 256 and onnx.name == "minilm-onnx:cpu"
+    again = MiniLMEmbedder(runtime="onnx", cache_dir=tmp_path)
+    again.load()  # from the cache: no second export
+    assert list((tmp_path / "onnx").glob("*.onnx")) == exported
+    assert onnx.count_tokens("hello world") == 2

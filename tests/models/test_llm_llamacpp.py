@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 pytest.importorskip("llama_cpp")
@@ -16,7 +18,14 @@ from models import llm_llamacpp  # after the skip: it needs llama_cpp
 from models.llm_llamacpp import THREAD_NAME, LlamaCppLLM
 from pipeline.errors import EngineUnavailable, InvalidInput, ModelLoadError
 from pipeline.settings import LLMSettings
-from pipeline.types import GenerationParams, Message, TextDelta
+from pipeline.types import (
+    ForcedTool,
+    FunctionTool,
+    GenerationParams,
+    Message,
+    TextDelta,
+    ToolCall,
+)
 
 pytestmark = pytest.mark.llama
 
@@ -206,3 +215,69 @@ def test_without_llama_cpp_python_the_error_says_what_to_install(
     with pytest.raises(EngineUnavailable) as info:
         engine.load()
     assert llm_llamacpp.INSTALL_HINT in str(info.value)
+
+
+# -- function tools -----------------------------------------------------------------------
+
+ORDER = FunctionTool(
+    "order_pizza",
+    "Order a pizza.",
+    {
+        "type": "object",
+        "properties": {
+            "size": {"type": "string", "enum": ["small", "medium", "large"]},
+            "toppings": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+            "count": {"type": "integer"},
+        },
+        "required": ["size", "toppings", "count"],
+        "additionalProperties": False,
+    },
+)
+LOOKUP = FunctionTool(
+    "lookup", "Look a word up.", {"type": "object", "properties": {"word": {"type": "string"}}}
+)
+PIZZA = [Message("user", "Order two large pizzas with mushrooms.")]
+
+
+@pytest.mark.parametrize("choice", ["required", ForcedTool("order_pizza")])
+async def test_a_call_is_valid_json_of_its_schema_under_the_grammar(
+    engine: LlamaCppLLM, choice: object
+) -> None:
+    deltas = await _collect(engine, PIZZA, tools=(ORDER, LOOKUP), tool_choice=choice)
+    last = deltas[-1]
+    assert last.finish_reason == "tool_calls"
+    [call] = last.tool_calls
+    assert call.name in ("order_pizza", "lookup")
+    tool = ORDER if call.name == "order_pizza" else LOOKUP
+    jsonschema.validate(json.loads(call.arguments), dict(tool.parameters))
+    pieces = [d.tool_call for d in deltas if d.tool_call is not None]
+    assert len(pieces) > 3  # streamed in pieces, not all at once
+    assert "".join(p.arguments for p in pieces) == call.arguments
+    assert not "".join(d.text for d in deltas)
+    assert last.usage is not None and last.usage.completion_tokens >= len(pieces) - 1
+
+
+async def test_auto_streams_text_when_the_model_does_not_call(engine: LlamaCppLLM) -> None:
+    deltas = await _collect(
+        engine, QUESTION, tools=(LOOKUP,), tool_choice="auto", max_tokens=16, temperature=0.0
+    )
+    text = "".join(d.text for d in deltas)
+    assert "<tool_call>" not in text
+    if deltas[-1].finish_reason == "tool_calls":  # the model may call: then it is valid
+        jsonschema.validate(json.loads(deltas[-1].tool_calls[0].arguments), dict(LOOKUP.parameters))
+    else:
+        assert text.strip()
+
+
+async def test_a_call_in_the_history_and_its_result_are_in_the_prompt(engine: LlamaCppLLM) -> None:
+    call = ToolCall("call_7", "lookup", '{"word": "zyzzyva"}')
+    history = [
+        *QUESTION,
+        Message("assistant", "", tool_calls=(call,)),
+        Message("tool", "a tropical weevil", tool_call_id="call_7"),
+    ]
+    with_result = await asyncio.to_thread(engine.count_tokens, history)
+    without = await asyncio.to_thread(engine.count_tokens, QUESTION)
+    assert with_result > without + 10
+    deltas = await _collect(engine, history, max_tokens=8, temperature=0.0)
+    assert deltas[-1].usage is not None and deltas[-1].usage.prompt_tokens == with_result

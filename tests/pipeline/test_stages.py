@@ -73,7 +73,12 @@ USER = Message("user", "hi")
     ("messages", "params", "param"),
     [
         ([], GenerationParams(), "messages"),
-        ([USER, Message("tool", "x")], GenerationParams(), "messages[1].role"),  # type: ignore[arg-type]
+        ([USER, Message("function", "x")], GenerationParams(), "messages[1].role"),  # type: ignore[arg-type]
+        (
+            [USER, Message("tool", "x", tool_call_id="call_1")],
+            GenerationParams(),
+            "messages[1].tool_call_id",
+        ),
         ([USER], GenerationParams(max_tokens=0), "max_tokens"),
         ([USER], GenerationParams(temperature=3.0), "temperature"),
         ([USER], GenerationParams(temperature=-0.1), "temperature"),
@@ -83,6 +88,7 @@ USER = Message("user", "hi")
     ids=[
         "no-messages",
         "bad-role",
+        "tool-answers-no-call",
         "max-tokens-0",
         "temp-3",
         "temp-negative",

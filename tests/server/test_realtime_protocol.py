@@ -250,9 +250,24 @@ BAD_EVENTS: list[tuple[str | dict[str, Any], str, str | None]] = [
         "session.output_modalities",
     ),
     (
-        {"type": "session.update", "session": {"tools": [{"type": "function", "name": "f"}]}},
+        {"type": "session.update", "session": {"tools": [{"type": "mcp", "server_label": "x"}]}},
         "unsupported_value",
         "session.tools",
+    ),
+    (
+        {"type": "session.update", "session": {"tools": [{"type": "function", "name": "a b"}]}},
+        "invalid_value",
+        "session.tools[0].name",
+    ),
+    (
+        {"type": "session.update", "session": {"tool_choice": "sometimes"}},
+        "invalid_value",
+        "session.tool_choice",
+    ),
+    (
+        {"type": "conversation.item.create", "item": {"type": "function_call_output"}},
+        "missing_required_parameter",
+        "item.call_id",
     ),
     (
         {"type": "session.update", "session": {"type": "transcription"}},

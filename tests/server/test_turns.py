@@ -22,12 +22,15 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from models.llm_transformers import THREAD_NAME as LLM_THREAD
+from models.registry import Engines
 from models.stt_whisper import THREAD_NAME as STT_THREAD
 from models.tts_piper import THREAD_NAME as TTS_THREAD
 from pipeline.audio import encode_wav
+from pipeline.router import Router
 from pipeline.settings import AudioLimits
 from pipeline.stages import CallRecord
 from pipeline.types import AudioChunk
+from server.app import create_app
 from server.schemas import TurnResponse
 from tests.server.conftest import (
     AppFactory,
@@ -265,3 +268,24 @@ async def test_missing_file_is_a_400(app: FastAPI, engine_calls: list[CallRecord
 async def test_unknown_language_is_a_400(app: FastAPI, question_wav: bytes) -> None:
     response = await _post_turn(app, _upload(question_wav), language="xx")
     _assert_error(response, 400, "unsupported_language")
+
+
+async def test_turn_names_its_llm_tier_and_a_tier_can_be_pinned(
+    engines: Engines, question_wav: bytes
+) -> None:
+    # two tiers on the one loaded model: the route, not the weights, is under test here
+    router = Router({"small": engines.llm, "large": engines.llm})
+    tiered = Engines(engines.stt, engines.llm, engines.tts, router)
+    app = create_app(make_settings(), engines=tiered)
+    async with http_client(app) as http:
+        routed = await http.post("/v1/turns", files=_upload(question_wav), data=_form())
+        pinned = await http.post("/v1/turns", files=_upload(question_wav), data=_form(tier="small"))
+        unknown = await http.post("/v1/turns", files=_upload(question_wav), data=_form(tier="huge"))
+    assert routed.status_code == 200, routed.text
+    assert (routed.json()["llm_tier"], routed.json()["route_reason"]) == ("large", "question")
+    assert (pinned.json()["llm_tier"], pinned.json()["route_reason"]) == ("small", "pinned")
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "tier"
+
+
+async def test_default_engines_name_their_single_tier(default_turn: dict[str, Any]) -> None:
+    assert (default_turn["llm_tier"], default_turn["route_reason"]) == ("small", "single_tier")

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from benchmarks.data import speech_end_seconds
 from benchmarks.eval.context import EvalContext
 from benchmarks.eval.golden import KbQuestion, load_audio_16k
-from benchmarks.eval.scorecard import Direction, Metric, SuiteResult, rate
+from benchmarks.eval.scorecard import Direction, Metric, SuiteResult, latency, rate
 from benchmarks.eval.scoring import (
     SEMANTIC_THRESHOLD,
     contains_match,
@@ -38,9 +39,10 @@ from benchmarks.eval.scoring import (
     says_dont_know,
     semantic_similarities,
 )
-from benchmarks.stats import wer
+from benchmarks.stats import percentile, wer
 from pipeline.errors import InvalidInput
 from pipeline.settings import Settings
+from pipeline.types import AudioChunk
 
 NAME = "rag"
 
@@ -69,11 +71,17 @@ class GroundedAnswer:
         text: what it says.
         citations: its sources, best first.
         dont_know: whether it declined to answer; ``None``: judged from the text.
+        v2v_ms: voice-to-voice of a spoken turn (``SpokenKnowledgeBase``), client clock.
+        cost_usd: what the turn cost, as the server billed it.
+        support: the server's support score of the answer against its sources.
     """
 
     text: str
     citations: tuple[Citation, ...] = field(default=())
     dont_know: bool | None = None
+    v2v_ms: float | None = None
+    cost_usd: float | None = None
+    support: float | None = None
 
 
 class KnowledgeBase(Protocol):
@@ -85,6 +93,15 @@ class KnowledgeBase(Protocol):
 
     async def aclose(self) -> None:
         """Release what the knowledge base holds."""
+        ...
+
+
+class SpokenKnowledgeBase(KnowledgeBase, Protocol):
+    """A knowledge base that also answers the spoken question itself (a real voice turn,
+    timed voice to voice); the suite then scores that answer."""
+
+    async def answer_spoken(self, audio: AudioChunk, speech_end_s: float) -> GroundedAnswer:
+        """Answer the question spoken in ``audio`` (speech ending at ``speech_end_s``)."""
         ...
 
 
@@ -162,6 +179,22 @@ def metrics_of(scores: list[ItemScore], semantic: list[bool | None]) -> dict[str
     return out
 
 
+def turn_metrics(answers: list[GroundedAnswer]) -> dict[str, Metric]:
+    """V2V p50/p95 and the mean cost per turn, when the knowledge base measured them."""
+    out: dict[str, Metric] = {}
+    v2v = [a.v2v_ms for a in answers if a.v2v_ms is not None]
+    if v2v:
+        out["v2v_p50_ms"] = latency(percentile(v2v, 50), len(v2v))
+        out["v2v_p95_ms"] = latency(percentile(v2v, 95), len(v2v))
+    costs = [a.cost_usd for a in answers if a.cost_usd is not None]
+    if costs:
+        mean = sum(costs) / len(costs)
+        out["cost_per_turn_usd"] = Metric(
+            round(mean, 8), "lower", round(max(mean * 0.2, 1e-7), 8), len(costs), "USD"
+        )
+    return out
+
+
 async def run(ctx: EvalContext) -> SuiteResult:
     """Ask every spoken question of the knowledge base; skip without a knowledge base."""
     start = time.perf_counter()
@@ -176,10 +209,16 @@ async def run(ctx: EvalContext) -> SuiteResult:
     kb = await factory(ctx.settings, ctx.golden.corpus)
     rows: list[tuple[KbQuestion, str, GroundedAnswer]] = []
     try:
+        spoken = getattr(kb, "answer_spoken", None)
         for i, q in enumerate(questions):
             ctx.tick(NAME, i, len(questions))
-            heard, _ = await ctx.transcribe(load_audio_16k(q.audio))
-            rows.append((q, heard, await kb.answer(heard or q.question)))
+            audio = load_audio_16k(q.audio)
+            heard, _ = await ctx.transcribe(audio)
+            if spoken is not None:
+                answer = await spoken(audio, speech_end_seconds(audio))
+            else:
+                answer = await kb.answer(heard or q.question)
+            rows.append((q, heard, answer))
     finally:
         await kb.aclose()
     ctx.tick(NAME, len(questions), len(questions))
@@ -197,6 +236,9 @@ async def run(ctx: EvalContext) -> SuiteResult:
                 "answerable": q.answerable,
                 "reply": a.text,
                 "citations": [{"file": c.file, "score": c.score} for c in a.citations],
+                "v2v_ms": a.v2v_ms,
+                "cost_usd": a.cost_usd,
+                "support": a.support,
                 "answer_correct": s.answer_correct,
                 "citation_correct": s.citation_correct,
                 "dont_know": s.dont_know,
@@ -204,9 +246,11 @@ async def run(ctx: EvalContext) -> SuiteResult:
             for (q, heard, a), s in zip(rows, scores, strict=True)
         ]
     }
+    metrics = metrics_of(scores, semantic)
+    metrics.update(turn_metrics([a for _, _, a in rows]))
     return SuiteResult(
         NAME,
-        metrics=metrics_of(scores, semantic),
+        metrics=metrics,
         details=details,
         seconds=time.perf_counter() - start,
     )
