@@ -5,6 +5,7 @@ The gate itself (models, scorecards) runs in ``test_release_server.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from pipeline.settings import StateSettings
+from cli.release import SERVER_ONLY
+from pipeline.knowledge import KnowledgePolicy
+from pipeline.settings import KBSettings, StateSettings
 from store import Store
 
 runner = CliRunner()
@@ -71,6 +74,21 @@ def test_create_checks_every_line_and_list_shows_the_release(
     assert (brief["status"], brief["description"], brief["gate"]) == ("candidate", "d", None)
     table = runner.invoke(app, ["release", "list"]).output
     assert "brief" in table and "candidate" in table and "active: settings" in table
+
+
+def test_a_release_sets_the_retrieval_policy_not_how_the_store_embeds(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    # every kb field is decided: the retrieval policy a turn applies, or the server's
+    policy = {f.name for f in dataclasses.fields(KnowledgePolicy)}
+    refused = {key.split(".", 1)[1] for key in SERVER_ONLY if key.startswith("kb.")}
+    assert policy | refused == set(KBSettings.model_fields) and not policy & refused
+    embed = _env(tmp_path, "VOXLINE_KB__EMBEDDING_MODEL=packaged:other\n")
+    refused_run = runner.invoke(app, ["release", "create", "x", "--env", embed])
+    assert refused_run.exit_code == 2 and "embedding model" in refused_run.output
+    good = _env(tmp_path, "VOXLINE_KB__TOP_K=5\nVOXLINE_ROUTER__HARD_WORDS=20\n")
+    made = runner.invoke(app, ["release", "create", "knobs", "--env", good])
+    assert made.exit_code == 0, made.output
 
 
 def test_promote_and_rollback_refuse_what_cannot_be_done(store: Store) -> None:

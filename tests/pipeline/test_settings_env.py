@@ -56,12 +56,40 @@ def test_the_process_environment_does_not_override_a_release(
         ("VOXLINE_LLM__CHAIN=cpu", "VOXLINE_LLM__CHAIN: not JSON"),
         ("VOXLINE_LLM__MAX_TOKENS__X=1", "VOXLINE_LLM__MAX_TOKENS has no fields"),
         ("VOXLINE_STATE__URL=sqlite:///x", "VOXLINE_STATE__URL: not in a release"),
+        ("VOXLINE_KB__EMBEDDING_MODEL=x", "VOXLINE_KB__EMBEDDING_MODEL: the store's"),
+        # a section or a dict set whole as JSON: its secrets and refused fields still are
+        (
+            'VOXLINE_KB={"top_k": 2, "embedding_model": "x"}',
+            "VOXLINE_KB: embedding_model: the store's",
+        ),
+        (
+            'VOXLINE_LLM__HOSTED={"base_url": "http://h/v1", "api_key": "sk-abc"}',
+            "VOXLINE_LLM__HOSTED: holds a secret (api_key)",
+        ),
+        (
+            'VOXLINE_LLM__TIERS={"big": {"engine": "hosted", "hosted": {"api_key": "sk-abc"}}}',
+            "VOXLINE_LLM__TIERS: holds a secret (big.hosted.api_key)",
+        ),
     ],
 )
 def test_unknown_keys_secrets_and_refused_sections_are_named(line: str, named: str) -> None:
+    refused = {"state": "not in a release", "kb.embedding_model": "the store's"}
     with pytest.raises(InvalidInput) as caught:
-        to_tree(parse_env(line), refused={"state": "not in a release"})
+        to_tree(parse_env(line), refused=refused)
     assert named in str(caught.value)
+    assert "sk-abc" not in str(caught.value)
+
+
+def test_tiers_router_and_retrieval_knobs_are_a_releases_own() -> None:
+    env = parse_env(
+        'VOXLINE_LLM__TIERS={"large": {"model": "/models/qwen2.5-1.5b.gguf"}}\n'
+        "VOXLINE_ROUTER__QUESTION_TIER=large\n"
+        "VOXLINE_KB__TOP_K=5\n"
+    )
+    tree = to_tree(env, refused={"kb.embedding_model": "the store's"})
+    settings = apply(_base(), tree)
+    assert settings.llm.tiers["large"].model == "/models/qwen2.5-1.5b.gguf"
+    assert settings.router.question_tier == "large" and settings.kb.top_k == 5
 
 
 @pytest.mark.parametrize(

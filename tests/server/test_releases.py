@@ -9,6 +9,8 @@ the same against a real server process and the real ``voxline release`` commands
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from tests.server.conftest import AppFactory, http_client, make_settings, openai
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TERSE = {"VOXLINE_LLM__SYSTEM_PROMPT": "You are terse.", "VOXLINE_LLM__MAX_TOKENS": "12"}
+MANUAL = Path(__file__).parents[2] / "benchmarks" / "golden" / "kb" / "corpus" / "tarvo-aero5"
 
 
 def _state(app: Any) -> AppState:
@@ -118,6 +121,67 @@ async def test_a_session_keeps_its_release_whose_own_engines_close_when_it_ends(
     await state.releases.settle()
     assert closed == ["tts"] and not tts_keys & set(state.releases.pool.held())
     state.releases.unlease(fresh)
+
+
+async def test_a_release_carries_its_llm_tiers_router_and_retrieval_policy(
+    app_factory: AppFactory, engines: Engines
+) -> None:
+    app = app_factory()
+    state = _state(app)
+    held = state.releases.pool.held()
+    async with openai_client(app) as client:  # a store of the manual, with the server's model
+        vs = await client.vector_stores.create(name="aero")
+        f = await client.files.create(
+            file=("manual.md", (MANUAL / "manual.md").read_bytes()), purpose="assistants"
+        )
+        done = await client.vector_stores.files.create_and_poll(
+            vector_store_id=vs.id, file_id=f.id, poll_interval_ms=50
+        )
+        assert done.status == "completed"
+    question = spoken_wav("How often should I replace the main filter?")
+    tools = json.dumps([{"type": "file_search", "vector_store_ids": [vs.id]}])
+
+    async def turn(**data: str) -> Any:
+        async with http_client(app) as http:
+            files = {"file": ("q.wav", question, "audio/wav")}
+            return await http.post("/v1/turns", files=files, data=data, timeout=120)
+
+    assert (await turn(tier="large")).status_code == 400  # the server's own: one tier
+    before = await turn(tools=tools)
+    assert before.status_code == 200, before.text
+    assert not before.json()["knowledge"]["dont_know"]  # the manual answers it
+
+    env = {
+        # one more tier (its own thread count: a chain of its own), and a router sending
+        # every question to it
+        "VOXLINE_LLM__TIERS": json.dumps({"large": {"threads": 1}}),
+        "VOXLINE_ROUTER__QUESTION_TIER": "large",
+        # a retrieval policy under which nothing is relevant, and its own "don't know"
+        "VOXLINE_KB__RELEVANCE_THRESHOLD": "1.99",
+        "VOXLINE_KB__DONT_KNOW_REPLY": "Not in my files.",
+    }
+    _create(state, "tiered", env)
+    state.store.releases.promote("tiered")
+    await state.releases.poll()
+    active = state.releases.active
+    assert active is not None and active.name == "tiered" and active.engines.router is not None
+    large = active.engines.router.tiers["large"]
+    assert active.engines.llm is engines.llm and large is not engines.llm  # only the tier loaded
+    assert set(active.keys) == {"stt", "llm", "tts", "llm.large"}
+
+    pinned = await turn(tier="large")
+    assert pinned.status_code == 200, pinned.text
+    assert pinned.json()["llm_tier"] == "large" and pinned.json()["release"] == "tiered"
+    grounded = (await turn(tools=tools)).json()
+    assert grounded["knowledge"]["dont_know"] and not grounded["knowledge"]["llm_called"]
+    assert grounded["reply"] == "Not in my files."
+
+    large_key = active.keys["llm.large"]
+    state.store.releases.rollback(reason="back")
+    await state.releases.poll()
+    await state.releases.settle()
+    assert large_key not in state.releases.pool.held()  # the tier closed with its release
+    assert state.releases.pool.held() == held
 
 
 async def test_a_canary_gets_its_share_and_is_rolled_back_when_it_fails_more(
