@@ -78,6 +78,11 @@ class Voxline:
         self.env = env
         self.cwd = cwd
 
+    @property
+    def state_env(self) -> dict[str, str]:
+        """The variables naming the commands' state store."""
+        return {k: v for k, v in self.env.items() if k.startswith("VOXLINE_STATE__")}
+
     async def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
         return await asyncio.to_thread(
             subprocess.run,
@@ -156,10 +161,12 @@ async def test_the_gate_refuses_a_bad_prompt_promotes_a_good_one_and_servers_fol
     config = ConfigSpec("release-test", None, overrides)
     # COLUMNS: rich wraps its lines at 80 columns when not on a terminal
     voxline = Voxline({**os.environ, **config.environ(), "COLUMNS": "200"}, tmp_path)
+    assert voxline.state_env["VOXLINE_STATE__DATA_DIR"] == str(tmp_path / "state")
     question = spoken_wav("What is the capital of Japan?")
 
     async with (
-        local_server(config, tmp_path / "server.log") as server,
+        # the server on the commands' store (local_server gives a server one of its own)
+        local_server(config, tmp_path / "server.log", extra_env=voxline.state_env) as server,
         httpx.AsyncClient(base_url=server.url, timeout=120) as http,
     ):
         assert await _release(http) == "settings"
