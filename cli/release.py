@@ -50,6 +50,7 @@ SERVER_ONLY: Mapping[str, str] = {
     "edge": "keys, origins and limits guard every release alike: a server setting",
     "jobs": "the job queue and workers are the process's: a server setting",
     "ray": "the Ray Serve deployment is the process's: a server setting",
+    "voices": "uploaded voices are the store's, for every release: a server setting",
     # the knowledge base: its retrieval policy (top_k, thresholds, replies) is a release's;
     # how files are stored and embedded is the store's, shared by every release
     "kb.embedding_model": _EMBEDDED,

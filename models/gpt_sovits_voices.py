@@ -81,6 +81,10 @@ class VoiceBook:
     def __len__(self) -> int:
         return len(self._voices)
 
+    def uploaded(self, voice_id: str) -> bool:
+        """Whether ``voice_id`` was added from a clip's bytes (an upload: its owner's voice)."""
+        return voice_id in self._owned
+
     def get(self, voice_id: str) -> GptSovitsVoice:
         """The voice ``voice_id`` (``KeyError`` if it is not registered)."""
         return self._voices[voice_id]

@@ -12,7 +12,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -299,13 +299,27 @@ async def start_stage(stage: Stage, settings: Settings, *, warm: bool = True) ->
     return engine
 
 
-async def start_engines(settings: Settings, *, warm: bool = True) -> Engines:
-    """Build, load and (optionally) warm the three engines, loading them concurrently."""
+async def start_engines(
+    settings: Settings,
+    *,
+    warm: bool = True,
+    prepare: Callable[[Engines], Awaitable[object]] | None = None,
+) -> Engines:
+    """Build, load and (optionally) warm the engines (every LLM tier), loading them concurrently.
+
+    Args:
+        settings: The settings tree.
+        warm: Warm each engine up after loading it.
+        prepare: Called with the built engines before any starts (the server registers the
+            stored GPT-SoVITS voices there: that backend starts only with a voice).
+    """
     tiers = build_tiers(settings)
     default = tiers[settings.router.default_tier]
     engines = Engines(build_stt(settings), default, build_tts(settings), router_of(settings, tiers))
     others = [t for name, t in tiers.items() if t is not default]
     try:
+        if prepare is not None:
+            await prepare(engines)
         stages: list[STT | LLM | TTS] = [engines.stt, engines.llm, engines.tts, *others]
         await asyncio.gather(*(_start(e, warm) for e in stages))
     except BaseException:

@@ -257,9 +257,10 @@ class GptSovitsTTS(TTS):
 
     async def probe(self) -> None:
         """Health check for a fallback chain: speak one short phrase in the default voice."""
-        voice = self._book.get(self._default_voice())
+        voice_id = self._default_voice()  # nobody hears a probe: an uploaded voice will do
+        voice = self._book.get(voice_id)
         text = _WARMUP_TEXT.get(voice.text_lang.removeprefix("all_"), "Hello.")
-        async for _ in self._synthesize(text, None, 1.0):
+        async for _ in self._synthesize(text, voice_id, 1.0):
             pass
 
     async def aclose(self) -> None:
@@ -328,7 +329,7 @@ class GptSovitsTTS(TTS):
     def _inputs(
         self, text: str, voice_id: str | None, speed: float, language: str | None
     ) -> dict[str, Any]:
-        voice = self._book.get(voice_id or self._default_voice())
+        voice = self._book.get(voice_id or self._default_voice(for_request=True))
         return {
             "text_split_method": self.settings.text_split_method,
             "fragment_interval": self.settings.segment_pause_s,
@@ -351,9 +352,30 @@ class GptSovitsTTS(TTS):
         inputs = self._inputs(text, voice_id, 1.0, None)
         return Warmup(inputs, voice_key=inputs["ref_audio_path"])
 
-    def _default_voice(self) -> str:
+    def _default_voice(self, *, for_request: bool = False) -> str:
+        """The voice of a request that names none: ``default_voice``, else the first voice of
+        the settings, else the first registered one that was not uploaded. A voice added from a
+        clip's bytes (an upload: its owner's) is spoken only when named; warm-ups and probes,
+        which nobody hears, may use it.
+
+        Raises:
+            EngineUnavailable: ``for_request``, and every registered voice is an upload (a
+                chain's next backend speaks in its own default voice instead).
+        """
         default = self.settings.default_voice
-        return default if default is not None and default in self._book else next(iter(self._book))
+        if default is not None and default in self._book:
+            return default
+        configured = [v for v in self.settings.voices if v in self._book]
+        shared = [v for v in self._book if not self._book.uploaded(v)]
+        for voice_id in (*configured, *shared):
+            return voice_id
+        if for_request:
+            raise EngineUnavailable(
+                "no GPT-SoVITS voice is anyone's default (all are uploads): name a voice",
+                stage="tts",
+                backend=self.name,
+            )
+        return next(iter(self._book))
 
     def _chunk(self, frame: Frame) -> AudioChunk:
         pcm = np.frombuffer(frame.payload, dtype="<i2")

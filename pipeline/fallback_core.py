@@ -97,6 +97,8 @@ class _Entry(Generic[B]):
     start_failed: bool = False
     start_error: str | None = None
     probe_task: asyncio.Task[None] | None = None
+    # one recovery (start again, probe) at a time: the probe loop and recover() may race
+    recovering: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
 
 class Chain(Generic[B]):
@@ -382,11 +384,34 @@ class Chain(Generic[B]):
 
     async def _probe_loop(self, entry: _Entry[B]) -> None:
         """Probe an open backend every interval until it passes (or a real call closes it)."""
-        name = entry.backend.name
         while not entry.breaker.is_closed:
             await asyncio.sleep(self.policy.probe_interval_s)
             if entry.breaker.is_closed:
                 return  # a real call closed it meanwhile
+            if await self._recover(entry):
+                return
+
+    async def recover(self, backend: B) -> bool:
+        """Try ``backend`` now, as its next probe would (start it again if its start failed,
+        then probe it), rather than after ``probe_interval_s``: call it once what the backend
+        lacked is there (a GPT-SoVITS voice added to a backend that had none).
+
+        Returns:
+            Whether the backend serves now (also when it never stopped).
+
+        Raises:
+            ValueError: ``backend`` is not one of this chain's.
+        """
+        entry = next((e for e in self._entries if e.backend is backend), None)
+        if entry is None:
+            raise ValueError(f"{backend.name} is not a backend of {self.name}")
+        return await self._recover(entry)
+
+    async def _recover(self, entry: _Entry[B]) -> bool:
+        name = entry.backend.name
+        async with entry.recovering:
+            if entry.breaker.is_closed and not entry.start_failed:
+                return True  # recovered while this call waited for the lock
             try:
                 async with asyncio.timeout(self.policy.probe_timeout_s):
                     if entry.start_failed:
@@ -403,10 +428,10 @@ class Chain(Generic[B]):
             except Exception as exc:  # any failure means "still down"
                 entry.breaker.probe_failed(_error_name(exc))
                 log.info("%s: probe of %s failed: %s", self.name, name, _error_name(exc))
-            else:
-                entry.breaker.probe_succeeded()
-                log.warning("%s: %s passed its probe; serving again", self.name, name)
-                return
+                return False
+            entry.breaker.probe_succeeded()
+            log.warning("%s: %s passed its probe; serving again", self.name, name)
+            return True
 
 
 def _start_error(exc: BaseException) -> str:

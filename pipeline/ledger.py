@@ -179,32 +179,6 @@ class Ledger:
         """A ledger priced as the ``pricing`` settings section says."""
         return cls(PriceTable.from_settings(pricing))
 
-    def record(
-        self,
-        request_id: str,
-        backend: str,
-        stage: Stage,
-        *,
-        tokens_in: int = 0,
-        tokens_out: int = 0,
-        chars: int = 0,
-        audio_seconds: float = 0.0,
-        engine_seconds: float = 0.0,
-        speculative: bool = False,
-    ) -> float:
-        """``charge(...)``'s cost in USD (same arguments)."""
-        return self.charge(
-            request_id,
-            backend,
-            stage,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            chars=chars,
-            audio_seconds=audio_seconds,
-            engine_seconds=engine_seconds,
-            speculative=speculative,
-        ).cost_usd
-
     def charge(
         self,
         request_id: str,

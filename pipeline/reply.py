@@ -65,6 +65,8 @@ class Reply:
         params: Sampling options.
         voice: TTS voice (``None``: the backend's default).
         speed: TTS speaking rate.
+        language: The text's language for a TTS that declares languages (GPT-SoVITS;
+            ``None``: the voice's own).
         policy: Where phrases are cut.
         output_rate: Rate of the audio handed out (``None``: the TTS's own rate).
         clock: Time source of ``times``.
@@ -84,6 +86,7 @@ class Reply:
         params: GenerationParams | None = None,
         voice: str | None = None,
         speed: float = 1.0,
+        language: str | None = None,
         policy: PhrasePolicy | None = None,
         output_rate: int | None = None,
         clock: Clock = time.perf_counter,
@@ -98,6 +101,7 @@ class Reply:
         self.params = params
         self.voice = voice
         self.speed = speed
+        self.language = language
         self.policy = policy or PhrasePolicy()
         self.output_rate = output_rate
         self._clock = clock
@@ -225,7 +229,9 @@ class Reply:
                     continue
                 index, phrase = index + 1, next_phrase
                 self.times.first_handed = self.times.first_handed or self._clock()
-                audio = self.tts.synthesize(phrase, self.voice, speed=self.speed)
+                audio = self.tts.synthesize(
+                    phrase, self.voice, speed=self.speed, language=self.language
+                )
                 async with contextlib.aclosing(audio):
                     async for chunk in audio:
                         self.times.first_audio = self.times.first_audio or self._clock()

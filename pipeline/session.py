@@ -432,6 +432,9 @@ class Session:
             params=params,
             voice=cfg.voice,
             speed=cfg.speed,
+            # the session's language is the STT's; the TTS speaks it too where it can (GPT-SoVITS
+            # declares its languages), else in its voice's own language
+            language=cfg.language if cfg.language in self.tts.capabilities.languages else None,
             policy=self.phrase_policy,
             output_rate=cfg.output_sample_rate,
             clock=self._clock,

@@ -683,6 +683,26 @@ class ReleaseSettings(BaseModel):
     15 ms of noise)."""
 
 
+class VoicesSettings(BaseModel):
+    """Voices uploaded through the API (``POST /v1/audio/voices``, GPT-SoVITS only).
+
+    A voice is a 3-10 s reference clip with its transcript and language, kept in the state
+    store (so it survives restarts and every replica sharing the store sees it) and owned by
+    the API key that uploaded it.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=10 * 1024 * 1024)
+    """Largest reference clip upload, in bytes (at most 10 MiB: ten seconds of 48 kHz stereo
+    32-bit float WAV fit); a larger one is refused with 413 before it is decoded."""
+    max_per_key: int = Field(default=20, ge=1, le=10_000)
+    """Most stored voices one API key (or, with auth off, the local operator) may own; past it
+    an upload is refused with 400 ``voice_limit_reached``."""
+    max_transcript_chars: int = Field(default=1000, ge=1, le=10_000)
+    """Longest transcript of a reference clip, in characters."""
+
+
 class KBSettings(BaseModel):
     """The knowledge base: files, vector stores, retrieval in the voice turn, groundedness.
 
@@ -769,6 +789,8 @@ class Settings(BaseSettings):
     """API keys, origins, hosts and per-key limits."""
     jobs: JobSettings = JobSettings()
     """Durable jobs."""
+    voices: VoicesSettings = VoicesSettings()
+    """Voices uploaded through the API (GPT-SoVITS)."""
     ray: RaySettings = RaySettings()
     """Ray Serve deployment."""
     router: RouterSettings = RouterSettings()

@@ -34,6 +34,7 @@ from server import (
     routes_turns,
     routes_usage,
     routes_vector_stores,
+    routes_voices,
 )
 from server.accounting import MeterMiddleware
 from server.edge import EdgeMiddleware, install_handlers
@@ -53,6 +54,7 @@ ROUTERS = (
     routes_health.router,
     routes_chat.router,
     routes_audio.router,
+    routes_voices.router,
     routes_turns.router,
     routes_realtime.router,
     routes_client_secrets.router,
@@ -85,12 +87,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not owns_engines and state.engines is not None:
+            await state.voices.restore(state.engines)  # engines handed in: already started
         state.warming = asyncio.create_task(_warm(state, load=owns_engines))
         state.jobs.runner.start()
         try:
             yield
         finally:
             await state.stop_ingestions()  # files being indexed end failed: add them again
+            await state.voices.aclose()
             await state.jobs.runner.aclose()  # its jobs go back to the queue, resumable
             if not state.warming.done():
                 state.warming.cancel()
@@ -112,6 +117,7 @@ def create_app(
         overrides={
             "/v1/jobs": settings.jobs.max_bytes + _FORM_OVERHEAD,  # long recordings
             "/v1/files": settings.kb.max_file_bytes + _FORM_OVERHEAD,  # documents
+            "/v1/audio/voices": settings.voices.max_bytes + _FORM_OVERHEAD,  # reference clips
         },
     )
     # (admission control goes here: behind the edge, so a refused key never takes a slot)

@@ -48,12 +48,17 @@ class SpeechRequest(BaseModel):
     """Any name: the server speaks with its configured TTS engine."""
     input: str = Field(min_length=1, max_length=MAX_SPEECH_INPUT_CHARS)
     voice: str | VoiceRef
-    """A voice the TTS engine lists (Piper accepts OpenAI's voice names as aliases)."""
+    """A voice ``GET /v1/audio/voices`` lists (Piper accepts OpenAI's voice names as aliases;
+    an uploaded voice is its ``voice_...`` id)."""
     response_format: SpeechFormat = "mp3"
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     stream_format: Literal["audio", "sse"] = "audio"
     instructions: str | None = Field(default=None, max_length=MAX_SPEECH_INPUT_CHARS)
     """Style instructions; accepted and ignored by engines without style control."""
+    language: str | None = Field(default=None, min_length=1, max_length=32)
+    """voxline's extension: the text's language for a TTS that declares languages (GPT-SoVITS:
+    ``en``, ``zh``, ``ja``, ``ko``, ``yue``, ``auto``, ``auto_yue``...; another code is a 400);
+    others speak their voice's own language. Unset: the voice's language."""
 
     @property
     def voice_name(self) -> str:

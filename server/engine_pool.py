@@ -51,6 +51,7 @@ ENGINE_FREE = frozenset(
         "release",
         "edge",
         "jobs",
+        "voices",  # upload limits (the voices are registered with a release's engines)
         "router",  # the per-release router is built over pooled tiers, holding no engine
         "kb",  # the embedding model is the knowledge base's, one per process (server.kb)
     }

@@ -57,13 +57,14 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await _Limited(self.app, self._limit(scope["path"]))(scope, receive, send)
+        limit = self._limit(scope["path"], scope["method"])
+        await _Limited(self.app, limit)(scope, receive, send)
 
-    def _limit(self, path: str) -> int:
+    def _limit(self, path: str, method: str) -> int:
         for prefix, limit in self.overrides.items():
             if path == prefix or path.startswith(prefix + "/"):
                 return limit
-        return self.upload_max_bytes if rule_for(path).upload else self.json_max_bytes
+        return self.upload_max_bytes if rule_for(path, method).upload else self.json_max_bytes
 
 
 class _Limited:

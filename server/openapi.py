@@ -82,13 +82,13 @@ _CONTENT: dict[tuple[str, str], dict[str, Any]] = {
 
 def _errors(path: str, method: str, op: dict[str, Any]) -> list[str]:
     """The error statuses ``method path`` can answer with."""
-    rule = rule_for(path)
+    rule = rule_for(path, method)
     codes = ["400", "403"]  # the edge's Host and Origin checks apply to every route
     if not rule.open:
         codes += ["401", "429", "503"]  # a key, its limits; the store behind them
     if method in ("post", "put", "patch"):
         codes.append("413")
-    if rule.spends or path == "/v1/audio/voices":
+    if rule.spends or path.startswith("/v1/audio/voices"):
         codes += ["503", "504"]  # the engines
     if rule.upload:
         codes.append("415")
@@ -131,7 +131,7 @@ def document(app: FastAPI) -> dict[str, Any]:
                     " usable backend (the body says which).",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 }
-            if not rule_for(path).open:
+            if not rule_for(path, method).open:
                 op["security"] = [{"bearer": []}]
     return schema
 

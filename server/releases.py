@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -81,6 +81,9 @@ class ServerReleases:
         store: The state store holding the releases and the pointer.
         metrics: Where per-release turns go (``voxline_turns_total{release}``...).
         listen: Hooks metrics, traces and logs into newly started engines.
+        prepare: Called with a release's engines once they are started (the server registers
+            the stored GPT-SoVITS voices there: ``server.voices``; it skips those a shared
+            backend already has).
         pool: The shared engines (default: a new pool on the engine registry).
     """
 
@@ -91,6 +94,7 @@ class ServerReleases:
         *,
         metrics: Metrics,
         listen: Callable[[Engines], None],
+        prepare: Callable[[Engines], Awaitable[object]] | None = None,
         pool: EnginePool | None = None,
     ) -> None:
         self.settings = settings
@@ -98,6 +102,7 @@ class ServerReleases:
         self.metrics = metrics
         self.pool = pool or EnginePool()
         self._listen = listen
+        self._prepare = prepare
         self.active: LiveRelease | None = None
         self.canary: LiveRelease | None = None
         self._watch: _CanaryWatch | None = None
@@ -252,6 +257,12 @@ class ServerReleases:
         release = await asyncio.to_thread(self.store.releases.require, name)
         settings = apply(self.settings, release.overrides)
         engines, keys = await self.pool.acquire(settings)
+        try:
+            if self._prepare is not None:
+                await self._prepare(engines)
+        except BaseException:
+            await self.pool.release(keys)
+            raise
         self._listen(engines)
         return LiveRelease(name, settings, engines, keys)
 

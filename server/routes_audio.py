@@ -43,6 +43,7 @@ from pipeline.audio_stream import StreamEncoder
 from pipeline.errors import InvalidInput, VoxlineError
 from pipeline.stages import STT
 from pipeline.types import AudioChunk, Transcript
+from server import identity
 from server.accounting import metered
 from server.audio_schemas import (
     SPEECH_MEDIA_TYPES,
@@ -56,8 +57,7 @@ from server.audio_schemas import (
 from server.edge.quotas import require_quota
 from server.errors import body_of
 from server.logging_setup import current_request_id
-from server.releases import LiveRelease
-from server.state import AppState, engines_of, release_of, state_of
+from server.state import AppState, engines_of, state_of
 from store import UsageAmounts
 
 log = logging.getLogger("voxline.server.audio")
@@ -222,19 +222,6 @@ async def _transcript_events(
 # ------------------------------------------------------------------------------------- speech
 
 
-@router.get("/v1/audio/voices")
-async def list_voices(live: Annotated[LiveRelease, Depends(release_of)]) -> dict[str, Any]:
-    """The voices the TTS backend accepts, in OpenAI's list shape, and the default one (the
-    serving release's)."""
-    voices = live.engines.tts.capabilities.voices
-    default = live.settings.tts.voice or (voices[0] if voices else None)
-    return {
-        "object": "list",
-        "default": default,
-        "data": [{"id": voice, "object": "voice"} for voice in voices],
-    }
-
-
 @router.post("/v1/audio/speech", response_model=None)
 async def create_speech(
     request: SpeechRequest,
@@ -242,14 +229,19 @@ async def create_speech(
     state: Annotated[AppState, Depends(state_of)],
 ) -> Response:
     """Speak ``input`` (OpenAI's ``audio.speech.create``), streamed as phrases are synthesized."""
+    # Which voices this caller may name (uploaded ones are their owner's) is the voice service's
+    # to say; the stage validates input, voice, speed and language before its engine runs.
+    await state.voices.check_voice(engines, identity.current(), request.voice_name)
     encoder = StreamEncoder(request.response_format, sample_rate=SPEECH_SAMPLE_RATE)
     tts = engines.tts
 
     async def charge(_: list[AudioChunk], __: float) -> None:
         await state.accounting.settle(current_request_id() or "-")
 
-    # The stage validates input, voice and speed before its engine runs.
-    chunks = metered(tts.synthesize(request.input, request.voice_name, speed=request.speed), charge)
+    speech = tts.synthesize(
+        request.input, request.voice_name, speed=request.speed, language=request.language
+    )
+    chunks = metered(speech, charge)
     try:
         first = await anext(chunks, None)
     except BaseException:

@@ -103,7 +103,11 @@ async def create_client_secret(
         InvalidInput: a session configuration this server does not serve (400).
     """
     engines = state.engines
-    voices = tuple(engines.tts.capabilities.voices) if engines is not None else ()
+    voices = (
+        state.voices.visible(engines.tts.capabilities.voices, identity.current())
+        if engines is not None
+        else ()
+    )
     config = session_config(state.active_settings, body.session, voices)  # what sessions get
     ttl = (
         body.expires_after.seconds

@@ -33,6 +33,7 @@ from pipeline.audio_stream import wav_stream_header
 from pipeline.errors import EngineOverloaded, InvalidInput
 from pipeline.settings import AudioLimits, Settings
 from pipeline.types import Segment, Transcript
+from server import identity
 from server.audio_schemas import SpeechFormat, to_json, to_srt, to_vtt
 from server.errors import error_body
 from server.jobs.kinds import INPUT_RATE, parse_turns
@@ -128,6 +129,7 @@ async def create_job(
         text = (
             input if input is not None else (await _upload(file, "text")).decode("utf-8", "replace")
         )
+        await _check_voice(state, voice)
         _check_speech(state, text, voice)
         options = {
             "voice": voice or settings.tts.voice,
@@ -154,6 +156,7 @@ async def create_job(
                 param="file",
                 code="too_many_turns" if turns else "empty_file",
             )
+        await _check_voice(state, voice)
         options = {
             "voice": voice or settings.tts.voice,
             "instructions": instructions,
@@ -201,6 +204,12 @@ def _language(language: str | None, settings: Settings) -> str | None:
             code="unsupported_language",
         )
     return code
+
+
+async def _check_voice(state: AppState, voice: str | None) -> None:
+    """An uploaded voice is its owner's (``server.voices``): another key's is unknown here."""
+    if state.engines is not None:
+        await state.voices.check_voice(state.engines, identity.current(), voice)
 
 
 def _check_speech(state: AppState, text: str, voice: str | None) -> None:

@@ -126,7 +126,8 @@ async def realtime(
     config = SessionConfig.from_settings(settings)
     if who is not None and who.session:  # opened with a client secret minted with a session
         try:
-            config = session_config(settings, dict(who.session), engines.tts.capabilities.voices)
+            voices = state.voices.visible(engines.tts.capabilities.voices, who)
+            config = session_config(settings, dict(who.session), voices)
         except InvalidInput as exc:  # valid when minted; the engines may have changed since
             log.warning("a client secret's session no longer applies: %s", exc.code)
     router = engines.router
@@ -153,7 +154,8 @@ async def realtime(
     )
     parser = ClientEventParser(
         max_append_bytes=min(settings.audio.max_bytes, MAX_APPEND_BYTES),
-        voices=lambda: engines.tts.capabilities.voices,
+        # uploaded voices are their owner's: another key's are unknown names here
+        voices=lambda: state.voices.visible(engines.tts.capabilities.voices, who),
         tiers=tuple(router.tiers) if router is not None else (),
     )
     connection = _Connection(

@@ -15,7 +15,7 @@ import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from pipeline.errors import InvalidInput
 from server.kb import caller
@@ -39,11 +39,22 @@ class ExpiresAfter(BaseModel):
     days: int = Field(ge=1, le=365)
 
 
+def _whole(value: object) -> object:
+    """A whole float (``1000.0``) as the int it is: JSON Schema's ``integer`` admits it; a string
+    or a bool stays what it is, for the strict check to refuse."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Tokens = Annotated[int, BeforeValidator(_whole)]
+
+
 class StaticChunking(BaseModel):
     """The sizes of ``{"type": "static", "static": {...}}``."""
 
-    max_chunk_size_tokens: int = Field(ge=100, le=4096, strict=True)
-    chunk_overlap_tokens: int = Field(ge=0, strict=True)
+    max_chunk_size_tokens: Tokens = Field(ge=100, le=4096, strict=True)
+    chunk_overlap_tokens: Tokens = Field(ge=0, strict=True)
 
 
 class AutoStrategy(BaseModel):
@@ -269,12 +280,15 @@ async def add_file(
 
     Raises:
         NotFound: no such store or file of the caller's (404).
+        InvalidInput: bad attributes or chunking (400), once the store is known to exist.
     """
+    state, owner = state_of(request), caller()
+    # the store first: an id that names nothing is a 404 whatever the body (whose cross-field
+    # rules, an overlap over half a chunk, no schema can state)
+    await asyncio.to_thread(state.kb.catalog.vector_store, vector_store_id, owner)
     size, overlap = body.chunking_strategy.sizes() if body.chunking_strategy else (None, None)
     attributes = _check_attributes(body.attributes)
-    out = await _add(
-        state_of(request), vector_store_id, body.file_id, caller(), attributes, size, overlap
-    )
+    out = await _add(state, vector_store_id, body.file_id, owner, attributes, size, overlap)
     response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return out
 

@@ -30,6 +30,7 @@ from server.logging_setup import log_call
 from server.metrics import Metrics
 from server.releases import LiveRelease, ServerReleases, slot_release
 from server.tracing import Tracing
+from server.voices import VoiceService
 from store import Store
 
 log = logging.getLogger("voxline.server")
@@ -46,7 +47,8 @@ class AppState:
     realtime session ``fork()`` s it (its own state, the same weights). ``store`` is the
     durable state (``VOXLINE_STATE__URL``), opened here (its schema migrated) and closed by the
     app's lifespan. ``jobs`` is the job queue and this process's job worker (started and
-    stopped by the lifespan).
+    stopped by the lifespan). ``voices`` are the voices uploaded through the API
+    (``server.voices``), registered with each release's engines when they start.
     """
 
     def __init__(
@@ -67,9 +69,14 @@ class AppState:
         self.ledger.listeners.append(self.metrics.observe_charge)
         self.accounting = Accounting(self.ledger, self.metrics, self.store)
         self.tracing = Tracing.from_settings(settings)
+        self.voices = VoiceService(self.store, settings.voices)
         self._listened: set[int] = set()
         self.releases = ServerReleases(
-            settings, self.store, metrics=self.metrics, listen=self.listen
+            settings,
+            self.store,
+            metrics=self.metrics,
+            listen=self.listen,
+            prepare=self.voices.restore,  # a GPT-SoVITS backend speaks the stored voices
         )
         self.kb: KnowledgeBase = knowledge_base(self.store, settings)
         """Files, vector stores and retrieval (its model loads on first use)."""

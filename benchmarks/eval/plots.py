@@ -26,6 +26,14 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _ok(card: dict[str, Any], suite: str) -> dict[str, Any] | None:
     result = card.get("suites", {}).get(suite)
     return result if result and result.get("status") == "ok" else None
@@ -50,10 +58,7 @@ def stt_conditions(card: dict[str, Any], path: Path) -> Path | None:
     ax.set_title("STT error rates per condition")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def tts_checks(card: dict[str, Any], path: Path) -> Path | None:
@@ -76,10 +81,7 @@ def tts_checks(card: dict[str, Any], path: Path) -> Path | None:
     ax.set_title("TTS clip checks")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def answers_similarity(card: dict[str, Any], path: Path) -> Path | None:
@@ -102,10 +104,7 @@ def answers_similarity(card: dict[str, Any], path: Path) -> Path | None:
         "answer-focused similarity (green: the reply contains the answer)", fontsize="medium"
     )
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def latency_budgets(card: dict[str, Any], path: Path) -> Path | None:
@@ -127,10 +126,7 @@ def latency_budgets(card: dict[str, Any], path: Path) -> Path | None:
     ax.set_title("latency against budget (red: over)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def write_plots(card: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -93,7 +93,7 @@ class EdgeMiddleware:
             return
         settings = self.state.settings.edge
         headers = Headers(scope=scope)
-        rule = rule_for(scope["path"])
+        rule = rule_for(scope["path"], scope.get("method", "GET"))
         host = headers.get("host")
         server = scope.get("server")
         if not hosts.host_allowed(host, server[0] if server else None, settings.allowed_hosts):

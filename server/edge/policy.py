@@ -9,9 +9,10 @@ may do is written down in one place (README, "Security", shows it):
 | ``/v1/realtime`` (WebSocket; also a client secret) | ``realtime`` | yes | yes |
 | ``POST /v1/realtime/client_secrets`` (an API key, never a secret) | ``realtime`` | yes | no |
 | ``/v1/audio/transcriptions``, ``/v1/audio/speech`` | ``audio`` | yes | yes |
+| ``POST /v1/audio/voices`` (a reference clip), ``/v1/audio/voices/{id}`` | ``audio`` | yes | no |
 | ``/v1/turns`` (audio in, audio out: a voice turn) | ``audio`` | yes | yes |
 | ``/v1/chat/completions`` | ``chat`` | yes | yes |
-| ``/v1/models``, ``/v1/audio/voices``, any other ``/v1`` path | any key | yes | no |
+| ``/v1/models``, ``GET /v1/audio/voices``, any other ``/v1`` path | any key | yes | no |
 | ``/v1/usage`` | ``admin`` | yes | no |
 | ``/metrics`` (or loopback, with ``edge.metrics_from_loopback``) | ``admin`` | no | no |
 | ``/demo/login`` | open | no | no |
@@ -31,6 +32,7 @@ SCOPES: tuple[Scope, ...] = ("realtime", "audio", "chat", "admin")
 """Every scope a key can have (``voxline keys create --scopes``)."""
 
 DEMO_PATH = "/demo"
+VOICES_PATH = "/v1/audio/voices"
 DEMO_LOGIN_PATH = "/demo/login"
 
 
@@ -72,18 +74,26 @@ _EXACT: dict[str, Rule] = {
     "/v1/chat/completions": Rule(scope="chat", spends=True),
     DEMO_LOGIN_PATH: Rule(open=True, counted=False),
 }
+# by method where one path serves several: listing voices needs any key, adding one the scope
+_BY_METHOD: dict[tuple[str, str], Rule] = {
+    ("POST", VOICES_PATH): Rule(scope="audio", upload=True),
+}
+_VOICE = Rule(scope="audio")  # one stored voice: read or delete it
 _DEMO = Rule(scope="realtime", counted=False, cookie=True, upload=True)
 _DEMO_UPLOAD = Rule(scope="realtime", cookie=True, upload=True)
 _API = Rule()
 
 
-def rule_for(path: str) -> Rule:
-    """The rule of the route at ``path`` (paths outside ``/v1`` and the demo are open: they are
-    404s, and the answer must not depend on a key)."""
+def rule_for(path: str, method: str = "GET") -> Rule:
+    """The rule of ``method`` on the route at ``path`` (paths outside ``/v1`` and the demo are
+    open: they are 404s, and the answer must not depend on a key). WebSocket handshakes are
+    ``GET``."""
     path = path.rstrip("/") or "/"
-    rule = _EXACT.get(path)
+    rule = _BY_METHOD.get((method.upper(), path)) or _EXACT.get(path)
     if rule is not None:
         return rule
+    if path.startswith(VOICES_PATH + "/"):
+        return _VOICE
     if path == DEMO_PATH or path.startswith(DEMO_PATH + "/"):
         return _DEMO_UPLOAD if path.endswith("/gradio_api/upload") else _DEMO
     if path == "/v1" or path.startswith("/v1/"):

@@ -134,9 +134,9 @@ def _binaries_exist_for_the_image(report: dict[str, Any], skip: set[str] = froze
 
 @pytest.fixture(scope="module")
 def voxline_set() -> dict[str, Any]:
-    """voxline's venv in the image: the project with its demo and otel extras, under
+    """voxline's venv in the image: the project with its demo, otel and ray extras, under
     constraints/gpu.txt (exactly the Dockerfile's install)."""
-    return _pip("-c", "constraints/gpu.txt", ".[demo,otel]")
+    return _pip("-c", "constraints/gpu.txt", ".[demo,otel,ray]")
 
 
 def test_voxlines_set_resolves_with_the_cuda_torch_and_the_pinned_ctranslate2(

@@ -662,6 +662,31 @@ async def test_a_voice_uploaded_as_bytes_is_spoken_and_removed(
         assert "eve" not in tts.capabilities.voices
 
 
+async def test_an_uploaded_voice_is_spoken_only_when_named(
+    checkout: Path, clips: dict[str, Path], log_path: Path
+) -> None:
+    # Registered before start() (a server restores its stored uploads first), the upload is the
+    # book's first voice; a request naming no voice still gets the settings' voice, never it.
+    tts = GptSovitsTTS(
+        make_settings(checkout, clips, voices={"alice": voice(clips["ok"])}),
+        env={"STUB_LOG": str(log_path)},
+    )
+    upload = tts.add_voice_clip("dora", _wav_bytes(4.0), transcript="Hi.", language="en")
+    await tts.start()
+    try:
+        await collect(tts.synthesize("Hello."))
+        (run,) = requests(log_path)
+        assert run["inputs"]["ref_audio_path"] == str(clips["ok"].resolve())
+        assert tts.remove_voice("alice")
+        with pytest.raises(EngineUnavailable, match="name a voice"):  # a chain's next backend
+            await collect(tts.synthesize("Hello."))
+        await collect(tts.synthesize("Hello.", voice="dora"))
+        assert requests(log_path)[-1]["inputs"]["ref_audio_path"] == str(upload.ref_audio)
+        await tts.probe()  # nobody hears a probe: the upload serves for it
+    finally:
+        await tts.aclose()
+
+
 async def test_a_voice_goes_back_to_the_worker_that_encoded_its_reference(
     checkout: Path, clips: dict[str, Path], log_path: Path
 ) -> None:

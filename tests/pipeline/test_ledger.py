@@ -75,11 +75,15 @@ def test_totals_per_backend_and_per_day_match_what_was_recorded() -> None:
     ledger = Ledger(PriceTable(), clock=clock)
     hosted = "hosted:api.openai.com:443"
 
-    c1 = ledger.record("r1", hosted, "llm", tokens_in=1200, tokens_out=300, engine_seconds=0.8)
-    c2 = ledger.record("r1", "whisper:cpu", "stt", audio_seconds=3.0, engine_seconds=0.5)
+    c1 = ledger.charge(
+        "r1", hosted, "llm", tokens_in=1200, tokens_out=300, engine_seconds=0.8
+    ).cost_usd
+    c2 = ledger.charge("r1", "whisper:cpu", "stt", audio_seconds=3.0, engine_seconds=0.5).cost_usd
     clock.now = DAY2
-    c3 = ledger.record("r2", hosted, "llm", tokens_in=800, tokens_out=100)
-    c4 = ledger.record("r2", "piper:cpu", "tts", chars=42, audio_seconds=2.5, engine_seconds=0.2)
+    c3 = ledger.charge("r2", hosted, "llm", tokens_in=800, tokens_out=100).cost_usd
+    c4 = ledger.charge(
+        "r2", "piper:cpu", "tts", chars=42, audio_seconds=2.5, engine_seconds=0.2
+    ).cost_usd
 
     by_backend = ledger.by_backend()
     assert set(by_backend) == {hosted, "whisper:cpu", "piper:cpu"}
@@ -109,7 +113,7 @@ def test_listeners_hear_each_new_charge() -> None:
     ledger = Ledger(clock=Clock(DAY1))
     ledger.listeners.append(heard.append)
 
-    cost = ledger.record("r9", "transformers:cuda", "llm", tokens_out=5, engine_seconds=36)
+    cost = ledger.charge("r9", "transformers:cuda", "llm", tokens_out=5, engine_seconds=36).cost_usd
 
     assert len(heard) == 1
     assert heard[0].request_id == "r9"
@@ -123,7 +127,7 @@ def test_concurrent_records_are_all_counted() -> None:
 
     def work(n: int) -> None:
         for _ in range(per_thread):
-            ledger.record(f"r{n}", f"b{n % 2}:cpu", "llm", tokens_in=1, engine_seconds=3.6)
+            ledger.charge(f"r{n}", f"b{n % 2}:cpu", "llm", tokens_in=1, engine_seconds=3.6)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
     for t in threads:

@@ -18,10 +18,12 @@ Fixtures: ``engines`` (module), ``app_factory`` (module), ``app`` (the default a
 ``engine_calls`` (the CallRecords of every engine call a test made).
 Helpers (import from ``tests.server.conftest``): ``make_settings``, ``openai_client``,
 ``http_client``, ``LiveServer`` (a real uvicorn server in a thread, for disconnect tests, where
-ASGITransport would buffer the whole response), ``hang_up_once`` (a client that leaves before
-the response starts), ``live_threads``, ``wait_threads_started`` and ``wait_threads_gone`` (engine
-worker threads by name prefix, e.g. ``models.llm_transformers.THREAD_NAME``), ``wait_for_calls``
-(engine calls recorded by a live server), ``spoken_wav``.
+ASGITransport would buffer the whole response), ``wait_ready`` (poll a live server's
+``/readyz``), ``silences_ms`` (the pauses inside 16-bit pcm), ``hang_up_once`` (a client that
+leaves before the response starts), ``live_threads``, ``wait_threads_started`` and
+``wait_threads_gone`` (engine worker threads by name prefix, e.g.
+``models.llm_transformers.THREAD_NAME``), ``wait_for_calls`` (engine calls recorded by a live
+server), ``spoken_wav``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 import pytest_asyncio
@@ -246,3 +249,28 @@ async def wait_for_calls(
 def spoken_wav(text: str, sample_rate: int = 16_000) -> bytes:
     """``text`` spoken by the packaged Piper voice, as the bytes of a 16-bit wav file."""
     return encode_wav(speak(text, sample_rate))
+
+
+def wait_ready(url: str, timeout_s: float = 180.0) -> dict[str, Any]:
+    """``/readyz`` once it says ready (``timeout_s`` only guards against a hang); blocking."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = httpx.get(f"{url}/readyz", timeout=10)
+        if answer.status_code == 200:
+            return dict(answer.json())
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.2)
+
+
+def silences_ms(
+    pcm: bytes, rate: int = 24_000, floor: int = 33, at_least_ms: float = 20.0
+) -> list[float]:
+    """Runs of near-silence (|x| below ~1e-3 of full scale) inside ``pcm`` (16-bit), in ms,
+    longer than ``at_least_ms``; the silence before the first and after the last sound is not
+    between phrases and is left out."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.int32)
+    loud = np.flatnonzero(np.abs(samples) > floor)
+    if loud.size < 2:
+        return []
+    gaps = np.diff(loud) - 1
+    return [g * 1000 / rate for g in gaps if g * 1000 / rate >= at_least_ms]

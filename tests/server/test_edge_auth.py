@@ -45,6 +45,17 @@ ROUTES: list[tuple[str, str, str | None, dict[str, Any]]] = [
         "audio",
         {"files": {"file": ("q.wav", spoken_wav("Hello."), "audio/wav")}},
     ),
+    (
+        "POST",
+        "/v1/audio/voices",
+        "audio",
+        {
+            "files": {"file": ("ref.wav", spoken_wav("Hello there, this is me."), "audio/wav")},
+            "data": {"transcript": "Hello there, this is me.", "language": "en"},
+        },
+    ),
+    ("GET", "/v1/audio/voices/voice_0123456789abcdef01234567", "audio", {}),
+    ("DELETE", "/v1/audio/voices/voice_0123456789abcdef01234567", "audio", {}),
     ("POST", "/v1/realtime/client_secrets", "realtime", {"json": {}}),
     ("GET", "/v1/usage", "admin", {}),
     ("GET", "/metrics", "admin", {}),

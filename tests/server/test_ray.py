@@ -39,6 +39,13 @@ QUESTION = (
     "I would like to know which city is the capital of France, and also how many people "
     "live there today, if you happen to know it."
 )
+# A turn whose transcription takes long enough (about 20 s of speech: several hundred ms of
+# decoding even in the short window) for the test to see its replica start and kill it mid-way.
+LONG_QUESTION = (
+    "Good morning. My family is planning a trip to Europe next spring, and we have been reading "
+    "travel guides for weeks. We want to visit museums, walk along the rivers and try the local "
+    "food in every town we pass through. " + QUESTION
+)
 
 
 def _free_port() -> int:
@@ -137,7 +144,7 @@ def test_job_chunks_run_as_ray_tasks(cluster: str, tmp_path: Path) -> None:
 
 
 def test_a_turn_completes_while_its_stt_replica_is_killed(cluster: str) -> None:
-    audio = encode_wav(speak(QUESTION))
+    audio = encode_wav(speak(LONG_QUESTION))
     replicas = _stt_replicas()
     assert len(replicas) == 2
     before = {p.pid: p.cpu_times().user + p.cpu_times().system for p in replicas}
@@ -153,10 +160,10 @@ def test_a_turn_completes_while_its_stt_replica_is_killed(cluster: str) -> None:
     killed = None
     deadline = time.monotonic() + 60
     while killed is None and time.monotonic() < deadline:  # the replica that is transcribing
-        time.sleep(0.02)
+        time.sleep(0.01)
         for proc in replicas:
             busy = proc.cpu_times().user + proc.cpu_times().system - before[proc.pid]
-            if busy > 0.15:
+            if busy > 0.1:
                 os.kill(proc.pid, signal.SIGKILL)
                 killed = proc.pid
                 break

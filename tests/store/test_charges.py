@@ -70,8 +70,8 @@ def test_charges_of_one_request_are_stored_together(store: Store) -> None:
 def test_the_store_agrees_with_the_ledgers_own_totals(store: Store) -> None:
     ledger = Ledger(PriceTable(), clock=lambda: DAY1)
     ledger.listeners.append(store.charges.append)  # the store as the ledger's sink
-    ledger.record("r", "hosted:api:443", "llm", tokens_in=1000, tokens_out=200)
-    ledger.record("r", "whisper:cpu", "stt", audio_seconds=3.0, engine_seconds=0.5)
+    ledger.charge("r", "hosted:api:443", "llm", tokens_in=1000, tokens_out=200)
+    ledger.charge("r", "whisper:cpu", "stt", audio_seconds=3.0, engine_seconds=0.5)
     assert store.charges.totals() == ledger.total()
     assert store.charges.by_day() == ledger.by_day()
     assert store.charges.by_backend() == ledger.by_backend()
