@@ -281,8 +281,15 @@ STAGE_BUILDERS: dict[str, Callable[[Settings], STT | LLM | TTS]] = {
 """Each stage's chain builder, by stage name."""
 
 
-async def start_stage(stage: Stage, settings: Settings, *, warm: bool = True) -> STT | LLM | TTS:
-    """Build, load and (optionally) warm one stage's chain (a server's releases share stages).
+async def start_stage(
+    stage: Stage,
+    settings: Settings,
+    *,
+    warm: bool = True,
+    prepare: Callable[[STT | LLM | TTS], Awaitable[object]] | None = None,
+) -> STT | LLM | TTS:
+    """Build, load and (optionally) warm one stage's chain (a server's releases share stages);
+    ``prepare`` is called with the built chain before it starts (as in ``start_engines``).
 
     Raises:
         InvalidInput: ``stage`` is not ``stt``, ``llm`` or ``tts``.
@@ -292,6 +299,8 @@ async def start_stage(stage: Stage, settings: Settings, *, warm: bool = True) ->
         raise InvalidInput(f"no engine stage {stage!r}", param="stage")
     engine: STT | LLM | TTS = builder(settings)
     try:
+        if prepare is not None:
+            await prepare(engine)
         await _start(engine, warm)
     except BaseException:
         await engine.aclose()

@@ -24,6 +24,7 @@ engine: each release gets its own, over its tiers, with its ``router`` policy.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
@@ -69,6 +70,8 @@ Keys = Mapping[str, str]
 """A release's chains: slot (``stt``, ``llm``, ``tts``, ``llm.<tier>``) -> pool key."""
 StageEngine = STT | LLM | TTS
 StageStarter = Callable[[Stage, Settings], Awaitable[StageEngine]]
+StagePrepare = Callable[[Stage, StageEngine], Awaitable[object]]
+"""Called with a stage's built chain before it starts."""
 
 
 def _plain(value: Any) -> Any:
@@ -113,8 +116,11 @@ class _Entry:
     owned: bool  # False: handed in (tests); never closed here
 
 
-async def _start(stage: Stage, settings: Settings) -> StageEngine:
-    return await start_stage(stage, settings)
+async def _start(
+    stage: Stage, settings: Settings, *, prepare: StagePrepare | None = None
+) -> StageEngine:
+    hook = None if prepare is None else functools.partial(prepare, stage)
+    return await start_stage(stage, settings, prepare=hook)
 
 
 class EnginePool:
@@ -122,10 +128,14 @@ class EnginePool:
 
     Args:
         start: Builds, starts and warms one stage's chain (default: ``models.registry``).
+        prepare: With the default ``start``: called with each built chain before it starts
+            (the server registers the stored voices with a TTS there).
     """
 
-    def __init__(self, start: StageStarter = _start) -> None:
-        self._start = start
+    def __init__(
+        self, start: StageStarter | None = None, *, prepare: StagePrepare | None = None
+    ) -> None:
+        self._start = start or functools.partial(_start, prepare=prepare)
         self._entries: dict[str, _Entry] = {}
         self._lock = asyncio.Lock()
 

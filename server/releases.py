@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,7 +39,7 @@ from pipeline.settings import Settings
 from pipeline.settings_env import apply
 from pipeline.types import TurnTimings
 from server.canary import Outcome, TurnStats, verdict
-from server.engine_pool import EnginePool, Keys
+from server.engine_pool import EnginePool, Keys, StagePrepare
 from server.logging_setup import release_var
 from server.metrics import Metrics
 from store import Pointer, Store
@@ -81,9 +81,8 @@ class ServerReleases:
         store: The state store holding the releases and the pointer.
         metrics: Where per-release turns go (``voxline_turns_total{release}``...).
         listen: Hooks metrics, traces and logs into newly started engines.
-        prepare: Called with a release's engines once they are started (the server registers
-            the stored GPT-SoVITS voices there: ``server.voices``; it skips those a shared
-            backend already has).
+        prepare: Called with each chain the pool builds, before it starts (the server registers
+            the stored GPT-SoVITS voices with a TTS there: that backend starts only with one).
         pool: The shared engines (default: a new pool on the engine registry).
     """
 
@@ -94,15 +93,14 @@ class ServerReleases:
         *,
         metrics: Metrics,
         listen: Callable[[Engines], None],
-        prepare: Callable[[Engines], Awaitable[object]] | None = None,
+        prepare: StagePrepare | None = None,
         pool: EnginePool | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
-        self.pool = pool or EnginePool()
+        self.pool = pool or EnginePool(prepare=prepare)
         self._listen = listen
-        self._prepare = prepare
         self.active: LiveRelease | None = None
         self.canary: LiveRelease | None = None
         self._watch: _CanaryWatch | None = None
@@ -257,12 +255,6 @@ class ServerReleases:
         release = await asyncio.to_thread(self.store.releases.require, name)
         settings = apply(self.settings, release.overrides)
         engines, keys = await self.pool.acquire(settings)
-        try:
-            if self._prepare is not None:
-                await self._prepare(engines)
-        except BaseException:
-            await self.pool.release(keys)
-            raise
         self._listen(engines)
         return LiveRelease(name, settings, engines, keys)
 

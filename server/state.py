@@ -10,18 +10,21 @@ import asyncio
 import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 from fastapi import Request
 from starlette.requests import HTTPConnection
 
 from models.registry import Engines
 from models.vad_silero import SileroVAD
+from pipeline.errors import Stage
 from pipeline.fallback_core import Chain
 from pipeline.fallback_types import FallbackReport
 from pipeline.knowledge import KnowledgeReport
 from pipeline.ledger import Ledger
 from pipeline.router import Route
 from pipeline.settings import Settings
+from pipeline.stages import LLM, STT, TTS
 from pipeline.vad import VAD
 from server.accounting import Accounting
 from server.jobs.service import JobService
@@ -76,7 +79,7 @@ class AppState:
             self.store,
             metrics=self.metrics,
             listen=self.listen,
-            prepare=self.voices.restore,  # a GPT-SoVITS backend speaks the stored voices
+            prepare=self._prepare_stage,  # a GPT-SoVITS backend starts only with a voice
         )
         self.kb: KnowledgeBase = knowledge_base(self.store, settings)
         """Files, vector stores and retrieval (its model loads on first use)."""
@@ -95,6 +98,11 @@ class AppState:
         )
         if engines is not None:
             self.engines = engines
+
+    async def _prepare_stage(self, stage: Stage, engine: STT | LLM | TTS) -> None:
+        """A release's chain, built and not yet started: a TTS gets the stored voices."""
+        if stage == "tts":
+            await self.voices.restore_tts(cast(TTS, engine))
 
     @property
     def engines(self) -> Engines | None:
