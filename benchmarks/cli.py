@@ -58,8 +58,8 @@ def bench(
     scenarios: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Scenarios: stt llm tts turn realtime load retrieval, and compare (the others per "
-            "--config). Default: stt llm tts turn.",
+            help="Scenarios: stt llm tts turn realtime load retrieval endpoint phrasing, and "
+            "compare (the others per --config). Default: stt llm tts turn.",
             show_default=False,
         ),
     ] = None,
@@ -85,7 +85,11 @@ def bench(
     ] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bench-results"),
     data: Annotated[
-        Path | None, typer.Option(help="Folder of name.wav + name.txt pairs to use instead.")
+        str | None,
+        typer.Option(
+            help="Folder of name.wav (or .flac) + name.txt pairs to use instead, or a shipped "
+            "set: heldout (unseen questions), pauses (requests with a pause inside)."
+        ),
     ] = None,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Use only the first N inputs (quick: 3).")
@@ -93,6 +97,14 @@ def bench(
     url: Annotated[
         str | None,
         typer.Option(help="A running server for realtime/load/retrieval (default: start one)."),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VOXLINE_API_KEY",
+            show_default=False,
+            help="A key (realtime and audio scopes) for a --url server with API keys.",
+        ),
     ] = None,
     slo_v2v_p95_ms: Annotated[
         float, typer.Option(help="load: the V2V p95 a concurrency level must meet.")
@@ -124,11 +136,14 @@ def bench(
             quick=quick,
             seed=seed,
             url=url,
+            api_key=api_key,
             out_dir=out,
             slo_v2v_p95_ms=slo_v2v_p95_ms,
             max_sessions=max_sessions or (QUICK_MAX_SESSIONS if quick else 8),
+            data=data,
+            limit=limit or (QUICK_INPUTS if quick else None),
         )
-        results = _run(names, configs, options, data, limit or (QUICK_INPUTS if quick else None))
+        results = _run(names, configs, options, data, options.limit)
         passed = _finish(results, out, plots, baseline, max_regression)
     except VoxlineError as exc:
         raise _fail(str(exc), _exit_code(exc)) from None
@@ -140,17 +155,17 @@ def _run(
     names: tuple[str, ...],
     configs: list[ConfigSpec],
     options: BenchOptions,
-    data: Path | None,
+    data: str | None,
     limit: int | None,
 ) -> dict[str, Any]:
-    from benchmarks.data import builtin_clips, load_dir, replies
+    from benchmarks.data import builtin_clips, data_dir, load_dir, replies
     from benchmarks.environment import environment
     from benchmarks.report import build_results
     from benchmarks.runner import Plan, run_plan
 
     settings = configs[0].settings()
     if data is not None:
-        clips = load_dir(data, settings.audio, limit)
+        clips = load_dir(data_dir(data), settings.audio, limit)
     else:
         clips = builtin_clips(settings.cache_dir / "bench" / "clips", limit)
     plan = Plan(names, tuple(configs), options, clips, replies(limit))

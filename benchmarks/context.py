@@ -41,9 +41,12 @@ class BenchOptions:
         quick: few inputs, one run: a smoke benchmark in under a minute.
         seed: LLM sampling seed (the same reply for the streaming and the naive pipeline).
         url: a running server for ``realtime``/``load`` (``None``: the benchmark starts one).
+        api_key: sent as ``Authorization: Bearer`` to ``url`` (a server with API keys).
         out_dir: where results (and a started server's log) go.
         slo_v2v_p95_ms: the V2V p95 a ``load`` level must meet.
         max_sessions: the most concurrent sessions ``load`` tries.
+        data: ``--data`` as given (``None``: the built-in questions, or a scenario's own set).
+        limit: ``--limit``: the most inputs taken from a set.
     """
 
     runs: int = 3
@@ -51,9 +54,12 @@ class BenchOptions:
     quick: bool = False
     seed: int = 0
     url: str | None = None
+    api_key: str | None = None
     out_dir: Path = Path("bench-results")
     slo_v2v_p95_ms: float = 800.0
     max_sessions: int = 8
+    data: str | None = None
+    limit: int | None = None
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -32,20 +33,34 @@ VOICE = "piper-joe-medium"
 PAD_SECONDS = 0.3
 """Silence before and after each built-in question, as a microphone would hear it."""
 
-QUESTIONS: tuple[str, ...] = (
-    "What is the capital of France?",
-    "What time does the sun usually rise in summer?",
-    "What is 12 plus 7?",
-    "How many legs does a spider have?",
-    "Why is the sky blue?",
-    "Can you recommend a good book to read this weekend?",
-    "Tell me a fun fact about octopuses.",
-    "How far away is the moon from the Earth?",
-    "What should I cook for dinner tonight?",
-    "How do you say good morning in Spanish?",
+AnswerLength = Literal["short", "medium", "long"]
+
+PROMPTS: tuple[tuple[str, AnswerLength], ...] = (
+    ("What is the capital of France?", "short"),
+    ("What time does the sun usually rise in summer?", "medium"),
+    ("What is 12 plus 7?", "short"),
+    ("How many legs does a spider have?", "short"),
+    ("Why is the sky blue?", "medium"),
+    ("Can you recommend a good book to read this weekend?", "medium"),
+    ("Tell me a fun fact about octopuses.", "medium"),
+    ("How far away is the moon from the Earth?", "short"),
+    ("What should I cook for dinner tonight?", "medium"),
+    ("How do you say good morning in Spanish?", "short"),
+    ("Explain step by step how to bake a loaf of bread.", "long"),
+    ("Tell me a story about a dragon who learns to cook.", "long"),
+    ("Describe the water cycle in detail.", "long"),
+    ("Give me five tips for sleeping better and explain each one.", "long"),
 )
-"""Built-in spoken questions (also their reference transcripts). Quick runs take the first three:
-a one-sentence answer, one of a few clauses (where streaming shows) and digits in the question."""
+"""Built-in spoken questions (also their reference transcripts), each with the length of answer
+it asks for. The long ones are there so the naive pipeline's cost of waiting for a whole reply
+shows: with one-sentence replies, streaming and naive are close by construction. Quick runs take
+the first three: a one-sentence answer, one of a few clauses and digits in the question."""
+
+QUESTIONS: tuple[str, ...] = tuple(text for text, _ in PROMPTS)
+"""The built-in questions' texts."""
+
+ANSWER_LENGTH: dict[str, AnswerLength] = dict(PROMPTS)
+"""The answer length each built-in question asks for."""
 
 REPLIES: tuple[str, ...] = (
     "The capital of France is Paris.",
@@ -69,12 +84,14 @@ class Clip:
         audio: mono float32 at ``SAMPLE_RATE``.
         reference: what is said.
         speech_end_s: seconds from the start of ``audio`` to the end of the last voiced frame.
+        answer_length: the length of answer it asks for (built-in questions; ``None``: unknown).
     """
 
     name: str
     audio: AudioChunk
     reference: str
     speech_end_s: float
+    answer_length: AnswerLength | None = None
 
 
 def speech_end_seconds(audio: AudioChunk, *, frame_ms: int = 10, floor_db: float = 40.0) -> float:
@@ -134,19 +151,33 @@ def builtin_clips(cache_dir: Path, limit: int | None = None) -> list[Clip]:
     clips = []
     for i, text in enumerate(QUESTIONS[:limit], start=1):
         audio = _cached_speech(text, cache_dir)
-        clips.append(Clip(f"q{i:02d}", audio, text, speech_end_seconds(audio)))
+        clips.append(Clip(f"q{i:02d}", audio, text, speech_end_seconds(audio), ANSWER_LENGTH[text]))
     return clips
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+"""Audio files ``load_dir`` reads (each beside its ``.txt``)."""
+
+
+def data_dir(data: str) -> Path:
+    """``--data``: a folder, or the name of a shipped set (``heldout``, ``pauses``; see
+    ``benchmarks.speech_sets``)."""
+    from benchmarks.speech_sets import SETS
+
+    path = Path(data)
+    return SETS[data] if data in SETS and not path.exists() else path
+
+
 def load_dir(directory: Path, limits: AudioLimits, limit: int | None = None) -> list[Clip]:
-    """The ``name.wav`` + ``name.txt`` pairs in ``directory``, sorted by name.
+    """The ``name.wav`` (or ``.flac``...) + ``name.txt`` pairs in ``directory``, by name.
 
     Raises:
-        InvalidInput: not a directory, no pairs in it, or a wav that cannot be decoded.
+        InvalidInput: not a directory, no pairs in it, or audio that cannot be decoded.
     """
     if not directory.is_dir():
         raise InvalidInput(f"{directory}: not a directory", param="data")
-    pairs = [(w, w.with_suffix(".txt")) for w in sorted(directory.glob("*.wav"))]
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+    pairs = [(w, w.with_suffix(".txt")) for w in files]
     pairs = [(w, t) for w, t in pairs if t.is_file()]
     if not pairs:
         raise InvalidInput(f"{directory}: no name.wav + name.txt pairs", param="data")

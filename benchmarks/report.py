@@ -138,8 +138,22 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
                 rows.append((f"naive sequential total{at}, p50 / p95 ms", naive))
                 ratio = details.get(name, {}).get("streaming_naive_ratio_p50")
                 rows.append((f"streaming / naive (p50){at}", fmt("ratio", ratio)))
+                by_length = details.get(name, {}).get("streaming_naive_ratio_p50_by_length", {})
+                for length, value in by_length.items():
+                    rows.append((f"streaming / naive (p50), {length} answers{at}", fmt("", value)))
         if base == "realtime" and "v2v_ms" in m:
             rows.append((f"V2V realtime client{at}, p50 / p95 ms", _pair(m["v2v_ms"])))
+        if base == "endpoint":
+            for mode in ("fixed", "smart"):
+                if f"{mode}_endpoint_ms" in m:
+                    rate = details.get(name, {}).get("false_end_rates", {})
+                    rows.append(
+                        (
+                            f"endpoint {mode}{at}: delay p50 / p95 ms, false ends (paused)",
+                            f"{_pair(m[f'{mode}_endpoint_ms'])}, "
+                            f"{fmt('', rate.get(f'{mode}_false_end_paused'))}",
+                        )
+                    )
         if base == "load":
             d = details.get(name, {})
             best = d.get("max_sessions_within_slo")

@@ -33,6 +33,7 @@ from cli.release import release_app
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
 from pipeline.errors import InvalidInput, StageError, VoxlineError
+from pipeline.phrases import PhrasePolicy
 from pipeline.settings import Settings
 from pipeline.turn import TurnResult, run_turn
 from pipeline.types import AudioChunk, GenerationParams
@@ -88,6 +89,7 @@ async def _turn(settings: Settings, audio: AudioChunk, voice: str | None) -> Tur
             voice=voice or settings.tts.voice,
             speed=settings.tts.speed,
             language=settings.stt.language,
+            phrase_policy=PhrasePolicy.from_settings(settings.reply),
         )
     finally:
         await engines.aclose()

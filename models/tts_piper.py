@@ -193,8 +193,9 @@ class PiperTTS(TTS):
     ``settings.voice``, or the model's default speaker when that is unset.
 
     Args:
-        settings: the TTS settings (``model``, ``device``, ``voice``, ``speed`` are used).
-        phrasing: phrase length limits (see ``split_phrases``).
+        settings: the TTS settings (``model``, ``device``, ``voice``, ``speed`` and the
+            ``piper_*_phonemes`` limits are used).
+        phrasing: phrase length limits (see ``split_phrases``; default: from ``settings``).
     """
 
     def __init__(self, settings: TTSSettings, *, phrasing: PhraseLimits | None = None) -> None:
@@ -207,7 +208,9 @@ class PiperTTS(TTS):
         self._info: _VoiceInfo | None = None
         self._default_voice = settings.voice
         self._base_speed = settings.speed
-        self.phrasing = phrasing or PhraseLimits()
+        self.phrasing = phrasing or PhraseLimits(
+            settings.piper_first_phonemes, settings.piper_max_phonemes
+        )
         self._voice: Any = None  # piper.PiperVoice once loaded
         self._load_lock = threading.Lock()
         self._active: set[threading.Event] = set()

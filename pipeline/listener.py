@@ -34,6 +34,7 @@ from pipeline.events import SpeechStarted, SpeechStopped
 from pipeline.metering import Meter
 from pipeline.stages import STT, CallRecord
 from pipeline.timing import TurnMarks
+from pipeline.turn_end import judge
 from pipeline.types import AudioChunk, Float32Array, Transcript
 from pipeline.vad import VAD, EndpointDecision, Endpointer, EndpointPolicy, FrameSlicer
 
@@ -264,6 +265,7 @@ class Listener:
         self._slicer = FrameSlicer(sample_rate=vad.sample_rate, frame_samples=vad.frame_samples)
         self._buffer: list[Float32Array] = []  # manual turns: audio since the last commit
         self._clock = clock
+        self._on_result = on_result
         self.transcriber = Transcriber(
             stt,
             self.endpointer,
@@ -271,7 +273,7 @@ class Listener:
             sample_rate=vad.sample_rate,
             partial_interval_ms=partial_interval_ms,
             language=language,
-            on_result=on_result,
+            on_result=self._on_transcript,
             on_usage=on_usage,
             clock=clock,
         )
@@ -364,8 +366,20 @@ class Listener:
             return [SpeechStarted(self.utterance.item_id, round(decision.audio_ms))]
         if decision.kind == "speech_stopped":
             return self._end_turn(decision, self._clock())
-        self.transcriber.schedule()  # a pause: the turn may end here
+        if self.utterance is not None:  # a pause: the turn may end here
+            self._judge(self.utterance)
+        self.transcriber.schedule()
         return []
+
+    def _on_transcript(self, utt: Utterance) -> None:
+        self._judge(utt)
+        self._on_result(utt)
+
+    def _judge(self, utt: Utterance) -> None:
+        # How the speech before a pause reads sets how long the pause must last to end the turn
+        # (``smart`` turn end; see pipeline.turn_end). Only a transcript of all of it counts.
+        if utt is self.utterance and utt.result is not None:
+            self.endpointer.judge(judge(utt.result.transcript.text), utt.result.frames)
 
     def _end_turn(self, decision: EndpointDecision, decided_at: float) -> list[Heard]:
         utt, self.utterance = self.utterance, None

@@ -15,13 +15,16 @@ from pipeline.errors import InvalidInput
 from pipeline.knowledge import FileSearch
 from pipeline.settings import SessionSettings, Settings
 from pipeline.stages import validate_chat
+from pipeline.turn_end import TurnEndMode
 from pipeline.types import ForcedTool, FunctionTool, GenerationParams, Message, ToolChoice
 from pipeline.vad import EndpointPolicy
 
 
 @dataclass(frozen=True, slots=True)
 class TurnDetection:
-    """Server VAD (OpenAI's ``turn_detection: {"type": "server_vad"}``); see ``EndpointPolicy``.
+    """Server VAD (OpenAI's ``turn_detection: {"type": "server_vad"}``); see ``EndpointPolicy``
+    (``turn_end`` and its silences are the server's settings, ``smart`` by default there; a
+    client does not change them. Built by hand, it is OpenAI's fixed silence).
 
     Attributes:
         create_response: Answer automatically when a turn ends.
@@ -34,6 +37,9 @@ class TurnDetection:
     min_speech_ms: int = 100
     create_response: bool = True
     interrupt_response: bool = True
+    turn_end: TurnEndMode = "fixed"
+    complete_silence_ms: int = 250
+    incomplete_silence_ms: int = 1200
 
     @classmethod
     def from_settings(cls, settings: SessionSettings) -> TurnDetection:
@@ -43,12 +49,21 @@ class TurnDetection:
             silence_duration_ms=settings.silence_duration_ms,
             prefix_padding_ms=settings.prefix_padding_ms,
             min_speech_ms=settings.min_speech_ms,
+            turn_end=settings.turn_end,
+            complete_silence_ms=settings.complete_silence_ms,
+            incomplete_silence_ms=settings.incomplete_silence_ms,
         )
 
     def policy(self) -> EndpointPolicy:
         """The endpointer's policy."""
         return EndpointPolicy(
-            self.threshold, self.silence_duration_ms, self.prefix_padding_ms, self.min_speech_ms
+            self.threshold,
+            self.silence_duration_ms,
+            self.prefix_padding_ms,
+            self.min_speech_ms,
+            turn_end=self.turn_end,
+            complete_silence_ms=self.complete_silence_ms,
+            incomplete_silence_ms=self.incomplete_silence_ms,
         )
 
 
@@ -124,7 +139,14 @@ class SessionConfig:
             (td is None or 0.0 < td.threshold < 1.0, "turn_detection.threshold", "not in (0, 1)"),
             (
                 td is None
-                or min(td.silence_duration_ms, td.prefix_padding_ms, td.min_speech_ms) >= 0,
+                or min(
+                    td.silence_duration_ms,
+                    td.prefix_padding_ms,
+                    td.min_speech_ms,
+                    td.complete_silence_ms,
+                    td.incomplete_silence_ms,
+                )
+                >= 0,
                 "turn_detection",
                 "durations must not be negative",
             ),

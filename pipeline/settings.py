@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -342,6 +342,29 @@ class GptSovitsSettings(BaseModel):
     """Extra keys for upstream's ``TTS.run()`` inputs (e.g. ``top_k``, ``seed``)."""
 
 
+class ReplySettings(BaseModel):
+    """How a reply's text is cut into phrases for TTS (``pipeline/phrases.py``).
+
+    The first phrase decides the time to first audio: TTS starts when it is complete, so its
+    length is a trade between latency (a small LLM on a CPU takes tens of ms a word) and
+    prosody (each phrase is spoken on its own, with a phrase-final intonation).
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    first_phrase_min_words: int = Field(default=3, ge=1)
+    """The first phrase may end at a clause boundary (a comma...) once it has this many words."""
+    first_phrase_max_words: int = Field(default=4, ge=0)
+    """The first phrase is cut at a word boundary once it has this many words, even with no
+    punctuation yet (0: never); not right after a word it should not end on ("the", "of", "is",
+    "any", a number...): up to three words later."""
+    phrase_min_words: int = Field(default=8, ge=1)
+    """Later phrases end at a clause boundary only once they have this many words (whole
+    sentences sound better)."""
+    phrase_max_chars: int = Field(default=160, ge=20)
+    """A phrase longer than this is cut at its last clause boundary or space."""
+
+
 class TTSSettings(BaseModel):
     """Text to speech."""
 
@@ -357,6 +380,14 @@ class TTSSettings(BaseModel):
     """Default voice (Piper: speaker name for multi-speaker voices)."""
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     """Default speaking rate (1.0 normal)."""
+    piper_first_phonemes: int = Field(default=50, ge=1)
+    """Piper: target length, in phonemes, of the first piece of a text synthesized in one ONNX
+    call (it decides the time to first audio; ~10 ms of CPU a phoneme on 2 cores). Cut at a
+    clause end within it, else at the first clause end; only a text whose first clause is
+    longer than ``piper_max_phonemes`` is cut inside a clause."""
+    piper_max_phonemes: int = Field(default=100, ge=1)
+    """Piper: the longest piece synthesized in one ONNX call (a stop waits for the running
+    call)."""
     gpt_sovits: GptSovitsSettings = GptSovitsSettings()
     """GPT-SoVITS engine."""
     hosted: HostedSettings = HostedSettings()
@@ -368,6 +399,12 @@ class TTSSettings(BaseModel):
     """Deadlines and circuit breaker of the chain."""
     gpu: TTSGpuSettings = TTSGpuSettings()
     """The ``gpu`` backend (used when the chain names it)."""
+
+    @model_validator(mode="after")
+    def _first_fits(self) -> TTSSettings:
+        if self.piper_first_phonemes > self.piper_max_phonemes:
+            raise ValueError("piper_first_phonemes must not exceed piper_max_phonemes")
+        return self
 
 
 class AudioLimits(BaseModel):
@@ -396,6 +433,12 @@ class SessionSettings(BaseModel):
     free, while a shorter one only ends more turns at a mid-sentence pause (each false end
     costs CPU the real turn then waits for). 400 ms stays hidden behind the CPU chain and keeps
     voice-to-voice under 500 ms where the chain is faster (a GPU).
+
+    ``turn_end=smart`` (the default) goes further: the transcript started at the pause says
+    whether the user is done, so a finished question ends after ``complete_silence_ms`` and a
+    sentence left hanging ("a table for ...") waits ``incomplete_silence_ms``. Silence is counted
+    in audio received, as with the fixed silence: a client must keep streaming (silence) until the
+    turn ends, up to ``incomplete_silence_ms`` of it.
     """
 
     model_config = ConfigDict(use_attribute_docstrings=True)
@@ -403,7 +446,18 @@ class SessionSettings(BaseModel):
     vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     """Speech probability at or above which a VAD frame counts as voiced."""
     silence_duration_ms: int = Field(default=400, ge=0, le=10_000)
-    """Silence after the last voiced frame that ends a turn (OpenAI's default is 500)."""
+    """Silence after the last voiced frame that ends a turn (OpenAI's default is 500); with
+    ``turn_end=smart``, only when the transcript before the pause is unclear."""
+    turn_end: Literal["fixed", "smart"] = "smart"
+    """``fixed``: every turn ends after ``silence_duration_ms`` of silence. ``smart``: the
+    transcript of the speech before a pause decides (``pipeline/turn_end.py``): one that reads
+    complete ends the turn after ``complete_silence_ms``, one that stops mid-sentence ("a table
+    for ...") waits ``incomplete_silence_ms``."""
+    complete_silence_ms: int = Field(default=250, ge=0, le=10_000)
+    """``smart`` turn end: the silence that ends a turn whose transcript reads complete."""
+    incomplete_silence_ms: int = Field(default=1200, ge=0, le=10_000)
+    """``smart`` turn end: the silence that ends a turn whose transcript stops mid-sentence,
+    and the longest wait for the transcript of a pause."""
     prefix_padding_ms: int = Field(default=300, ge=0, le=5_000)
     """Audio kept before the first voiced frame (quiet word onsets)."""
     min_speech_ms: int = Field(default=100, ge=0, le=5_000)
@@ -779,6 +833,8 @@ class Settings(BaseSettings):
     """Input audio limits."""
     session: SessionSettings = SessionSettings()
     """The realtime conversation session."""
+    reply: ReplySettings = ReplySettings()
+    """How replies are cut into phrases for TTS."""
     observability: ObservabilitySettings = ObservabilitySettings()
     """Logs and traces."""
     pricing: PricingSettings = PricingSettings()

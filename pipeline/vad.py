@@ -9,6 +9,8 @@ plus a minimum speech length so that a click or a cough does not interrupt the a
 The endpointer also reports the first silent frame after speech (``paused``): a pause is where the
 end of the turn *may* be, and the session starts the final transcription there, speculatively, so
 that by the time the silence is long enough to be sure, the transcript is (often) already done.
+How long is long enough is fixed (``silence_duration_ms``) or, with ``turn_end="smart"``, set by
+how that transcript reads (``judge``: ``pipeline.turn_end``).
 
 The ``FrameSlicer`` in front of both cuts the client's audio, at any rate and in any chunk size,
 into those frames, and remembers when each one arrived.
@@ -30,6 +32,7 @@ from typing import Literal
 import numpy as np
 import soxr
 
+from pipeline.turn_end import TurnEndMode, Verdict
 from pipeline.types import AudioChunk, Float32Array
 
 
@@ -80,12 +83,30 @@ class EndpointPolicy:
         prefix_padding_ms: Audio kept before the first voiced frame (word onsets are quiet).
         min_speech_ms: Speech starts only after this long without a silent frame, so that
             clicks and coughs neither open a turn nor interrupt the assistant.
+        turn_end: ``fixed``: every turn ends after ``silence_duration_ms``; ``smart``: the
+            silence depends on the transcript of the speech before the pause
+            (``pipeline.turn_end``), see ``silence_needed``.
+        complete_silence_ms: ``smart``: the silence after a transcript that reads complete.
+        incomplete_silence_ms: ``smart``: the silence after one that reads incomplete, and the
+            longest wait for a transcript not ready yet.
     """
 
     threshold: float = 0.5
     silence_duration_ms: int = 400
     prefix_padding_ms: int = 300
     min_speech_ms: int = 100
+    turn_end: TurnEndMode = "fixed"
+    complete_silence_ms: int = 250
+    incomplete_silence_ms: int = 1200
+
+    def silence_needed(self, verdict: Verdict | None) -> int:
+        """Milliseconds of silence that end the turn, given the verdict on the current pause's
+        transcript (``None``: no transcript of all the speech yet)."""
+        if self.turn_end == "fixed" or verdict == "unclear":
+            return self.silence_duration_ms
+        if verdict == "complete":
+            return self.complete_silence_ms
+        return self.incomplete_silence_ms  # incomplete, or still waiting for the transcript
 
     @property
     def neg_threshold(self) -> float:
@@ -144,6 +165,7 @@ class Endpointer:
         self._frames_seen = 0  # frames processed since construction: the stream position
         self._policy = policy
         self._ring: deque[Float32Array] = deque()
+        self._verdict: Verdict | None = None  # how the speech before the current pause reads
         self.reset()
 
     @property
@@ -176,6 +198,23 @@ class Endpointer:
         return self._frames_seen * self.frame_ms
 
     @property
+    def last_voiced_at(self) -> float | None:
+        """When the utterance's last voiced frame arrived (caller's clock); ``None`` when idle."""
+        return self._last_voiced_at if self._state is not _State.IDLE else None
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """The current pause's verdict (``judge``), ``None`` outside a pause or before one."""
+        return self._verdict if self.paused else None
+
+    def judge(self, verdict: Verdict, covered_frames: int) -> None:
+        """Record how the transcript of the first ``covered_frames`` frames of the utterance
+        reads; it decides the silence of the current pause (``smart`` turn end) if it covers all
+        the speech (``covered_frames >= voiced_frames``). Speech resuming forgets it."""
+        if self.paused and covered_frames >= self.voiced_frames:
+            self._verdict = verdict
+
+    @property
     def utterance_frames(self) -> int:
         """Frames in the current utterance (prefix padding included); 0 when idle."""
         return len(self._utterance) if self._state is not _State.IDLE else 0
@@ -206,6 +245,7 @@ class Endpointer:
         self._last_voiced = 0
         self._last_voiced_at = 0.0
         self._in_silence = False
+        self._verdict = None
 
     def process(
         self, frame: Float32Array, probability: float, arrival: float
@@ -245,7 +285,7 @@ class Endpointer:
             self._in_silence = True
             decisions.append(self._decision("paused"))
         silence_ms = (index - self._last_voiced) * self.frame_ms
-        if self._in_silence and silence_ms >= self._policy.silence_duration_ms:
+        if self._in_silence and silence_ms >= self._policy.silence_needed(self._verdict):
             decisions.append(self._stop())
         return decisions
 
@@ -268,6 +308,7 @@ class Endpointer:
         self._last_voiced = index
         self._last_voiced_at = arrival
         self._in_silence = False
+        self._verdict = None
 
     def _maybe_start(self, index: int) -> list[EndpointDecision]:
         if (index + 1 - self._first_voiced) * self.frame_ms < self._policy.min_speech_ms:

@@ -59,6 +59,7 @@ from pipeline.events import (
     UsageReported,
 )
 from pipeline.knowledge import FileSearch, KnowledgeReport
+from pipeline.phrases import PhrasePolicy
 from pipeline.router import Route
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
@@ -148,6 +149,7 @@ async def realtime(
         vad.fork(),
         config=config,
         settings=settings.session,
+        phrase_policy=PhrasePolicy.from_settings(settings.reply),
         response_scope=functools.partial(_traced, state, events.session_id, heard),
         router=router,
         grounder=grounder_for(state.kb, owner, settings.kb),  # the release's retrieval policy

@@ -30,6 +30,7 @@ from models.registry import Engines
 from pipeline.audio import decode_audio, to_pcm16
 from pipeline.errors import InvalidInput, StageError, VoxlineError
 from pipeline.knowledge import FileSearch, file_search_of
+from pipeline.phrases import PhrasePolicy
 from pipeline.settings import Settings
 from pipeline.turn import ReplyAudio, ReplyText, TranscriptReady, TurnEvent, TurnResult, run_turn
 from pipeline.types import AudioChunk, GenerationParams
@@ -130,6 +131,7 @@ async def create_turn(
         ),
         voice=voice or settings.tts.voice,
         language=_language(language, settings),
+        phrase_policy=PhrasePolicy.from_settings(settings.reply),
         router=router,
         tier=tier or None,
         grounder=grounder,

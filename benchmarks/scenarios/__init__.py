@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from benchmarks.context import BenchContext, ScenarioResult
-from benchmarks.scenarios import llm, load, realtime, retrieval, stt, tts, turn
+from benchmarks.scenarios import endpoint, llm, load, phrasing, realtime, retrieval, stt, tts, turn
 
 Scenario = Callable[[BenchContext, str], Awaitable[ScenarioResult]]
 
@@ -24,6 +24,8 @@ SCENARIOS: dict[str, Scenario] = {
     "realtime": realtime.run,
     "load": load.run,
     "retrieval": retrieval.run,
+    "endpoint": endpoint.run,
+    "phrasing": phrasing.run,
 }
 """Every runnable scenario; each is called as ``run(ctx, result_name)``."""
 
@@ -35,6 +37,8 @@ STAGES: dict[str, tuple[str, ...]] = {
     "realtime": (),
     "load": (),
     "retrieval": (),
+    "endpoint": endpoint.STAGES,
+    "phrasing": phrasing.STAGES,
 }
 """The in-process engines each scenario uses (started together before the first one runs)."""
 

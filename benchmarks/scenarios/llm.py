@@ -3,6 +3,14 @@
 Each built-in question is asked as a fresh conversation (system prompt + the question), with the
 configured sampling options and a fixed seed. The first phrase is cut by the same chunker the
 pipeline uses, so it is the moment TTS could start.
+
+Then, once per run, the questions are asked in order as **one conversation**, its history kept
+as a realtime session keeps it (``pipeline.history``, the session's token budget), to show what
+the engine's prompt cache is worth: each turn's prompt starts with the previous one, so an
+engine that keeps its prefix (llama.cpp does) reads only the new messages. Each turn is timed
+twice: ``conversation_ttft_ms`` right after the previous turn, as in a session, and
+``conversation_cold_ttft_ms`` after an unrelated prompt has evicted the cache. The p50 per turn
+number is in ``details.conversation``.
 """
 
 from __future__ import annotations
@@ -11,8 +19,10 @@ import time
 
 from benchmarks.context import BenchContext, Sample, ScenarioResult, ms_since, repeat
 from benchmarks.data import Clip
-from pipeline.phrases import PhraseChunker
-from pipeline.types import Message
+from benchmarks.stats import summarize
+from pipeline.history import History, Item
+from pipeline.phrases import PhraseChunker, PhrasePolicy
+from pipeline.types import GenerationParams, Message
 
 STAGES = ("llm",)
 
@@ -27,7 +37,7 @@ async def run(ctx: BenchContext, name: str = "llm") -> ScenarioResult:
             Message("system", ctx.settings.llm.system_prompt),
             Message("user", clip.reference),
         ]
-        chunker = PhraseChunker()
+        chunker = PhraseChunker(PhrasePolicy.from_settings(ctx.settings.reply))
         parts: list[str] = []
         first_token = first_phrase = None
         tokens = prompt_tokens = 0
@@ -57,5 +67,63 @@ async def run(ctx: BenchContext, name: str = "llm") -> ScenarioResult:
         }
 
     result = await repeat(ctx, ScenarioResult(name), ctx.clips, once)
-    result.details = {"replies": replies}
+    by_turn: dict[str, dict[int, list[float]]] = {}
+    for _ in range(ctx.options.runs):
+        for turn, sample in enumerate(await conversation(ctx), start=1):
+            result.add(sample)
+            for metric, value in sample.items():
+                if value is not None:
+                    by_turn.setdefault(metric, {}).setdefault(turn, []).append(value)
+    result.details = {
+        "replies": replies,
+        "conversation": {
+            f"{metric}_p50_by_turn": {
+                turn: summary.p50
+                for turn, values in turns.items()
+                if (summary := summarize(values))
+            }
+            for metric, turns in by_turn.items()
+        },
+    }
     return result
+
+
+_EVICT = [Message("system", "You are a calculator."), Message("user", "1+1")]
+
+
+async def _ttft(ctx: BenchContext, messages: list[Message]) -> tuple[float | None, str, int]:
+    """Time to the first token, the reply, and the prompt's tokens."""
+    first, parts, prompt_tokens = None, [], 0
+    start = time.perf_counter()
+    async for delta in ctx.llm.stream(messages, ctx.params()):
+        if delta.usage is not None:
+            prompt_tokens = delta.usage.prompt_tokens
+        if delta.text:
+            first = first or ms_since(start)
+            parts.append(delta.text)
+    return first, "".join(parts).strip(), prompt_tokens
+
+
+async def conversation(ctx: BenchContext) -> list[Sample]:
+    """The questions as one conversation: per turn, TTFT with the cache warm and evicted."""
+    s = ctx.settings
+    history = History(
+        max_tokens=s.session.history_max_tokens, chars_per_token=s.session.chars_per_token
+    )
+    samples: list[Sample] = []
+    for i, clip in enumerate(ctx.clips):
+        history.add(Item(f"u{i}", "user", clip.reference))
+        messages = history.messages(s.llm.system_prompt)
+        warm, reply, prompt_tokens = await _ttft(ctx, messages)
+        async for _ in ctx.llm.stream(_EVICT, GenerationParams(max_tokens=1, temperature=0.0)):
+            pass
+        cold, _, _ = await _ttft(ctx, messages)
+        history.add(Item(f"a{i}", "assistant", reply))
+        samples.append(
+            {
+                "conversation_ttft_ms": warm,
+                "conversation_cold_ttft_ms": cold,
+                "conversation_prompt_tokens": float(prompt_tokens),
+            }
+        )
+    return samples

@@ -32,11 +32,13 @@ def levels(max_sessions: int) -> list[int]:
     return [*out, max(1, max_sessions)]
 
 
-async def _session(url: str, clips: list[Clip], delay_s: float) -> list[Sample]:
+async def _session(
+    url: str, clips: list[Clip], delay_s: float, api_key: str | None
+) -> list[Sample]:
     await asyncio.sleep(delay_s)
     samples: list[Sample] = []
     try:
-        async with RealtimeSession(url) as session:
+        async with RealtimeSession(url, api_key=api_key) as session:
             for clip in clips:
                 m = await session.play(clip.audio, clip.speech_end_s)
                 samples.append(measurement_sample(m, clip))
@@ -52,7 +54,7 @@ async def run(ctx: BenchContext, name: str = "load") -> ScenarioResult:
     turns = 1 if ctx.options.quick else 2
     result = ScenarioResult(name)
     if ctx.options.warmup and ctx.clips:
-        warm = await _session(url, ctx.clips[:1], 0.0)
+        warm = await _session(url, ctx.clips[:1], 0.0, ctx.options.api_key)
         result.first_call = warm[0] if warm else None
     level_rows: list[dict[str, float | int | bool | None]] = []
     best: int | None = None
@@ -62,7 +64,7 @@ async def run(ctx: BenchContext, name: str = "load") -> ScenarioResult:
             ctx.progress(name, done, len(ns))
         plans = [[ctx.clips[(i + k) % len(ctx.clips)] for k in range(turns)] for i in range(n)]
         per_session = await asyncio.gather(
-            *(_session(url, plan, i / n) for i, plan in enumerate(plans))
+            *(_session(url, plan, i / n, ctx.options.api_key) for i, plan in enumerate(plans))
         )
         samples = [s for session in per_session for s in session]
         v2v = [s["v2v_ms"] for s in samples if s.get("v2v_ms") is not None]

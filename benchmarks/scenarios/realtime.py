@@ -50,6 +50,8 @@ def measurement_sample(m: TurnMeasurement, clip: Clip) -> Sample:
         "overhead_ms": overhead,
         "wer": wer(clip.reference, m.transcript) if m.transcript or not m.timed_out else None,
         "errors": float(len(m.errors) + m.timed_out),
+        # responses that ended before the speech did: the turn was ended at a pause
+        "false_turn_ends": float(m.early_responses),
     }
 
 
@@ -57,7 +59,7 @@ async def run(ctx: BenchContext, name: str = "realtime") -> ScenarioResult:
     """Speak every clip ``runs`` times in one session."""
     url = require_url(ctx)
     heard: dict[str, dict[str, object]] = {}
-    async with RealtimeSession(url) as session:
+    async with RealtimeSession(url, api_key=ctx.options.api_key) as session:
 
         async def once(clip: Clip, _: int) -> Sample:
             m = await session.play(clip.audio, clip.speech_end_s)

@@ -102,7 +102,9 @@ async def run(ctx: BenchContext, name: str = "retrieval") -> ScenarioResult:
     """Search the 10,000-chunk store once per golden question per run."""
     url = require_url(ctx)
     questions = [q.question for q in Golden(GOLDEN_DIR).kb_questions(ctx.options.quick)]
-    async with httpx.AsyncClient(base_url=url, timeout=60.0) as http:
+    key = ctx.options.api_key
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    async with httpx.AsyncClient(base_url=url, timeout=60.0, headers=headers) as http:
         store_id, ingest_s = await ensure_store(http)
 
         async def once(query: str, _: int) -> Sample:

@@ -15,8 +15,9 @@ import pytest
 from benchmarks.configs import ConfigSpec
 from benchmarks.context import BenchContext, BenchOptions
 from benchmarks.data import Clip
-from benchmarks.realtime_measure import RealtimeSession, playback_underruns
+from benchmarks.realtime_measure import RealtimeSession, TurnMeasurement, playback_underruns
 from benchmarks.scenarios import load
+from benchmarks.scenarios.realtime import measurement_sample
 from client.realtime import realtime_url
 from pipeline.errors import EngineUnavailable
 from pipeline.settings import Settings
@@ -83,6 +84,29 @@ async def test_client_measures_v2v_from_the_last_voiced_frame() -> None:
         assert m.server["tts_ttfb_ms"] == 40.0
         assert m.reply == "w0 w1 w2 "
     assert (first.transcript, second.transcript) == ("turn 1", "turn 2")
+
+
+@pytest.mark.looptime
+async def test_a_response_to_a_pause_mid_speech_is_a_false_turn_end() -> None:
+    plan = FakePlan(silence_ms=200, reply_delay_s=0.05, chunks=1, chunk_s=0.1)
+    half = _tone_clip(lead_s=0.1, speech_s=0.4, tail_s=0.0).audio.samples
+    pause = np.zeros(int(0.8 * RATE), np.float32)  # longer than the server's 200 ms silence
+    samples = np.concatenate([half, pause, half, np.zeros(int(0.1 * RATE), np.float32)])
+    clip = Clip("paused", AudioChunk(samples, RATE), "turn two", (len(samples) / RATE) - 0.1)
+    m = await _play_once(plan, clip)
+    assert m.early_responses == 1  # answered the first half, before the speech was over
+    assert m.transcript == "turn 2" and m.v2v_ms == pytest.approx(200 + 50, abs=1)
+    assert measurement_sample(m, clip)["false_turn_ends"] == 1.0
+    whole = await _play_once(plan, _tone_clip())
+    assert measurement_sample(whole, _tone_clip())["false_turn_ends"] == 0.0
+
+
+async def _play_once(plan: FakePlan, clip: Clip) -> TurnMeasurement:
+    async with (
+        fake_realtime_server(plan) as url,
+        RealtimeSession(url, clock=loop_time) as session,
+    ):
+        return await session.play(clip.audio, clip.speech_end_s)
 
 
 @pytest.mark.looptime

@@ -194,6 +194,7 @@ class ScriptedSTT(_Scripted, STT):
         text: What the whole utterance says.
         words_per_second: When set, a clip says only the words "spoken" by its end, counted from
             its start (so a longer snapshot of an utterance says more).
+        script: When set, what a clip of that many seconds says (instead of the above).
         partials: Yield a partial transcript per word before the final.
         sample_rate: The engine's rate.
         latency_s: Seconds before the first output, whatever the clip.
@@ -209,6 +210,7 @@ class ScriptedSTT(_Scripted, STT):
         *,
         text: str = "hello there world",
         words_per_second: float | None = None,
+        script: Callable[[float], str] | None = None,
         partials: bool = True,
         sample_rate: int = 16_000,
         latency_s: float = 0.0,
@@ -220,11 +222,14 @@ class ScriptedSTT(_Scripted, STT):
         STT.__init__(self, name=name)
         self._init_script(fail_times, error, plans)
         self.text, self.words_per_second, self.partials = text, words_per_second, partials
+        self.script = script
         self.sample_rate = sample_rate
         self.latency_s, self.per_audio_s = latency_s, per_audio_s
 
     def said(self, seconds: float) -> str:
         """The text of a clip of ``seconds``."""
+        if self.script is not None:
+            return self.script(seconds)
         if self.words_per_second is None:
             return self.text
         words = self.text.split()

@@ -178,16 +178,67 @@ async def test_async_phrases_helper_uses_the_policy() -> None:
 
 def test_first_phrase_is_cut_at_a_word_boundary_after_first_max_words() -> None:
     text = "The capital of France is Paris and it is lovely in spring and summer."
-    out = cut(text, PhrasePolicy(first_max_words=5))
-    assert out[0] == "The capital of France is"  # whole words only, before any punctuation
+    out = cut(text, PhrasePolicy(first_max_words=4))
+    assert out[0] == "The capital of France"  # whole words only, before any punctuation
     assert " ".join(out) == text
     assert len(out) == 2  # only the first phrase is cut early
     # fed one character at a time, the cut waits for the space that ends the fifth word
-    chunker = PhraseChunker(PhrasePolicy(first_max_words=5))
-    early = [p for ch in "The capital of France isn" for p in chunker.feed(ch)]
+    chunker = PhraseChunker(PhrasePolicy(first_max_words=4))
+    early = [p for ch in "The capital of Franc" for p in chunker.feed(ch)]
     assert early == []
 
 
 def test_first_max_words_zero_waits_for_punctuation() -> None:
     text = "The capital of France is Paris and it is lovely in spring."
     assert cut(text, PhrasePolicy(first_max_words=0)) == [text]
+
+
+def test_a_time_cut_waits_past_a_word_a_phrase_cannot_end_on() -> None:
+    policy = PhrasePolicy(first_max_words=6)
+    # the 6th word is "of": the cut waits one word, for "France"
+    assert cut("Paris is the capital city of France and the largest", policy)[0] == (
+        "Paris is the capital city of France"
+    )
+    # "is" too: "The capital of France is" would sound broken
+    assert cut("The capital of France is Paris and", PhrasePolicy(first_max_words=5))[0] == (
+        "The capital of France is Paris"
+    )
+    # nor on a determiner, a number or a sign
+    four = PhrasePolicy(first_max_words=4)
+    assert cut("I'm sorry for any misunderstanding here", four)[0] == (
+        "I'm sorry for any misunderstanding"
+    )
+    assert cut("A spider has 8 legs and", four)[0] == "A spider has 8 legs"
+    assert cut("Add 12 and 7 to get 19", four)[0] == "Add 12 and 7 to get"
+    assert cut("It is 12 + 7 = 19 in all", four)[0] == "It is 12 + 7 = 19"  # 3 words late
+    # after three more such words ("um uh and", then "the") it is cut anyway, three words late
+    assert cut("So you go to the um uh and the left", policy)[0] == (
+        "So you go to the um uh and the"
+    )
+    # a 6th word a phrase can end on is cut at once
+    assert cut("The sun usually rises very early in summer", policy)[0] == (
+        "The sun usually rises very early"
+    )
+
+
+def test_policy_from_settings() -> None:
+    from pipeline.settings import ReplySettings
+
+    settings = ReplySettings(
+        first_phrase_min_words=2, first_phrase_max_words=4, phrase_min_words=5, phrase_max_chars=90
+    )
+    assert PhrasePolicy.from_settings(settings) == PhrasePolicy(
+        first_min_words=2, min_words=5, max_chars=90, first_max_words=4
+    )
+
+
+def test_a_list_items_number_is_not_a_sentence() -> None:
+    policy = PhrasePolicy(first_max_words=0)
+    assert cut("1. Keep a regular schedule. 2. Avoid screens.", policy)[0] == (
+        "1. Keep a regular schedule."
+    )
+    assert cut("Sure:\n1. Keep a regular schedule.", policy)[:2] == [
+        "Sure:",
+        "1. Keep a regular schedule.",
+    ]
+    assert cut("I have 3. That is all.", policy)[0] == "I have 3."  # a number ending a sentence

@@ -169,7 +169,9 @@ def make(
     **settings: Any,
 ) -> tuple[Session, Recorder]:
     asyncio.get_running_loop().set_default_executor(_InlineExecutor())
-    policy = SessionSettings(**settings)
+    # the fixed silence unless a test asks otherwise: these tests time turns by it (the smart
+    # turn end has its own, tests/pipeline/test_session_turn_end.py)
+    policy = SessionSettings(**({"turn_end": "fixed"} | settings))
     session = Session(
         stt or whisper_stt(),
         llm or smollm_llm(),
@@ -513,7 +515,8 @@ async def test_with_real_engines() -> None:
     session = Session(stt, llm, tts, SileroVAD(), config=config, settings=policy)
     rec = Recorder(session)
     try:
-        await feed(session, clip(0.3, QUESTION, 1.0), speed=4.0)
+        # the default (smart) turn end waits up to 1.2 s of silence for a transcript
+        await feed(session, clip(0.3, QUESTION, 1.5), speed=4.0)
         await rec.wait_for(ResponseDone, within=120)
     finally:
         await session.aclose()

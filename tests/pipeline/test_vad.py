@@ -151,3 +151,84 @@ def test_slicer_frame_arrival_is_when_its_last_sample_arrived() -> None:
         assert arrival * 20 < end_ms
         assert arrival <= returned_by  # the resampler's delay hands frames out later
     assert any(arrival < returned for _, arrival, returned in seen)
+
+
+SMART = EndpointPolicy(
+    silence_duration_ms=320,
+    prefix_padding_ms=0,
+    min_speech_ms=0,
+    turn_end="smart",
+    complete_silence_ms=160,
+    incomplete_silence_ms=960,
+)
+
+
+def stop_index(ep: Endpointer, probabilities: list[float], start: int) -> int | None:
+    stops = [i for i, d in run(ep, probabilities, start) if d.kind == "speech_stopped"]
+    return stops[0] if stops else None
+
+
+def test_smart_a_complete_transcript_ends_the_turn_after_the_short_silence() -> None:
+    ep = Endpointer(SMART, frame_ms=FRAME_MS)
+    run(ep, [0.9] * 10 + [0.0])  # voiced 0..9, paused at 10
+    assert ep.verdict is None
+    ep.judge("complete", covered_frames=10)
+    assert ep.verdict == "complete"
+    # 160 ms = 5 frames after the last voiced one (9): frame 14
+    assert stop_index(ep, [0.0] * 10, start=11) == 14
+
+
+def test_smart_a_verdict_arriving_late_ends_the_turn_at_the_next_frame() -> None:
+    ep = Endpointer(SMART, frame_ms=FRAME_MS)
+    run(ep, [0.9] * 10 + [0.0] * 8)  # 8 silent frames: past 160 ms, short of 960 ms
+    assert ep.speaking
+    ep.judge("complete", covered_frames=10)
+    assert stop_index(ep, [0.0], start=18) == 18
+
+
+def test_smart_an_incomplete_transcript_waits_the_long_silence() -> None:
+    ep = Endpointer(SMART, frame_ms=FRAME_MS)
+    run(ep, [0.9] * 10 + [0.0])
+    ep.judge("incomplete", covered_frames=10)
+    # 960 ms = 30 frames after frame 9
+    assert stop_index(ep, [0.0] * 40, start=11) == 39
+
+
+def test_smart_an_unclear_transcript_waits_the_fixed_silence() -> None:
+    ep = Endpointer(SMART, frame_ms=FRAME_MS)
+    run(ep, [0.9] * 10 + [0.0])
+    ep.judge("unclear", covered_frames=10)
+    assert stop_index(ep, [0.0] * 40, start=11) == 19  # 320 ms = 10 frames
+
+
+def test_smart_without_a_transcript_waits_for_one_up_to_the_long_silence() -> None:
+    ep = Endpointer(SMART, frame_ms=FRAME_MS)
+    run(ep, [0.9] * 10)
+    assert stop_index(ep, [0.0] * 40, start=10) == 39
+
+
+def test_smart_a_transcript_of_part_of_the_speech_is_ignored() -> None:
+    ep = Endpointer(SMART, frame_ms=FRAME_MS)
+    run(ep, [0.9] * 10 + [0.0])
+    ep.judge("complete", covered_frames=8)  # a snapshot taken before the last two frames
+    assert ep.verdict is None
+    assert stop_index(ep, [0.0] * 40, start=11) == 39
+
+
+def test_smart_speech_resuming_forgets_the_verdict() -> None:
+    ep = Endpointer(SMART, frame_ms=FRAME_MS)
+    run(ep, [0.9] * 10 + [0.0] * 2)
+    ep.judge("complete", covered_frames=10)
+    run(ep, [0.9] * 3 + [0.0], start=12)  # the user goes on: a new pause
+    assert ep.paused and ep.verdict is None
+    ep.judge("complete", covered_frames=10)  # the old transcript no longer covers the speech
+    assert ep.verdict is None
+    assert stop_index(ep, [0.0] * 40, start=16) == 14 + 30
+
+
+def test_a_verdict_outside_a_pause_is_not_kept() -> None:
+    ep = Endpointer(SMART, frame_ms=FRAME_MS)
+    run(ep, [0.9] * 10)
+    ep.judge("complete", covered_frames=10)  # still speaking: nothing to judge
+    run(ep, [0.0], start=10)
+    assert ep.verdict is None
