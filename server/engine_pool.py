@@ -44,6 +44,7 @@ STAGES: tuple[Stage, ...] = ("stt", "llm", "tts")
 ENGINE_FREE = frozenset(
     {
         "session",
+        "reply",  # phrase cutting: read per turn from the release's settings
         "observability",
         "pricing",
         "state",
