@@ -1,5 +1,5 @@
 """The ``voxline`` command line: one voice turn, a spoken sample, the configured models, the
-server, the demo and the benchmark.
+server, the demo, the benchmark, the eval and releases.
 
 This is the composition root (docs/architecture.md, "Layers"): the only module that uses both
 ``server`` and ``benchmarks``. Each command imports the heavy parts it needs when it runs.
@@ -29,6 +29,7 @@ from cli.doctor import doctor
 from cli.jobs import app as jobs_app
 from cli.kb import app as kb_app
 from cli.keys import app as keys_app
+from cli.release import release_app
 from models.registry import check_loads, describe_models, start_engines
 from pipeline.audio import decode_audio, encode_wav
 from pipeline.errors import InvalidInput, StageError, VoxlineError
@@ -294,6 +295,7 @@ app.add_typer(keys_app, name="keys")
 app.command("eval")(evaluate)
 app.add_typer(kb_app, name="kb")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(release_app, name="release")
 
 
 if __name__ == "__main__":  # pragma: no cover

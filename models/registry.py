@@ -298,6 +298,41 @@ async def _start(engine: STT | LLM | TTS, warm: bool) -> None:
         await engine.warm()
 
 
+STAGE_BUILDERS: dict[str, Callable[[Settings], STT | LLM | TTS]] = {
+    "stt": build_stt,
+    "llm": build_llm,
+    "tts": build_tts,
+}
+"""Each stage's chain builder, by stage name."""
+
+
+async def start_stage(
+    stage: Stage,
+    settings: Settings,
+    *,
+    warm: bool = True,
+    prepare: Callable[[STT | LLM | TTS], Awaitable[object]] | None = None,
+) -> STT | LLM | TTS:
+    """Build, load and (optionally) warm one stage's chain (a server's releases share stages);
+    ``prepare`` is called with the built chain before it starts (as in ``start_engines``).
+
+    Raises:
+        InvalidInput: ``stage`` is not ``stt``, ``llm`` or ``tts``.
+    """
+    builder = STAGE_BUILDERS.get(stage)
+    if builder is None:
+        raise InvalidInput(f"no engine stage {stage!r}", param="stage")
+    engine: STT | LLM | TTS = builder(settings)
+    try:
+        if prepare is not None:
+            await prepare(engine)
+        await _start(engine, warm)
+    except BaseException:
+        await engine.aclose()
+        raise
+    return engine
+
+
 async def start_engines(
     settings: Settings,
     *,

@@ -765,6 +765,44 @@ class RaySettings(BaseModel):
     """The API deployment (HTTP routes and the realtime WebSocket)."""
 
 
+class ReleaseSettings(BaseModel):
+    """Releases (docs/releases.md): how the server follows the active release, what the
+    promotion gate runs, and when a canary is rolled back.
+
+    These are the process's own settings: a release cannot set them.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    poll_interval_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    """Seconds between two reads of the active-release pointer in the state store (one indexed
+    row): a promotion or rollback reaches the server within this, plus the time to start a
+    release's new models (none when only its prompt or sampling changed)."""
+    gate_suites: str = "stt,tts,answers"
+    """The ``voxline eval`` suites ``voxline release promote`` runs on the candidate (and on the
+    active release, when its stored scorecard does not fit): comma-separated, as ``--suite``.
+    Latency is left out by default: too noisy to gate on a shared machine."""
+    gate_quick: bool = True
+    """The gate runs the quick subsets (about 1 min per release on 2 cores for the default
+    suites; the full sets take several times longer)."""
+    golden_dir: Path | None = None
+    """Golden-set folder the gate scores on (unset: the sets shipped in ``benchmarks/golden``)."""
+    canary_min_turns: int = Field(default=20, ge=1)
+    """Voice turns each of the canary and the active release must have served on this server
+    since the canary started before they are compared."""
+    canary_max_error_rate_increase: float = Field(default=0.05, ge=0.0, le=1.0)
+    """The canary is rolled back when its share of failed turns exceeds the active release's
+    by more than this (absolute: 0.05 is five points)."""
+    canary_max_fallback_rate_increase: float = Field(default=0.10, ge=0.0, le=1.0)
+    """...or its share of turns that fell back to another backend, by more than this."""
+    canary_max_v2v_ratio: float = Field(default=1.25, ge=1.0)
+    """...or its median voice-to-voice latency is more than this many times the active
+    release's (and at least ``canary_v2v_floor_ms`` slower)."""
+    canary_v2v_floor_ms: float = Field(default=50.0, ge=0.0)
+    """Least V2V slowdown, in ms, that can roll a canary back (a 40 ms median must not fail on
+    15 ms of noise)."""
+
+
 class VoicesSettings(BaseModel):
     """Voices uploaded through the API (``POST /v1/audio/voices``, GPT-SoVITS only).
 
@@ -883,6 +921,8 @@ class Settings(BaseSettings):
     """Which LLM tier answers each turn."""
     kb: KBSettings = KBSettings()
     """The knowledge base (files, vector stores, retrieval, groundedness)."""
+    release: ReleaseSettings = ReleaseSettings()
+    """Releases: following promotions, the promotion gate, canaries."""
     cache_dir: Path = Path.home() / ".cache" / "voxline"
     """Where derived artefacts (dequantized GGUF weights, ...) are cached."""
     hf_offline: bool = False

@@ -1,10 +1,12 @@
 """The FastAPI application factory and its lifespan.
 
-``create_app(settings)`` builds an app whose lifespan loads and warms the engines in the
-background: ``/healthz`` answers at once (liveness), ``/readyz`` says 503 until the engines are
-warm, and model routes answer 503 (OpenAI error shape, Retry-After) until then. Settings and
-engines live on ``app.state``; nothing is read from a module global. Tests may hand in
-already-started engines so one model load serves many tests.
+``create_app(settings)`` builds an app whose lifespan loads and warms the engines of the active
+release (the server's own settings when none was promoted: docs/releases.md) in the background:
+``/healthz`` answers at once (liveness), ``/readyz`` says 503 until the engines are warm, and
+model routes answer 503 (OpenAI error shape, Retry-After) until then. Then it follows the
+store's active-release pointer (``server.releases``). Settings and engines live on
+``app.state``; nothing is read from a module global. Tests may hand in already-started engines
+so one model load serves many tests.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from models.registry import Engines, start_engines
+from models.registry import Engines
 from pipeline.errors import VoxlineError
 from pipeline.settings import Settings
 from pipeline.vad import VAD
@@ -42,6 +44,7 @@ from server.limits import BodyLimitMiddleware
 from server.logging_setup import RequestContextMiddleware
 from server.metrics import RequestMetricsMiddleware
 from server.openapi import install_openapi
+from server.releases import ReleaseMiddleware
 from server.state import AppState
 
 log = logging.getLogger("voxline.server")
@@ -73,8 +76,9 @@ def create_app(
 
     Args:
         settings: The settings tree (default: from the environment).
-        engines: Already-started engines to serve with (tests); the lifespan then neither loads
-            nor closes them.
+        engines: Already-started engines to serve with (tests) as the server's own settings'
+            release; the lifespan then neither loads nor closes them (it still follows the
+            store: a promoted release gets engines of its own where its settings differ).
         vad: An already-loaded VAD for the realtime sessions (default: loaded with the engines,
             or on the first realtime connection when ``engines`` are handed in).
     """
@@ -84,10 +88,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if owns_engines:
-            state.warming = asyncio.create_task(_warm(state))
-        elif state.engines is not None:
+        if not owns_engines and state.engines is not None:
             await state.voices.restore(state.engines)  # engines handed in: already started
+        state.warming = asyncio.create_task(_warm(state, load=owns_engines))
         state.jobs.runner.start()
         try:
             yield
@@ -95,18 +98,18 @@ def create_app(
             await state.stop_ingestions()  # files being indexed end failed: add them again
             await state.voices.aclose()
             await state.jobs.runner.aclose()  # its jobs go back to the queue, resumable
+            if not state.warming.done():
+                state.warming.cancel()
+            await asyncio.gather(state.warming, return_exceptions=True)
+            await state.releases.aclose()  # the engines it started, not those handed in
             await asyncio.to_thread(state.accounting.close)  # the charges in flight first
             await asyncio.to_thread(state.store.close)
             await asyncio.to_thread(state.tracing.shutdown)
-            if state.warming is not None and not state.warming.done():
-                state.warming.cancel()
-                await asyncio.gather(state.warming, return_exceptions=True)
-            if owns_engines and state.engines is not None:
-                await state.engines.aclose()
 
     app = FastAPI(title="voxline", version="0.1.0", lifespan=lifespan)
     app.state.voxline = state
     # added first = innermost; the order, outermost first, is drawn in server.edge's docstring
+    app.add_middleware(ReleaseMiddleware, releases=state.releases)  # server.releases
     app.add_middleware(MeterMiddleware)  # a meter per request: server.accounting
     app.add_middleware(
         BodyLimitMiddleware,
@@ -135,25 +138,27 @@ def create_app(
     return app
 
 
-async def _warm(state: AppState) -> Engines:
-    try:
-        # the stored voices first: a GPT-SoVITS backend starts only with a voice
-        state.engines = await start_engines(state.settings, prepare=state.voices.restore)
-        state.listen(state.engines)
-        log.info("engines ready")
-    except VoxlineError as exc:
-        state.startup_error = str(exc)
-        log.error("engines failed to start: %s", exc)
-        raise
-    try:
-        await state.load_vad()
-    except VoxlineError as exc:  # only realtime needs it: its route retries and reports it
-        log.error("the VAD failed to load: %s", exc)
-    try:  # the first grounded turn must not pay for loading the embedding model
-        await asyncio.to_thread(state.kb.query_embedder)
-    except VoxlineError as exc:  # only file_search needs it: a search retries and reports it
-        log.error("the knowledge base's embedding model failed to load: %s", exc)
-    return state.engines
+async def _warm(state: AppState, *, load: bool) -> None:
+    """Start the active release's engines (unless handed in), the VAD and the knowledge base's
+    embedding model, then follow the store until the app stops. A release that cannot start
+    leaves the server unready, still following: a rollback in the store makes it ready."""
+    if load:
+        try:
+            await state.releases.start()
+            log.info("engines ready", extra={"release": state.releases.active_name})
+        except VoxlineError as exc:
+            state.startup_error = str(exc)
+            log.error("engines failed to start: %s", exc)
+        else:
+            try:
+                await state.load_vad()
+            except VoxlineError as exc:  # only realtime needs it: its route retries and reports
+                log.error("the VAD failed to load: %s", exc)
+            try:  # the first grounded turn must not pay for loading the embedding model
+                await asyncio.to_thread(state.kb.query_embedder)
+            except VoxlineError as exc:  # only file_search needs it: a search retries, reports
+                log.error("the knowledge base's embedding model failed to load: %s", exc)
+    await state.releases.follow()
 
 
 def _mount_demo(app: FastAPI, settings: Settings) -> None:

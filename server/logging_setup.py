@@ -1,9 +1,11 @@
 """JSON-lines logs that carry request and session ids, and never secrets or user content.
 
 One JSON object per line (``timestamp``, ``level``, ``logger``, ``message``, ``request_id``,
-``session_id``, then any ``extra={...}`` fields) is what log shippers parse without rules. The
-ids come from context variables that ``RequestContextMiddleware`` (per HTTP request) and
-``bind(session_id=...)`` (per realtime session) set, so no call site passes them around.
+``session_id``, ``release``, then any ``extra={...}`` fields) is what log shippers parse without
+rules. The ids come from context variables that ``RequestContextMiddleware`` (per HTTP
+request), ``bind(session_id=...)`` (per realtime session) and the release slot
+(``server.releases``: the release serving the request or session) set, so no call site passes
+them around.
 
 What a log line may hold is decided here, once:
 
@@ -46,6 +48,7 @@ from server.metrics import route_template
 request_id_var: ContextVar[str | None] = ContextVar("voxline_request_id", default=None)
 session_id_var: ContextVar[str | None] = ContextVar("voxline_session_id", default=None)
 key_id_var: ContextVar[str | None] = ContextVar("voxline_key_id", default=None)
+release_var: ContextVar[str | None] = ContextVar("voxline_release", default=None)
 
 _SAFE_VALUES = (TurnTimings, Usage, Backends, CallRecord, Charge, Totals)
 """Value types whose every field is a number, an id or a backend name: safe to log whole."""
@@ -161,6 +164,8 @@ class JsonFormatter(logging.Formatter):
             out["session_id"] = session_id
         if (key_id := key_id_var.get()) is not None:
             out["key_id"] = key_id
+        if (release := release_var.get()) is not None:
+            out["release"] = release
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRS and not key.startswith("_"):
                 out[key] = self._value(value)
@@ -209,7 +214,9 @@ class TextFormatter(JsonFormatter):
         head = f"{data.pop('timestamp')} {data.pop('level')} {data.pop('logger')}"
         message = data.pop("message")
         trace = data.pop("traceback", None)
-        ids = " ".join(f"{k}={data.pop(k)}" for k in ("request_id", "session_id") if k in data)
+        ids = " ".join(
+            f"{k}={data.pop(k)}" for k in ("request_id", "session_id", "release") if k in data
+        )
         rest = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in data.items())
         line = f"{head}{f' [{ids}]' if ids else ''}: {message}{f' {rest}' if rest else ''}"
         return f"{line}\n{trace.rstrip()}" if trace else line

@@ -11,7 +11,9 @@ The object is fed through small hooks, so routes never touch ``prometheus_client
 
 - ``observe_call``: a stage listener (``engine.listeners.append(metrics.observe_call)``) giving
   per-stage durations, LLM time to first token and TTS time to first audio;
-- ``observe_turn``: voice-to-voice latency and the endpoint delay of a finished turn;
+- ``observe_turn``: a finished voice turn, by the release that served it (its outcome, whether
+  a stage fell back, voice-to-voice latency) and the endpoint delay;
+- ``set_releases``: the active release (and the canary), as ``voxline_release_active``;
 - ``count_usage``: tokens and audio seconds of a billed engine call (``server.accounting``);
 - ``observe_charge``: a ledger listener (``ledger.listeners.append(metrics.observe_charge)``);
 - ``count_fallback``, ``session()``; and ``RequestMetricsMiddleware`` counts every HTTP request;
@@ -76,7 +78,21 @@ class Metrics:
         self.v2v = Histogram(
             "voxline_v2v_seconds",
             "Voice-to-voice latency: first audio byte sent - end of the user's speech.",
+            ["release"],
             buckets=V2V_BUCKETS,
+            registry=r,
+        )
+        self.turns = Counter(
+            "voxline_turns",
+            "Voice turns (realtime responses, /v1/turns) by release, outcome (completed, "
+            "failed, cancelled) and whether a stage fell back.",
+            ["release", "outcome", "fallback"],
+            registry=r,
+        )
+        self.release_active = Gauge(
+            "voxline_release_active",
+            "1 for the release serving new sessions (role active) and the canary (role canary).",
+            ["release", "role"],
             registry=r,
         )
         self.llm_ttft = Histogram(
@@ -182,14 +198,26 @@ class Metrics:
         elif record.stage == "tts":
             self.tts_ttfb.labels(record.backend).observe(record.first_output_ms / 1000)
 
-    def observe_turn(self, timings: TurnTimings) -> None:
-        """A finished voice turn: voice-to-voice and the endpoint delay, where measured.
+    def observe_turn(
+        self,
+        timings: TurnTimings | None,
+        *,
+        release: str = "settings",
+        outcome: str = "completed",
+        fallback: bool = False,
+    ) -> None:
+        """A finished voice turn of ``release``: counted by outcome, and its voice-to-voice
+        and endpoint delay where measured (``timings`` is ``None`` for a turn that failed
+        before it had any).
 
         The STT/LLM/TTS durations are not taken from here: ``observe_call`` already saw each
         call, with the backend that served it.
         """
+        self.turns.labels(release, outcome, "true" if fallback else "false").inc()
+        if timings is None:
+            return
         if timings.v2v_ms is not None:
-            self.v2v.observe(timings.v2v_ms / 1000)
+            self.v2v.labels(release).observe(timings.v2v_ms / 1000)
         if timings.endpoint_ms is not None:
             self.stage_duration.labels("endpoint", "vad").observe(timings.endpoint_ms / 1000)
 
@@ -257,6 +285,14 @@ class Metrics:
     def observe_charge(self, charge: Charge) -> None:
         """Ledger listener: ``ledger.listeners.append(metrics.observe_charge)``."""
         self.add_cost(charge.cost_usd, charge.backend)
+
+    def set_releases(self, active: str | None, canary: str | None) -> None:
+        """Which releases serve now (the series of releases no longer serving are removed)."""
+        self.release_active.clear()
+        if active is not None:
+            self.release_active.labels(active, "active").set(1)
+        if canary is not None:
+            self.release_active.labels(canary, "canary").set(1)
 
     @contextmanager
     def session(self) -> Iterator[None]:

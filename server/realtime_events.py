@@ -15,7 +15,8 @@ cancelled response has no ``ResponseAudioDone``, but GA clients expect ``output_
 ``response.done`` carries the turn's timings in a ``voxline`` object beside OpenAI's fields:
 ``endpoint_ms``, ``stt_ms``, ``llm_ttft_ms``, ``first_phrase_ms``, ``tts_ttfb_ms``, ``v2v_ms``
 (the latency vocabulary of docs/architecture.md; ``null`` where a stage did not run),
-``llm_total_ms``, ``tts_total_ms``, ``total_ms`` and the ``backends`` that served each stage.
+``llm_total_ms``, ``tts_total_ms``, ``total_ms``, the ``backends`` that served each stage and
+the ``release`` that served the session (docs/releases.md).
 """
 
 from __future__ import annotations
@@ -91,8 +92,17 @@ class ServerEvents:
         transcription_model: The STT backend's name, shown as the transcription model.
     """
 
-    def __init__(self, *, model: str, config: SessionConfig, transcription_model: str) -> None:
+    def __init__(
+        self,
+        *,
+        model: str,
+        config: SessionConfig,
+        transcription_model: str,
+        release: str | None = None,
+    ) -> None:
         self.model = model
+        self.release = release
+        """The release serving the session (in ``voxline`` of the session and responses)."""
         self.config = config
         self.transcription_model = transcription_model
         self.session_id = new_id("sess")
@@ -164,6 +174,7 @@ class ServerEvents:
             "voxline": {
                 "temperature": cfg.params.temperature,
                 "top_p": cfg.params.top_p,
+                "release": self.release,
                 # OpenAI's realtime sessions have no file_search tool type: it is reported here
                 "file_search": _file_search(cfg.file_search),
             },
@@ -393,6 +404,7 @@ class ServerEvents:
             "output_token_details": {"text_tokens": usage.completion_tokens, "audio_tokens": 0},
         }
         response["voxline"] = {
+            "release": self.release,
             "endpoint_ms": t.endpoint_ms,
             "stt_ms": t.stt_ms,
             "llm_ttft_ms": t.llm_ttft_ms,

@@ -20,6 +20,7 @@ is a 502 (``llm_InvalidToolCall``), or an ``error`` event once the stream has st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator
 
@@ -50,7 +51,7 @@ from server.schemas import (
     now,
     route_json,
 )
-from server.state import engines_of, state_of
+from server.state import release_of, state_of
 from server.streaming import EventStream, cancel_on_disconnect, client_gone, sse
 
 log = logging.getLogger("voxline.server.chat")
@@ -110,8 +111,16 @@ async def chat_completions(
         StageError: the LLM failed before producing anything (5xx).
     """
     messages, params = body.to_pipeline()
-    engines = engines_of(request)
-    model = body.model or state_of(request).settings.llm.model
+    live = release_of(request)
+    engines, defaults = live.engines, live.settings.llm
+    # the release's sampling defaults, not the engine's own: releases share an engine
+    params = dataclasses.replace(
+        params,
+        max_tokens=params.max_tokens or defaults.max_tokens,
+        temperature=defaults.temperature if params.temperature is None else params.temperature,
+        top_p=defaults.top_p if params.top_p is None else params.top_p,
+    )
+    model = body.model or defaults.model
     state = state_of(request)
 
     async def charge(_: list[TextDelta], __: float) -> None:

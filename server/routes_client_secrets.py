@@ -108,7 +108,7 @@ async def create_client_secret(
         if engines is not None
         else ()
     )
-    config = session_config(state.settings, body.session, voices)
+    config = session_config(state.active_settings, body.session, voices)  # what sessions get
     ttl = (
         body.expires_after.seconds
         if body.expires_after
@@ -130,7 +130,12 @@ async def create_client_secret(
         session=body.session,
     )
     stt = engines.stt.name if engines is not None else state.settings.stt.model
-    shown = ServerEvents(model=model[:256], config=config, transcription_model=stt).session()
+    shown = ServerEvents(
+        model=model[:256],
+        config=config,
+        transcription_model=stt,
+        release=state.releases.active_name,
+    ).session()
     expires_at = int(minted.grant.expires_at)
     shown["expires_at"] = expires_at
     return ClientSecret(value=minted.secret, expires_at=expires_at, session=shown)

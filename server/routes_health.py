@@ -44,7 +44,16 @@ async def readyz(state: Annotated[AppState, Depends(state_of)]) -> JSONResponse:
         ready = ready and usable
         stages[stage] = {"chain": chain.name, "usable": usable, "backends": backends}
     status = "ready" if ready else "degraded"
-    return JSONResponse({"status": status, "stages": stages}, status_code=200 if ready else 503)
+    body = {"status": status, "release": _releases(state), "stages": stages}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _releases(state: AppState) -> dict[str, Any]:
+    releases = state.releases
+    return {
+        "active": releases.active_name,
+        "canary": None if releases.canary is None else releases.canary.name,
+    }
 
 
 def _state_json(backend: BackendState) -> dict[str, Any]:
@@ -55,8 +64,12 @@ def _state_json(backend: BackendState) -> dict[str, Any]:
 
 @router.get("/v1/models")
 async def list_models(state: Annotated[AppState, Depends(state_of)]) -> dict[str, Any]:
-    """The models this server serves, in OpenAI's list shape."""
-    s = state.settings
+    """The models this server serves (those of the active release), in OpenAI's list shape,
+    each with the ``release`` it belongs to; ``voxline`` says which releases serve (the
+    active one and the canary)."""
+    active = state.releases.active
+    s = state.settings if active is None else active.settings
+    release = None if active is None else active.name
     ids = [
         ("voxline", "voxline"),  # the whole voice pipeline (realtime, /v1/turns)
         (s.stt.model, "stt"),
@@ -64,7 +77,13 @@ async def list_models(state: Annotated[AppState, Depends(state_of)]) -> dict[str
         (s.tts.model if s.tts.engine != "gpt_sovits" else "gpt-sovits", "tts"),
     ]
     data = [
-        {"id": model_id, "object": "model", "created": _CREATED, "owned_by": f"voxline:{stage}"}
+        {
+            "id": model_id,
+            "object": "model",
+            "created": _CREATED,
+            "owned_by": f"voxline:{stage}",
+            "release": release,
+        }
         for model_id, stage in ids
     ]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": data, "voxline": {"release": _releases(state)}}

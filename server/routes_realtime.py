@@ -38,6 +38,9 @@ session's events (whose response then waits, and fails after the stall timeout) 
 applies no command (the reader then stops reading: TCP backpressure), so a client that stops
 reading costs the server a bounded amount of memory. The drain closes an idle session's socket
 with 1001.
+
+A session is served by one release from start to end (``server.releases``): the one leased when
+it connected, whose name is in ``session.created`` and every ``response.done`` (``voxline``).
 """
 
 from __future__ import annotations
@@ -71,7 +74,6 @@ from pipeline.router import Route
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.stages import CallRecord
-from pipeline.types import TurnTimings
 from server import identity
 from server.accounting import SessionUsage
 from server.admission import SessionLease
@@ -95,7 +97,7 @@ from server.realtime_protocol import (
     UpdateSession,
 )
 from server.routes_client_secrets import session_config
-from server.state import AppState
+from server.state import AppState, release_of
 
 log = logging.getLogger("voxline.server.realtime")
 
@@ -148,20 +150,20 @@ async def _serve(
 ) -> None:
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
-    engines, vad = state.engines, None
-    reason = state.startup_error or "the engines are still loading: try again shortly"
-    if engines is not None:
-        try:
-            vad = await state.load_vad()
-        except VoxlineError as exc:
-            reason = str(exc)
-    if engines is None or vad is None:
+    try:
+        # the session's release: its settings and engines for the whole session
+        live = release_of(websocket)
+        vad = await state.load_vad()
+    except VoxlineError as exc:
+        reason = str(exc)
+        if state.engines is None:
+            reason = state.startup_error or "the engines are still loading: try again shortly"
         error = ErrorEvent(reason, "server_error", code="engines_not_ready")
         with suppress(WebSocketDisconnect, RuntimeError):
             await websocket.send_text(json.dumps(error_event(error)))
             await websocket.close(code=_TRY_AGAIN_LATER, reason="engines not ready")
         return
-    settings = state.settings
+    settings, engines = live.settings, live.engines
     who = identity.current()  # bound by the edge for the whole connection
     config = SessionConfig.from_settings(settings)
     if who is not None and who.session:  # opened with a client secret minted with a session
@@ -174,7 +176,10 @@ async def _serve(
     if router is not None and model in router.tiers:
         config = dataclasses.replace(config, tier=model)  # ?model= naming a tier pins it
     events = ServerEvents(
-        model=model or "voxline", config=config, transcription_model=engines.stt.name
+        model=model or "voxline",
+        config=config,
+        transcription_model=engines.stt.name,
+        release=live.name,
     )
     heard = _LastTranscription(engines.stt.name)
     owner = caller()
@@ -189,7 +194,7 @@ async def _serve(
         response_scope=functools.partial(_traced, state, events.session_id, heard),
         stall_timeout_s=settings.limits.client_stall_timeout_s,
         router=router,
-        grounder=grounder_for(state.kb, owner),
+        grounder=grounder_for(state.kb, owner, settings.kb),  # the release's retrieval policy
     )
     parser = ClientEventParser(
         max_append_bytes=min(settings.audio.max_bytes, MAX_APPEND_BYTES),
@@ -205,7 +210,7 @@ async def _serve(
         backlog_bytes=settings.audio.max_bytes,
         default_vad=TurnDetection.from_settings(settings.session),
         usage=SessionUsage(state.accounting, events.session_id, who),
-        observe_turn=state.metrics.observe_turn,
+        observe_turn=functools.partial(state.releases.observe_response, live.name),
         heard=heard,
         observe_route=functools.partial(state.observe_route, where="realtime response"),
         check_stores=functools.partial(_check_stores, state, owner),
@@ -217,7 +222,12 @@ async def _serve(
         connection.limits = RealtimeLimits(
             state.store, who, connection.emit, session.cancel_response
         )
-    log.info("realtime session %s opened (model %s)", events.session_id, events.model)
+    log.info(
+        "realtime session %s opened (model %s, release %s)",
+        events.session_id,
+        events.model,
+        live.name,
+    )
     try:
         with state.metrics.session(), bind(session_id=events.session_id):
             await connection.run()
@@ -273,7 +283,7 @@ class _Connection:
         backlog_bytes: int,
         default_vad: TurnDetection,
         usage: SessionUsage | None = None,
-        observe_turn: Callable[[TurnTimings], None] = lambda _: None,
+        observe_turn: Callable[[ResponseDone], None] = lambda _: None,
         heard: _LastTranscription | None = None,
         observe_route: Callable[[Route | None], None] = lambda _: None,
         check_stores: Callable[[Sequence[str]], Awaitable[None]] | None = None,
@@ -463,7 +473,7 @@ class _Connection:
                 if isinstance(event, ResponseDone) and event.knowledge is not None:
                     self._observe_knowledge(event.knowledge)
                 if isinstance(event, ResponseDone) and self._usage is not None:
-                    self._observe_turn(event.timings)
+                    self._observe_turn(event)
                     billed = self._usage.report()
                     for wire in wires:  # the cost rides in response.done's usage
                         if wire["type"] == "response.done":

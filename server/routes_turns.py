@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect
 
 from models.registry import Engines
 from pipeline.audio import decode_audio, to_pcm16
-from pipeline.errors import InvalidInput, VoxlineError
+from pipeline.errors import InvalidInput, StageError, VoxlineError
 from pipeline.knowledge import FileSearch, file_search_of
 from pipeline.phrases import PhrasePolicy
 from pipeline.settings import Settings
@@ -42,7 +42,7 @@ from server.schemas import (
     turn_json,
     turn_response,
 )
-from server.state import AppState, engines_of, state_of
+from server.state import AppState, release_of, state_of
 from server.streaming import EventStream, cancel_on_disconnect, client_gone, sse
 from store import UsageAmounts
 
@@ -96,8 +96,8 @@ async def create_turn(
         InvalidInput: a bad field, undecodable or oversized audio, silence (``no_speech``).
         StageError: a stage failed (5xx; once a stream has started, an ``error`` event).
     """
-    settings = state_of(request).settings
-    engines = engines_of(request)
+    live = release_of(request)  # this turn's release, held until its response is sent
+    settings, engines = live.settings, live.engines
     _check_voice(engines, voice)
     router = engines.router
     if tier and router is None:
@@ -111,13 +111,15 @@ async def create_turn(
         owner = caller()
         ids, param = search.vector_store_ids, "tools[0].vector_store_ids"
         await asyncio.to_thread(state.kb.check_stores, ids, owner, param)
-        grounder = grounder_for(state.kb, owner)
-    audio = await _decode(await file.read(), settings, engines.stt.sample_rate)
+        grounder = grounder_for(state.kb, owner, settings.kb)  # the release's retrieval policy
+    # upload limits are the server's (a release cannot set them)
+    audio = await _decode(await file.read(), state.settings, engines.stt.sample_rate)
     # the key's audio quota, with the seconds this upload would add, before the engines run
     await require_quota(state_of(request).store, UsageAmounts(audio_seconds=audio.duration))
     turn = functools.partial(
         _accounted,
         state_of(request),
+        live.name,
         stt=engines.stt,
         llm=engines.llm,
         tts=engines.tts,
@@ -140,7 +142,8 @@ async def create_turn(
             result = await cancel_on_disconnect(request, turn(audio))
         except ClientDisconnect:
             return client_gone()
-        return JSONResponse(turn_response(result).model_dump(mode="json", exclude_none=True))
+        body = turn_response(result, release=live.name)
+        return JSONResponse(body.model_dump(mode="json", exclude_none=True))
     queue: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
     task = asyncio.create_task(turn(audio, on_event=queue.put_nowait))
     task.add_done_callback(lambda _: queue.put_nowait(_END))
@@ -155,16 +158,24 @@ async def create_turn(
     if first is _END:
         task.result()  # the turn failed before its transcript: raise its error as HTTP
         raise RuntimeError("the turn ended without a transcript")  # run_turn always sends one
-    return EventStream(_events(first, queue, task), on_close=functools.partial(_stop, task))
+    events = _events(first, queue, task, live.name)
+    return EventStream(events, on_close=functools.partial(_stop, task))
 
 
-async def _accounted(state: AppState, audio: AudioChunk, **turn: Any) -> TurnResult:
-    """``run_turn`` with its trace, metrics and cost recorded; the cost goes into the result."""
+async def _accounted(state: AppState, release: str, audio: AudioChunk, **turn: Any) -> TurnResult:
+    """``run_turn`` with its trace, metrics and cost recorded; the cost goes into the result.
+    A turn an engine failed counts against its release (the canary's watch reads it)."""
     request_id = current_request_id()
-    with state.tracing.turn(request_id=request_id) as trace:
-        result = await run_turn(audio, **turn)
-        trace.record_result(result, audio_in_seconds=audio.duration)
-    state.metrics.observe_turn(result.timings)
+    try:
+        with state.tracing.turn(request_id=request_id) as trace:
+            result = await run_turn(audio, **turn)
+            trace.record_result(result, audio_in_seconds=audio.duration)
+    except StageError:
+        state.releases.observe_turn(release, None, outcome="failed", fallback=False)
+        raise
+    state.releases.observe_turn(
+        release, result.timings, outcome="completed", fallback=bool(result.fallbacks)
+    )
     state.observe_route(result.route, "turn")
     if result.knowledge is not None:
         state.observe_knowledge(result.knowledge)
@@ -223,7 +234,10 @@ async def _decode(data: bytes, settings: Settings, sample_rate: int) -> AudioChu
 
 
 async def _events(
-    first: TurnEvent, queue: asyncio.Queue[TurnEvent | None], task: asyncio.Task[TurnResult]
+    first: TurnEvent,
+    queue: asyncio.Queue[TurnEvent | None],
+    task: asyncio.Task[TurnResult],
+    release: str,
 ) -> AsyncGenerator[bytes, None]:
     """The SSE body: the transcript, then each phrase's text and audio as it is spoken (the text
     of a phrase just before its first audio, as realtime responses do), then the result.
@@ -261,7 +275,7 @@ async def _events(
         seconds=round(result.audio.duration, 3),
         sample_rate=result.audio.sample_rate,
     )
-    yield _event("response.done", **turn_json(result))
+    yield _event("response.done", **turn_json(result), release=release)
 
 
 def _event(kind: str, **fields: object) -> bytes:

@@ -26,7 +26,8 @@ from models.registry import Engines
 from pipeline.errors import AudioDecodeError
 from server import identity
 from server.errors import error_body
-from server.state import AppState, engines_of, state_of
+from server.releases import LiveRelease
+from server.state import AppState, engines_of, release_of, state_of
 from server.voices import is_voice_id
 from store import NotFound
 
@@ -56,15 +57,15 @@ async def _read(file: UploadFile, limit: int) -> bytes:
 
 @router.get("/v1/audio/voices")
 async def list_voices(
-    engines: Annotated[Engines, Depends(engines_of)],
+    live: Annotated[LiveRelease, Depends(release_of)],
     state: Annotated[AppState, Depends(state_of)],
 ) -> dict[str, Any]:
     """The voices ``voice`` may name, in OpenAI's list shape, and the default one: the TTS's
-    own, then the uploaded voices the caller owns (with their details)."""
+    own (the serving release's), then the uploaded voices the caller owns (with details)."""
     who = identity.current()
-    own = [v for v in engines.tts.capabilities.voices if not is_voice_id(v)]
+    own = [v for v in live.engines.tts.capabilities.voices if not is_voice_id(v)]
     uploaded = await state.voices.listed(who)
-    default = state.settings.tts.voice or (own[0] if own else None)
+    default = live.settings.tts.voice or (own[0] if own else None)
     return {
         "object": "list",
         "default": default,

@@ -472,6 +472,8 @@ class TurnResponse(BaseModel):
     usage: TurnUsage
     cost_usd: float | None = None
     audio: TurnAudio
+    release: str | None = None
+    """The release that answered (docs/releases.md); absent from ``voxline turn --json``."""
     llm_tier: str | None = None
     """The LLM tier that answered (``pipeline.router``)."""
     route_reason: str | None = None
@@ -553,10 +555,12 @@ def fallbacks_json(switches: Sequence[StageFallback]) -> list[dict[str, object]]
     return [{"stage": s.stage, **asdict(s.fallback)} for s in switches]
 
 
-def turn_response(result: TurnResult) -> TurnResponse:
-    """The HTTP result of one turn: ``turn_json`` plus the reply as a base64 wav file."""
+def turn_response(result: TurnResult, *, release: str | None = None) -> TurnResponse:
+    """The HTTP result of one turn: ``turn_json`` plus the reply as a base64 wav file, and the
+    release that answered."""
     body = turn_json(result)
     audio = cast(dict[str, object], body["audio"])
     data = base64.b64encode(encode_wav(result.audio)).decode("ascii")
     body["audio"] = {**audio, "format": "wav", "data": data}
+    body["release"] = release
     return TurnResponse.model_validate(body)

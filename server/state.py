@@ -7,20 +7,24 @@ each other (``server.app`` imports the routes; the routes import this).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from models.registry import Engines
 from models.vad_silero import SileroVAD
-from pipeline.errors import EngineUnavailable
+from pipeline.errors import Stage
 from pipeline.fallback_core import Chain
 from pipeline.fallback_types import FallbackReport
 from pipeline.knowledge import KnowledgeReport
 from pipeline.ledger import Ledger
 from pipeline.router import Route
 from pipeline.settings import Settings
+from pipeline.stages import LLM, STT, TTS
 from pipeline.vad import VAD
 from server.accounting import Accounting
 from server.admission import Admission
@@ -28,6 +32,7 @@ from server.jobs.service import JobService
 from server.kb import KnowledgeBase, knowledge_base
 from server.logging_setup import log_call
 from server.metrics import Metrics
+from server.releases import LiveRelease, ServerReleases, slot_release
 from server.tracing import Tracing
 from server.voices import VoiceService
 from store import Store
@@ -36,13 +41,18 @@ log = logging.getLogger("voxline.server")
 
 
 class AppState:
-    """What the routes share: settings, engines once warm, and why they are not (if so).
+    """What the routes share: settings, the releases and their engines once warm, and why
+    they are not (if so).
 
-    ``vad`` is the one loaded VAD model; each realtime session ``fork()`` s it (its own state,
-    the same weights). ``store`` is the durable state (``VOXLINE_STATE__URL``), opened here (its
-    schema migrated) and closed by the app's lifespan. ``jobs`` is the job queue and this
-    process's job worker (started and stopped by the lifespan). ``voices`` are the voices
-    uploaded through the API (``server.voices``), registered with the engines by the lifespan.
+    ``settings`` are the server's own; ``releases`` (``server.releases``) hold the active
+    release (and a canary): each request or session gets its release, with its settings and
+    engines, from ``release_of`` / ``engines_of`` / ``settings_of``; a job, from its claim to
+    its end. ``engines`` are the active release's. ``vad`` is the one loaded VAD model; each
+    realtime session ``fork()`` s it (its own state, the same weights). ``store`` is the
+    durable state (``VOXLINE_STATE__URL``), opened here (its schema migrated) and closed by the
+    app's lifespan. ``jobs`` is the job queue and this process's job worker (started and
+    stopped by the lifespan). ``voices`` are the voices uploaded through the API
+    (``server.voices``), registered with each release's engines when they start.
     ``admission`` is what the server serves now and whether it takes more (sessions, requests
     in flight, the drain).
     """
@@ -56,18 +66,25 @@ class AppState:
         store: Store | None = None,
     ) -> None:
         self.settings = settings
-        self.engines = engines
         self.vad = vad
         self.store = store or Store.open(settings.state)
         self.startup_error: str | None = None
         self.admission = Admission(settings.limits)
-        self.warming: asyncio.Task[Engines] | None = None
+        self.warming: asyncio.Task[None] | None = None
         self.metrics = Metrics()
         self.ledger = Ledger.from_settings(settings.pricing)
         self.ledger.listeners.append(self.metrics.observe_charge)
         self.accounting = Accounting(self.ledger, self.metrics, self.store)
         self.tracing = Tracing.from_settings(settings)
         self.voices = VoiceService(self.store, settings.voices)
+        self._listened: set[int] = set()
+        self.releases = ServerReleases(
+            settings,
+            self.store,
+            metrics=self.metrics,
+            listen=self.listen,
+            prepare=self._prepare_stage,  # a GPT-SoVITS backend starts only with a voice
+        )
         self.kb: KnowledgeBase = knowledge_base(self.store, settings)
         """Files, vector stores and retrieval (its model loads on first use)."""
         self.ingestions: set[asyncio.Future[object]] = set()
@@ -78,13 +95,37 @@ class AppState:
         self.jobs = JobService(
             self.store,
             settings,
-            engines=lambda: self.engines,
+            lease=functools.partial(self.releases.lease, canary=False),
+            unlease=self.releases.unlease,
             vad=self.load_vad,
             accounting=self.accounting,
         )
-        self._listened: set[int] = set()
         if engines is not None:
-            self.listen(engines)
+            self.engines = engines
+
+    async def _prepare_stage(self, stage: Stage, engine: STT | LLM | TTS) -> None:
+        """A release's chain, built and not yet started: a TTS gets the stored voices."""
+        if stage == "tts":
+            await self.voices.restore_tts(cast(TTS, engine))
+
+    @property
+    def engines(self) -> Engines | None:
+        """The active release's engines (``None`` while none is ready)."""
+        active = self.releases.active
+        return None if active is None else active.engines
+
+    @engines.setter
+    def engines(self, engines: Engines) -> None:
+        """Serve ``engines`` (already started, never closed here) as the server's own
+        settings' release."""
+        self.releases.adopt(engines)
+        self.listen(engines)
+
+    @property
+    def active_settings(self) -> Settings:
+        """The active release's settings (the server's own while none is ready)."""
+        active = self.releases.active
+        return self.settings if active is None else active.settings
 
     def listen(self, engines: Engines) -> None:
         """Hook metrics, traces and stage logs into every backend of every chain (once each:
@@ -186,10 +227,24 @@ def state_of(request: Request) -> AppState:
     return state
 
 
+def release_of(request: HTTPConnection) -> LiveRelease:
+    """The release serving this request or connection: its name, settings and engines, the
+    same for its whole life (a FastAPI dependency; ``server.releases``).
+
+    Raises:
+        EngineUnavailable: no release is ready yet (503).
+    """
+    state: AppState = request.app.state.voxline
+    return slot_release(request, reason=state.startup_error or state.releases.error)
+
+
 def engines_of(request: Request) -> Engines:
-    """The warm engines, or a 503 while they are loading (a FastAPI dependency)."""
-    state = state_of(request)
-    if state.engines is None:
-        reason = state.startup_error or "the engines are still loading"
-        raise EngineUnavailable(reason, stage="pipeline", backend="server")
-    return state.engines
+    """The warm engines of the request's release, or a 503 while they are loading (a FastAPI
+    dependency)."""
+    return release_of(request).engines
+
+
+def settings_of(request: Request) -> Settings:
+    """The settings of the request's release: the server's own with the release's overrides
+    (prompt, sampling, voice...)."""
+    return release_of(request).settings

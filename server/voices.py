@@ -311,7 +311,11 @@ class VoiceService:
         """Register every stored voice with the engines' GPT-SoVITS backend (before the chain
         starts, or with engines that already run); a voice that no longer registers (a model
         version without its language) is logged and skipped. Returns how many were added."""
-        backend = cloning_backend(engines.tts)
+        return await self.restore_tts(engines.tts)
+
+    async def restore_tts(self, tts: TTS) -> int:
+        """``restore`` for one TTS chain (a release's, before the engine pool starts it)."""
+        backend = cloning_backend(tts)
         docs = await asyncio.to_thread(self._all)
         if backend is None:
             if docs:
@@ -331,7 +335,7 @@ class VoiceService:
                 log.warning("stored voice %s was not registered: %s", voice.id, exc)
                 continue
             added += 1
-        _refresh(engines)
+        _refresh_tts(tts)
         if docs:
             log.info("%d stored voice(s) registered with %s", added, backend.name)
         return added
@@ -425,5 +429,9 @@ class VoiceService:
 
 def _refresh(engines: Engines) -> None:
     """A chain's voices are its backends': derive them again after a change."""
-    if isinstance(engines.tts, Chain):
-        engines.tts.refresh_capabilities()
+    _refresh_tts(engines.tts)
+
+
+def _refresh_tts(tts: TTS) -> None:
+    if isinstance(tts, Chain):
+        tts.refresh_capabilities()

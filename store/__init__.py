@@ -56,6 +56,7 @@ from store.keys import (
 )
 from store.leases import Lease, Leases
 from store.limits import RateDecision, RateLimiter
+from store.releases import Canary, Pointer, Release, Releases
 from store.state import Store
 from store.usage import QuotaDecision, Usage, UsageAmounts, UsagePeriod
 from store.vectors import VectorHit, Vectors
@@ -65,6 +66,7 @@ __all__ = [
     "ApiKeys",
     "BlobInfo",
     "Blobs",
+    "Canary",
     "Charges",
     "ClientSecretGrant",
     "ClientSecrets",
@@ -78,9 +80,12 @@ __all__ = [
     "NewClientSecret",
     "NewKey",
     "NotFound",
+    "Pointer",
     "QuotaDecision",
     "RateDecision",
     "RateLimiter",
+    "Release",
+    "Releases",
     "Store",
     "StoreError",
     "StoreUnavailable",

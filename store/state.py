@@ -15,6 +15,7 @@ from store.keys import ApiKeys, ClientSecrets
 from store.leases import Leases
 from store.limits import RateLimiter
 from store.migrations import migrate
+from store.releases import Releases
 from store.usage import Usage
 from store.vectors import Vectors
 
@@ -51,6 +52,8 @@ class Store:
         """Binary payloads (:mod:`store.blobs`)."""
         self.vectors = Vectors(db)
         """Embeddings and cosine search (:mod:`store.vectors`)."""
+        self.releases = Releases(db, self.blobs, clock)
+        """Releases, their scorecards and the active pointer (:mod:`store.releases`)."""
 
     @classmethod
     def open(

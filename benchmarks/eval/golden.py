@@ -228,10 +228,16 @@ class Golden:
         return data
 
     def digest(self) -> str:
-        """SHA-256 over every data file's path and bytes (the scripts and this README excluded)."""
+        """SHA-256 over every data file's path and bytes (the scripts, this README and the
+        baseline scorecards scored on the data, ``baseline-*.json``, excluded)."""
         digest = hashlib.sha256()
         for path in sorted(self.root.rglob("*")):
-            if path.is_file() and path.suffix in _DATA_SUFFIXES and path != self.root / "README.md":
+            if (
+                path.is_file()
+                and path.suffix in _DATA_SUFFIXES
+                and path != self.root / "README.md"
+                and not path.name.startswith("baseline-")
+            ):
                 digest.update(path.relative_to(self.root).as_posix().encode() + b"\0")
                 digest.update(hashlib.sha256(path.read_bytes()).digest())
         return digest.hexdigest()

@@ -19,6 +19,7 @@ from benchmarks.eval.context import EvalContext, EvalOptions, Progress
 from benchmarks.eval.golden import Golden
 from benchmarks.eval.scorecard import SUITES, SuiteResult
 from pipeline.errors import InvalidInput, VoxlineError
+from pipeline.settings import Settings
 
 log = logging.getLogger("voxline.eval")
 
@@ -47,12 +48,19 @@ async def run_eval(
     golden: Golden | None = None,
     progress: Progress | None = None,
     release: str | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, object]:
-    """Run ``suites`` and return the scorecard (see ``benchmarks.eval.scorecard``)."""
+    """Run ``suites`` and return the scorecard (see ``benchmarks.eval.scorecard``).
+
+    Args:
+        release: The release scored (the card's ``release``), if one.
+        settings: The settings to score (default: ``config.settings()``); a release's are its
+            process's settings with its overrides laid over them.
+    """
     from benchmarks.eval.suites import RUNNERS
 
     golden = golden or Golden()
-    settings = config.settings()
+    settings = settings or config.settings()
     ctx = EvalContext(config, settings, golden, options, progress)
     results: list[SuiteResult] = []
     backends: dict[str, str] = {}

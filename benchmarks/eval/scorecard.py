@@ -6,7 +6,8 @@
     created          ISO 8601 UTC time the run finished
     command          the command line
     quick            whether the quick subsets ran (a quick card is never gated against a full one)
-    release          the release it scores (null: the current settings; releases come later)
+    release          the release it scores (null: the current settings; `voxline release promote`
+                     names the release: docs/releases.md)
     producer         models{stt|llm|tts|embedder: {engine, ref, device}}, prompt_sha256,
                      settings_sha256, voxline version, git commit, environment
     golden           {dir, sha256}: the golden data it was computed on

@@ -26,6 +26,7 @@ Middleware order in ``server.app`` (outermost first)::
                                request the edge refuses never takes a place in an engine's queue
     BodyLimitMiddleware        413 past the route's body limit, before parsing
     MeterMiddleware            one meter per request (server.accounting)
+    ReleaseMiddleware          the release a route leases on first use (server.releases)
     routes
 """
 

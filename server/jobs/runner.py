@@ -99,8 +99,13 @@ class JobRunner:
         context = await self._context()
         if context is None:
             return False
-        job = await asyncio.to_thread(self.queue.claim, self.worker)
+        try:
+            job = await asyncio.to_thread(self.queue.claim, self.worker)
+        except BaseException:
+            context.done()
+            raise
         if job is None:
+            context.done()
             return False
         log.info("job %s (%s) started by %s", job.id, job.kind, self.worker)
         task = asyncio.create_task(self._run(job, context), name=f"job-{job.id}")
@@ -158,6 +163,7 @@ class JobRunner:
             if not work.done():
                 work.cancel()
             await asyncio.gather(keeper, work, return_exceptions=True)
+            context.done()  # its engines may close now, if their release no longer serves
             if release:
                 await asyncio.shield(asyncio.to_thread(queue.release, job.id, self.worker))
 

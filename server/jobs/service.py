@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 
 from models.registry import Engines
@@ -14,6 +15,7 @@ from server.jobs.queue import JobQueue
 from server.jobs.records import Job
 from server.jobs.runner import JobRunner
 from server.jobs.work import JobContext, LocalChunks
+from server.releases import LiveRelease
 from store import Store
 
 
@@ -23,7 +25,8 @@ class JobService:
     Args:
         store: The state store.
         settings: The server's settings.
-        engines: The engines once warm (``None`` before: no job is claimed).
+        lease: The release a new job runs on (its engines and settings), held until the run
+            ends (``None`` while no release is ready: no job is claimed); ``unlease`` lets go.
         vad: Loads the shared VAD (each job run forks it).
         accounting: Where chunks' engine calls are billed (request id: the job's id).
     """
@@ -33,32 +36,40 @@ class JobService:
         store: Store,
         settings: Settings,
         *,
-        engines: Callable[[], Engines | None],
+        lease: Callable[[], LiveRelease | None],
+        unlease: Callable[[LiveRelease], None],
         vad: Callable[[], Awaitable[VAD]],
         accounting: Accounting,
     ) -> None:
         self.settings = settings
         self._store = store
         self.queue = JobQueue(store, settings.jobs)
-        self._engines = engines
+        self._lease = lease
+        self._unlease = unlease
         self._vad = vad
         self._accounting = accounting
         self.runner = JobRunner(self.queue, self._context, settings.jobs)
 
     async def _context(self) -> JobContext | None:
-        engines = self._engines()
-        if engines is None:
+        live = self._lease()
+        if live is None:
             return None
-        vad = (await self._vad()).fork()
-        return JobContext(self.queue, self._chunks(engines), self.settings, vad, self._charge)
+        done = functools.partial(self._unlease, live)
+        try:
+            vad = (await self._vad()).fork()
+        except BaseException:
+            done()
+            raise
+        chunks = self._chunks(live.engines, live.settings)
+        return JobContext(self.queue, chunks, live.settings, vad, self._charge, done)
 
-    def _chunks(self, engines: Engines) -> ChunkWorker:
+    def _chunks(self, engines: Engines, settings: Settings) -> ChunkWorker:
         ray = self.settings.ray
         if ray.address and ray.job_tasks:
             from server.ray_tasks import RayChunks  # ray is an optional extra
 
-            return RayChunks(self.settings)
-        return LocalChunks(engines, self.settings)
+            return RayChunks(settings)
+        return LocalChunks(engines, settings)
 
     def _charge(self, job: Job, calls: Calls) -> None:
         # the runner works outside any request: the job's owner pays (usage and quotas too)

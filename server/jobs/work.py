@@ -67,6 +67,9 @@ class JobContext:
     """A VAD of the run's own (a fork: its state is per stream)."""
     charge: Callable[[Job, Calls], None]
     """Bills a chunk's engine calls to the job's owner."""
+    done: Callable[[], None] = lambda: None
+    """Called once when the run ends (or no job was claimed with it): lets go of the release
+    whose engines and settings it ran on (``server.releases``)."""
 
 
 def kind_run(job: Job, ctx: JobContext) -> KindRun:

@@ -53,13 +53,17 @@ class StoreRetriever:
         return await asyncio.to_thread(self.kb.search, query, vector_store_ids, k, self.owner)
 
 
-def grounder_for(kb: KnowledgeBase, owner: str | None) -> Grounder:
-    """A grounder for one caller's turns: the knowledge base's retrieval, its policy, and the
-    support score from its embedding model."""
+def grounder_for(
+    kb: KnowledgeBase, owner: str | None, policy: KBSettings | None = None
+) -> Grounder:
+    """A grounder for one caller's turns: the knowledge base's retrieval, the retrieval policy
+    of ``policy`` (a release's ``kb`` section; default: the knowledge base's own), and the
+    support score from the knowledge base's embedding model (one per process: the stored
+    vectors were made with it)."""
     scorer = EmbeddingSupport(kb.query_embedder()) if kb.embedder_loaded else None
     return Grounder(
         StoreRetriever(kb, owner),
-        KnowledgePolicy.from_settings(kb.settings),
+        KnowledgePolicy.from_settings(policy or kb.settings),
         scorer or _LazySupport(kb),
     )
 

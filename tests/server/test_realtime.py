@@ -267,7 +267,7 @@ async def test_spoken_question_gets_spoken_answer_streamed_before_the_llm_is_don
     assert usage["cost_usd"] > 0
     assert billed["total"]["cost_usd"] == pytest.approx(usage["cost_usd"], abs=1e-8)  # rounding
     assert billed["total"]["tokens_out"] == usage["output_tokens"]
-    assert "voxline_v2v_seconds_count 1.0" in metrics
+    assert 'voxline_v2v_seconds_count{release="settings"} 1.0' in metrics
 
 
 async def test_openai_sdk_realtime_client_connects_unchanged(engines: Engines) -> None:
