@@ -52,7 +52,7 @@ from pipeline.knowledge import FileSearch
 from pipeline.listener import new_id
 from pipeline.session_config import SessionConfig
 from pipeline.types import ForcedTool, ToolChoice
-from server.schemas import fallbacks_json, knowledge_json, route_json
+from server.turn_schemas import fallbacks_json, knowledge_json, route_json
 
 Wire = dict[str, Any]
 """One server event, ready for ``json.dumps``."""
