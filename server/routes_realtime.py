@@ -81,7 +81,7 @@ from server.edge.realtime import RealtimeLimits
 from server.errors import error_response
 from server.kb import caller, grounder_for
 from server.logging_setup import bind
-from server.realtime_events import ServerEvents, Wire, error_event
+from server.realtime_events import ServerEvents
 from server.realtime_protocol import (
     AddToolOutput,
     AddUserText,
@@ -96,6 +96,7 @@ from server.realtime_protocol import (
     TruncateItem,
     UpdateSession,
 )
+from server.realtime_wire import Wire, error_event
 from server.routes_client_secrets import session_config
 from server.state import AppState, release_of
 
