@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import ValidationError
 
 from pipeline.errors import InvalidInput
-from pipeline.knowledge import FileSearch, file_search_of
+from pipeline.file_search import FileSearch, file_search_of
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.tool_calls import parse_tool_choice, parse_tools
 from pipeline.types import FunctionTool, ToolChoice

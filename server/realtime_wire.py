@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.events import ConversationItem, ErrorEvent
-from pipeline.knowledge import FileSearch
+from pipeline.file_search import FileSearch
 from pipeline.listener import new_id
 from pipeline.session_config import SessionConfig
 from pipeline.types import ForcedTool, ToolChoice

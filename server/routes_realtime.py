@@ -68,7 +68,8 @@ from pipeline.events import (
     TranscriptCompleted,
     UsageReported,
 )
-from pipeline.knowledge import FileSearch, KnowledgeReport
+from pipeline.file_search import FileSearch
+from pipeline.knowledge import KnowledgeReport
 from pipeline.phrases import PhrasePolicy
 from pipeline.router import Route
 from pipeline.session import Session

@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect
 from models.registry import Engines
 from pipeline.audio import decode_audio, to_pcm16
 from pipeline.errors import InvalidInput, StageError, VoxlineError
-from pipeline.knowledge import FileSearch, file_search_of
+from pipeline.file_search import FileSearch, file_search_of
 from pipeline.phrases import PhrasePolicy
 from pipeline.settings import Settings
 from pipeline.turn import ReplyAudio, ReplyText, TranscriptReady, TurnEvent, TurnResult, run_turn

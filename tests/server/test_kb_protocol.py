@@ -8,7 +8,8 @@ import json
 from typing import Any
 
 from pipeline.events import ResponseDone
-from pipeline.knowledge import Citation, FileSearch, KnowledgeReport, Support
+from pipeline.file_search import FileSearch
+from pipeline.knowledge import Citation, KnowledgeReport, Support
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.types import Backends, TurnTimings, Usage
 from server.realtime_events import ServerEvents
