@@ -60,21 +60,20 @@ from pipeline.session import Session
 from pipeline.session_config import TurnDetection
 from server.accounting import SessionUsage
 from server.edge.realtime import RealtimeLimits
-from server.realtime_events import ServerEvents
-from server.realtime_protocol import (
+from server.realtime_commands import (
     AddToolOutput,
     AddUserText,
     AppendAudio,
-    BadClientEvent,
     CancelResponse,
     ClearAudio,
-    ClientEventParser,
     Command,
     CommitAudio,
     CreateResponse,
     TruncateItem,
     UpdateSession,
 )
+from server.realtime_events import ServerEvents
+from server.realtime_protocol import BadClientEvent, ClientEventParser
 from server.realtime_wire import Wire, error_event
 
 # the route's logger: a session's lines share one name, whichever module writes them
