@@ -6,11 +6,13 @@ file. The weights are memory-mapped, so on a CPU the copies share one set of pag
 adds its own KV cache (for SmolLM2-135M at 2048 tokens, about 50 MB).
 
 llama.cpp reuses the longest prefix of the previous prompt that its context still holds (a
-session's whole conversation so far). So a reply whose prompt continues the last prompt of a
-free context (the same conversation, one turn on) takes that context; any other reply takes the
-context used least recently, keeping the others' conversations warm. (Choosing by the longest
-shared prefix alone would not: every conversation shares the system prompt, so each new one
-would land on, and evict, the last conversation that ran with it.)
+session's whole conversation so far). So a reply whose messages continue those of a free
+context's last call (the same conversation, one turn on, or read ahead by ``prefill``) takes
+that context; any other reply takes the context used least recently, keeping the others'
+conversations warm. (Choosing by the longest shared token prefix would not: every conversation
+shares the system prompt, so each new one would land on, and evict, the last conversation that
+ran with it; and a prefilled conversation's tokens end in an assistant cue that the next turn's
+prompt does not continue.)
 
 llama.cpp can also decode several sequences in one context, in one batch, but llama-cpp-python
 0.3 exposes that only as its low-level C API: generation, sampling and grammars in ``Llama`` are
@@ -34,7 +36,7 @@ class _Context:
     llama: Any  # llama_cpp.Llama
     busy: bool = False
     last_used: int = 0
-    prompt: Sequence[int] = ()  # of the last reply it served
+    messages: tuple[Any, ...] = ()  # of the last call it served
 
 
 class ContextPool:
@@ -59,21 +61,27 @@ class ContextPool:
 
     @contextlib.contextmanager
     def take(
-        self, prompt: Sequence[int], stop: threading.Event, only: int | None = None
+        self,
+        messages: Sequence[Any],
+        stop: threading.Event,
+        *,
+        only: int | None = None,
+        wait: bool = True,
     ) -> Iterator[Any | None]:
-        """Hold a free context for one reply: the one whose last prompt ``prompt`` continues
-        (the longest such), else the one used least recently.
+        """Hold a free context for one call: the one whose last call's messages ``messages``
+        continue (the longest such), else the one used least recently.
 
         Waits while every context is busy (more replies than contexts: calls that did not go
         through the engine's scheduler); yields ``None`` instead if ``stop`` is set meanwhile
-        (the consumer went away) or the pool was closed.
+        (the consumer went away), the pool was closed, or ``wait`` is false.
 
         Args:
-            prompt: The reply's prompt tokens.
+            messages: The call's conversation (``Message`` values, compared by value).
             stop: Set when the consumer goes away.
             only: Take this context (by index) and no other (warming each one up).
+            wait: Whether to wait for a busy context (``False``: best-effort work).
         """
-        context = self._acquire(prompt, stop, only)
+        context = self._acquire(tuple(messages), stop, only, wait)
         if context is None:
             yield None
             return
@@ -92,16 +100,18 @@ class ContextPool:
             context.llama.close()
 
     def _acquire(
-        self, prompt: Sequence[int], stop: threading.Event, only: int | None
+        self, messages: tuple[Any, ...], stop: threading.Event, only: int | None, wait: bool
     ) -> _Context | None:
         candidates = self._contexts if only is None else [self._contexts[only]]
         with self._ready:
             while not self._closed and not stop.is_set():
                 free = [c for c in candidates if not c.busy]
                 if free:
-                    best = _warmest(free, prompt)
-                    best.busy, best.prompt = True, prompt
+                    best = _warmest(free, messages)
+                    best.busy, best.messages = True, messages
                     return best
+                if not wait:
+                    break
                 self._ready.wait(_POLL_S)
         return None
 
@@ -115,9 +125,9 @@ class ContextPool:
             context.llama.close()
 
 
-def _warmest(free: Sequence[_Context], prompt: Sequence[int]) -> _Context:
-    """The free context to serve ``prompt`` in."""
-    continued = [c for c in free if c.prompt and list(prompt[: len(c.prompt)]) == list(c.prompt)]
+def _warmest(free: Sequence[_Context], messages: tuple[Any, ...]) -> _Context:
+    """The free context to serve ``messages`` in."""
+    continued = [c for c in free if c.messages and messages[: len(c.messages)] == c.messages]
     if continued:
-        return max(continued, key=lambda c: len(c.prompt))
+        return max(continued, key=lambda c: len(c.messages))
     return min(free, key=lambda c: c.last_used)

@@ -160,7 +160,9 @@ class LlamaCppLLM(LLM):
         generated) with the next one; the rendered chat of a conversation is a prefix of the
         next turn's but for the last few tokens of its assistant cue, so the next call reads only
         the new user message. Skipped (``False``) before the model is loaded and while a reply
-        is decoding: the cache is that reply's.
+        is decoding in every context: each cache is that reply's. With several contexts it
+        is read into the one the conversation's last reply used (``_llama_pool``), where its
+        next turn will go.
         """
         if not self._model.loaded:
             return False
@@ -176,17 +178,15 @@ class LlamaCppLLM(LLM):
         free_slot: Callable[[], None] | None,
     ) -> bool:
         try:
-            if not self._generate_lock.acquire(blocking=False):
+            loaded = self._model.get()
+            prompt, _ = self._prompt(loaded, messages, offered(params))
+            if len(prompt) >= loaded.context_tokens:
                 return False
-            try:
-                loaded = self._model.get()
-                prompt, _ = self._prompt(loaded, messages, offered(params))
-                if len(prompt) >= loaded.context_tokens:
+            with loaded.pool.take(messages, threading.Event(), wait=False) as llama:
+                if llama is None:
                     return False
-                loaded.llama.create_completion(prompt=prompt, max_tokens=1, temperature=0.0)
+                llama.create_completion(prompt=prompt, max_tokens=1, temperature=0.0)
                 return True
-            finally:
-                self._generate_lock.release()
         finally:
             if free_slot is not None:
                 free_slot()
@@ -350,7 +350,7 @@ class LlamaCppLLM(LLM):
                 code="context_length_exceeded",
             )
         budget = min(params.max_tokens or self.settings.max_tokens, room)
-        with loaded.pool.take(prompt, stop, context) as llama:
+        with loaded.pool.take(messages, stop, only=context) as llama:
             if llama is None:  # stopped, or closed, while every context was busy
                 if stop.is_set():
                     return

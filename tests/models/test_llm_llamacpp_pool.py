@@ -208,3 +208,28 @@ async def test_closing_frees_every_context_the_busy_one_when_its_reply_stops() -
             break
         await asyncio.sleep(0.02)
     assert all(llama.ctx is None for llama in llamas)
+
+
+async def test_prefill_reads_a_conversation_into_its_own_context(pair: LlamaCppLLM) -> None:
+    greedy = GenerationParams(max_tokens=12, temperature=0.0)
+    ask = [Message("system", "Be brief."), Message("user", "What is the capital of Spain?")]
+    other = [*ask[:1], Message("user", "What colour is grass?")]
+    answer = "".join([d.text async for d in pair.stream(ask, greedy)])
+    [d async for d in pair.stream(other, greedy)]
+    own, others = _holding(pair, _prompt(pair, ask)), _holding(pair, _prompt(pair, other))
+    so_far = [*ask, Message("assistant", answer)]
+    assert await pair.prefill(so_far)
+    assert _holding(pair, _prompt(pair, so_far)) is own  # where its next turn will go
+    assert _holding(pair, _prompt(pair, other)) is others
+    # the next turn continues the prefilled messages: it goes there too
+    [d async for d in pair.stream([*so_far, Message("user", "And of Portugal?")], greedy)]
+    assert _holding(pair, _prompt(pair, [*so_far, Message("user", "And of Portugal?")])) is own
+
+
+async def test_prefill_is_skipped_while_every_context_decodes(pair: LlamaCppLLM) -> None:
+    first, second = pair.stream(DRAGON, LONG), pair.stream(SAILOR, LONG)
+    await anext(first)
+    await anext(second)  # both contexts hold a reply
+    assert not await pair.prefill([Message("user", "Hi")])
+    await first.aclose()
+    await second.aclose()
