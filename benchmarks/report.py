@@ -159,6 +159,9 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
             best = d.get("max_sessions_within_slo")
             slo = d.get("slo_v2v_p95_ms")
             rows.append((f"max sessions with V2V p95 <= {fmt('_ms', slo)} ms{at}", str(best)))
+            served = d.get("max_served_within_slo")
+            if served is not None and best is not None and served != best:
+                rows.append((f"  of which served (the rest refused fast){at}", str(served)))
         if base == "llm" and "first_phrase_ms" in m:
             rows.append((f"LLM first phrase{at}, p50 / p95 ms", _pair(m["first_phrase_ms"])))
             if "tokens_per_s" in m:

@@ -88,7 +88,8 @@ def _say(text: str) -> None:
 
 @release_app.command("create")
 def create(
-    name: Annotated[str, typer.Argument(help="The release's name: [a-z0-9][a-z0-9._-]*.")],
+    # brackets escaped: Rich reads an unescaped [a-z0-9] as a markup tag and drops it
+    name: Annotated[str, typer.Argument(help="The release's name: \\[a-z0-9]\\[a-z0-9._-]*.")],
     env: Annotated[
         Path, typer.Option("--env", help="A file of VOXLINE_* lines (models, prompts...).")
     ],

@@ -1,7 +1,9 @@
 """``GET /metrics``: the Prometheus exposition of the app's ``Metrics``.
 
-Text format by default, OpenMetrics when the scraper asks for it (``Accept``). The endpoint is
-unauthenticated like ``/healthz``: it carries no per-user label, only aggregate counts.
+Text format by default, OpenMetrics when the scraper asks for it (``Accept``). It carries no
+per-user label, only aggregate counts; still, once API keys exist the edge asks for a key with
+the ``admin`` scope (or, with ``edge.metrics_from_loopback``, a loopback client):
+``server/edge/policy.py``.
 """
 
 from __future__ import annotations

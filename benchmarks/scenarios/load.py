@@ -125,5 +125,10 @@ async def run(ctx: BenchContext, name: str = "load") -> ScenarioResult:
         "turns_per_session": turns,
         "levels": level_rows,
         "max_sessions_within_slo": best,
+        # with admission control the excess of a level is refused (fast): how many of the
+        # sessions offered at that level the server actually served
+        "max_served_within_slo": next(
+            (row["accepted"] for row in level_rows if row["sessions"] == best), 0
+        ),
     }
     return result

@@ -84,8 +84,9 @@ class LLMSettings(BaseModel):
     machine, and on 2 cores one LLM thread measured several times faster than two)."""
     capacity: int = Field(default=1, ge=1)
     """Replies the local engine generates at once, for all sessions and requests together;
-    more wait by priority. Both local engines decode one reply at a time (one model, one
-    context); several sessions share it in turn."""
+    more wait by priority. llama.cpp opens this many contexts over the model (each its own KV
+    cache; on a GPU each its own copy of the weights) and splits ``threads`` between them (at
+    least one each); transformers decodes one reply at a time whatever this says."""
     gguf_cache_dir: Path | None = None
     """Where dequantized GGUF weights are cached (default: ``<cache_dir>/gguf``)."""
     hosted: HostedSettings = HostedSettings()

@@ -163,7 +163,7 @@ def windows(store: Store, who: Identity) -> list[Window]:
 
 class OverLimit(Exception):
     """Raised by a route that finds a quota spent before its engine work (rendered by the
-    handler ``server.edge.install`` registers)."""
+    handler ``server.edge.install_handlers`` registers)."""
 
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.message)

@@ -172,6 +172,7 @@ async def test_load_counts_refused_sessions_apart_and_judges_the_accepted() -> N
     assert four["refusal_p95_ms"] is not None and four["refusal_p95_ms"] >= 0
     # refused at the handshake, fast: the level still meets its SLO on the sessions it kept
     assert four["meets_slo"] and result.details["max_sessions_within_slo"] == 4
+    assert result.details["max_served_within_slo"] == 2  # the other two were refused
     assert levels[1]["refused"] == 0 and levels[1]["refusal_p95_ms"] is None
 
 
