@@ -65,8 +65,9 @@ async def test_a_session_with_a_dropped_speculation_is_billed_for_all_its_work(
     assert answered.outputs == len(llm.reply) + 1  # and the usage delta
     # the dropped speculation is billed, and shown apart
     speculative = ledger.speculative()
-    assert speculative.tokens_in == sum(llm.count_tokens(c.input) for c in dropped)  # type: ignore[arg-type]
-    assert speculative.tokens_out == sum(c.outputs for c in dropped) > 0
+    # (its prompt always; the tokens it got out before the user went on, however few)
+    assert speculative.tokens_in == sum(llm.count_tokens(c.input) for c in dropped) > 0  # type: ignore[arg-type]
+    assert speculative.tokens_out == sum(c.outputs for c in dropped)
     assert billed["speculative"]["output_tokens"] == speculative.tokens_out
     # response.done reports everything billed since the session began, once
     assert billed["cost_usd"] == pytest.approx(ledger.total().cost_usd, abs=1e-8)

@@ -39,8 +39,9 @@ def server(engines: Engines) -> Iterator[LiveServer]:
     settings = make_settings(
         demo_enabled=True,
         llm=LLMSettings(engine="transformers", max_tokens=24),
-        # a longer end-of-turn silence: the comma pause of "Please tell me," must not end it
-        session=SessionSettings(partial_interval_ms=800, silence_duration_ms=700),
+        # a longer fixed end-of-turn silence: the comma pause of "Please tell me," must not end
+        # it (the smart turn end would ask Whisper, which may hear "Please tell me." there)
+        session=SessionSettings(partial_interval_ms=800, silence_duration_ms=700, turn_end="fixed"),
     )
     with LiveServer(create_app(settings, engines=engines)) as live:
         yield live
