@@ -22,7 +22,6 @@ A job belongs to the API key that submitted it (:func:`owner`): other keys get 4
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -53,17 +52,10 @@ ResultFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 
 
 def owner() -> str | None:
-    """The API key id of the caller, or ``None`` when API keys are off.
-
-    The edge layer binds the caller's identity in ``server.identity`` (a context variable); it
-    is looked up by name so this module works before and after that layer exists.
-    """
-    try:
-        identity = importlib.import_module("server.identity")
-    except ModuleNotFoundError:
-        return None
-    current = identity.current()
-    return None if current is None else str(current.key_id)
+    """The API key id of the caller (bound by the edge: ``server.identity``), or ``None`` when
+    API keys are off."""
+    who = identity.current()
+    return None if who is None else who.key_id
 
 
 def _too_many(exc: EngineOverloaded) -> JSONResponse:
