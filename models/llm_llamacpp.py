@@ -19,13 +19,14 @@ The ``Llama`` object is not thread-safe: replies on one engine are serialized.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ from models._tool_prompt import (
     native_tools,
 )
 from models.weights import resolve
+from pipeline import scheduler
 from pipeline.errors import (
     EngineOverloaded,
     EngineUnavailable,
@@ -142,6 +144,46 @@ class LlamaCppLLM(LLM):
         call = dataclasses.replace(warm, tools=(_WARM_TOOL,), tool_choice=ForcedTool("warm"))
         for _ in self._generate([Message("user", "Hi")], call, threading.Event()):
             pass
+
+    async def prefill(
+        self, messages: Sequence[Message], params: GenerationParams | None = None
+    ) -> bool:
+        """Read ``messages``'s prompt into llama.cpp's KV cache, in a worker thread.
+
+        llama.cpp reuses the longest common prefix of the previous prompt (and what it
+        generated) with the next one; the rendered chat of a conversation is a prefix of the
+        next turn's but for the last few tokens of its assistant cue, so the next call reads only
+        the new user message. Skipped (``False``) before the model is loaded and while a reply
+        is decoding: the cache is that reply's.
+        """
+        if not self._model.loaded:
+            return False
+        free_slot = scheduler.delegate()  # the thread keeps the engine's slot until it ends
+        return await asyncio.to_thread(
+            self._prefill, list(messages), params or GenerationParams(), free_slot
+        )
+
+    def _prefill(
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        free_slot: Callable[[], None] | None,
+    ) -> bool:
+        try:
+            if not self._generate_lock.acquire(blocking=False):
+                return False
+            try:
+                loaded = self._model.get()
+                prompt, _ = self._prompt(loaded, messages, offered(params))
+                if len(prompt) >= loaded.context_tokens:
+                    return False
+                loaded.llama.create_completion(prompt=prompt, max_tokens=1, temperature=0.0)
+                return True
+            finally:
+                self._generate_lock.release()
+        finally:
+            if free_slot is not None:
+                free_slot()
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Blocking: the prompt length of ``messages`` with the chat template applied.

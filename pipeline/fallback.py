@@ -46,6 +46,7 @@ backends are tried in order anyway. ``backend_states()`` is what ``/readyz`` sho
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 
@@ -62,6 +63,8 @@ from pipeline.fallback_types import (
     FallbackReports,
     collect_reports,
 )
+from pipeline.priority import Priority
+from pipeline.scheduler import holding
 from pipeline.splice import AudioSplice, Continuation
 from pipeline.stages import LLM, STT, TTS, _Stage
 from pipeline.types import (
@@ -74,6 +77,8 @@ from pipeline.types import (
     Transcript,
     TTSCapabilities,
 )
+
+log = logging.getLogger("voxline.fallback")
 
 __all__ = [
     "CONTINUE_PROMPT",
@@ -309,6 +314,35 @@ class FallbackLLM(Chain[LLM], LLM):
         self, messages: list[Message], params: GenerationParams
     ) -> AsyncIterator[TextDelta]:
         return self._drive(_LLMCall(messages, params))
+
+    async def prefill(
+        self, messages: Sequence[Message], params: GenerationParams | None = None
+    ) -> bool:
+        """Prefill on the backend the next call would go to first (a healthy, started one),
+        and only while its engine has a slot free: a prefill is spare-capacity work (batch
+        priority) and never waits for, or delays, a reply in progress."""
+        healthy = [
+            e
+            for e in self._order([])
+            if not e.start_failed and e.breaker.state is BreakerState.CLOSED
+        ]
+        if not healthy:
+            return False
+        backend = healthy[0].backend
+        scheduler = backend.scheduler
+        if scheduler is not None and scheduler.in_use >= scheduler.capacity:
+            return False
+        try:
+            slot = await scheduler.acquire(Priority.BATCH) if scheduler is not None else None
+            try:
+                with holding(slot):
+                    return await backend.prefill(messages, params)
+            finally:
+                if slot is not None:
+                    slot.release()
+        except Exception as exc:  # best effort: the next call reads the prompt itself
+            log.debug("%s: prefill skipped: %s", backend.name, exc)
+            return False
 
 
 class FallbackTTS(Chain[TTS], TTS):

@@ -116,6 +116,12 @@ class History:
         self.version += 1
         self._trim()
 
+    def make_room(self, tokens: int) -> None:
+        """Trim now if ``tokens`` more would pass the budget: the trim a new message would
+        cause happens before the prompt cache is warmed for it, not after."""
+        if self._trim(self.max_tokens - tokens):
+            self.version += 1
+
     def tokens(self, text: str) -> int:
         """Estimated tokens of one message (its text plus a few for the chat template)."""
         return math.ceil(len(text) / self.chars_per_token) + 4
@@ -141,7 +147,7 @@ class History:
         kept = [m for m in kept if m.role != "tool" or m.tool_call_id in calls]
         return [Message("system", system_prompt), *kept]
 
-    def _trim(self) -> None:
+    def _trim(self, limit: int | None = None) -> bool:
         # Once over budget, drop the oldest items down to *half* the budget rather than just
         # under it: the conversation's start then stays the same for the next few turns, so an
         # LLM's prompt cache (llama.cpp keeps the previous prompt's KV) is reused instead of the
@@ -149,8 +155,8 @@ class History:
         # Items still waiting for text keep their place (they are the newest).
         costs = [self.tokens(item.text) if item.text else 0 for item in self._items]
         total = sum(costs)
-        if total <= self.max_tokens:
-            return
+        if total <= (self.max_tokens if limit is None else limit):
+            return False
         texts = [index for index, item in enumerate(self._items) if item.text]
         newest_text = texts[-1] if texts else len(self._items)
         keep_from = 0
@@ -158,6 +164,7 @@ class History:
             total -= costs[keep_from]
             keep_from += 1
         del self._items[:keep_from]
+        return keep_from > 0
 
 
 def heard_text(spoken: Sequence[tuple[str, float]], audio_ms: float) -> str:

@@ -103,6 +103,7 @@ class Responder:
         room: Waits until the client's queue has room for an audio delta.
         stall_timeout_s: Longest wait for that room before the response fails (``None``:
             forever).
+        on_done: Called when a response is over and its item is final in the history.
     """
 
     def __init__(
@@ -118,8 +119,10 @@ class Responder:
         scope: Callable[[str], AbstractContextManager[object]] | None = None,
         room: Callable[[], Awaitable[None]] | None = None,
         stall_timeout_s: float | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
         self._scope = scope or _no_scope
+        self._on_done = on_done
         self._room = room
         self._stall_timeout_s = stall_timeout_s
         self._history = history
@@ -403,6 +406,8 @@ class Responder:
                 resp.knowledge or _partial_report(resp.grounded),
             )
         )
+        if self._on_done is not None:
+            self._on_done()
 
 
 def _partial_report(grounded: Grounded | None) -> KnowledgeReport | None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractContextManager
@@ -61,6 +62,7 @@ from pipeline.history import History, Item
 from pipeline.knowledge import Grounded, Grounder
 from pipeline.listener import Heard, Listener, Turn, Utterance, new_id
 from pipeline.phrases import PhrasePolicy
+from pipeline.priority import Priority, priority
 from pipeline.reply import Reply
 from pipeline.responder import Responder
 from pipeline.router import Router
@@ -70,8 +72,13 @@ from pipeline.stages import LLM, STT, TTS
 from pipeline.types import AudioChunk, Backends, Message
 from pipeline.vad import VAD
 
+PREFILL_HEADROOM = 8
+"""The room a prefill makes for the next user message: 1/8 of the history budget."""
+
 P = ParamSpec("P")
 R = TypeVar("R")
+
+log = logging.getLogger("voxline.session")
 
 QUEUED_AUDIO_S = 2.0
 """Seconds of reply audio a session queues for its consumer before the response waits (plus the
@@ -183,7 +190,9 @@ class Session:
             scope=response_scope,
             room=self._events.wait_room,
             stall_timeout_s=stall_timeout_s,
+            on_done=self._prefill_soon,
         )
+        self._prefill: asyncio.Task[None] | None = None
 
     @property
     def config(self) -> SessionConfig:
@@ -345,6 +354,8 @@ class Session:
                 task.cancel()
             await asyncio.gather(*self._turns, return_exceptions=True)
             await self._responses.aclose()
+            if self._prefill is not None:
+                self._prefill.cancel()
             await self._listener.aclose()
             self._events.put_nowait(None)
 
@@ -465,6 +476,25 @@ class Session:
             vet=grounded.vet if grounded is not None else None,
         )
         return reply, grounded
+
+    def _prefill_soon(self) -> None:
+        # After a response, while the user listens: trim the history now if the next message
+        # would (a trim changes the prompt's start), then read the conversation so far into the
+        # LLM's prompt cache, so the next turn's first token waits only for its own words.
+        # Not with file_search: retrieval rewrites each turn's messages.
+        if self._closed or not self.settings.prefill or self._config.file_search is not None:
+            return
+        self._history.make_room(self._history.max_tokens // PREFILL_HEADROOM)
+        if self._prefill is not None:
+            self._prefill.cancel()
+        self._prefill = asyncio.create_task(self._run_prefill(self.messages()), name="prefill")
+
+    async def _run_prefill(self, messages: list[Message]) -> None:
+        with priority(Priority.BATCH):  # spare capacity only: see FallbackLLM.prefill
+            try:
+                await self.llm.prefill(messages, self._config.reply_params)
+            except Exception as exc:  # best effort: the next turn reads its prompt itself
+                log.debug("prefill failed: %s", exc)
 
     def _emit(self, event: Event) -> None:
         # work done while closing is still reported: it is billed (see UsageReported)

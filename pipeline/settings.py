@@ -485,6 +485,10 @@ class SessionSettings(BaseModel):
     speculative_response: bool = True
     """Start the reply on the speculative transcript before the end of turn is confirmed; its
     audio is held back until then, and it is dropped silently if the user goes on speaking."""
+    prefill: bool = True
+    """After each response, read the conversation so far into the LLM's prompt cache while the
+    user listens (llama.cpp; spare engine capacity only), so the next turn's first token waits
+    only for its own words, not for the previous reply read back or a trimmed history."""
     history_max_tokens: int = Field(default=512, ge=16)
     """Conversation history sent to the LLM, in (approximate) tokens; the system prompt is
     always kept. Small on CPU: every token of history is prefilled again on every turn."""

@@ -301,6 +301,19 @@ class LLM(_Stage):
         log.debug("%s cannot call functions: answering in text", self.name)
         return self._stream(messages, dataclasses.replace(params, tools=(), tool_choice="auto"))
 
+    async def prefill(
+        self, messages: Sequence[Message], params: GenerationParams | None = None
+    ) -> bool:
+        """Read ``messages`` into the engine's prompt cache, ahead of the call that will start
+        with them (a realtime session's next turn: the conversation so far, then the new user
+        message), so that call reads only what follows. Best effort, never an error.
+
+        Returns:
+            Whether the prompt was read: ``False`` for an engine without a prompt cache (the
+            default), or one busy with a reply.
+        """
+        return False
+
     def count_tokens(self, messages: Sequence[Message]) -> int | None:
         """The prompt length of ``messages`` as this engine tokenizes them (``None``: unknown).
 

@@ -313,6 +313,14 @@ class ScriptedLLM(_Scripted, LLM):
         )
         self.ttft_s, self.token_s = ttft_s, token_s
         self.tool_calls = deque(tool_calls or ())
+        self.prefills: list[list[Message]] = []
+
+    async def prefill(
+        self, messages: Sequence[Message], params: GenerationParams | None = None
+    ) -> bool:
+        """Records the messages (``prefills``), as an engine with a prompt cache reads them."""
+        self.prefills.append(list(messages))
+        return True
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """This double's tokenizer: a token per 4 characters of the messages (at least one)."""

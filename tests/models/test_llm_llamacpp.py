@@ -281,3 +281,40 @@ async def test_a_call_in_the_history_and_its_result_are_in_the_prompt(engine: Ll
     assert with_result > without + 10
     deltas = await _collect(engine, history, max_tokens=8, temperature=0.0)
     assert deltas[-1].usage is not None and deltas[-1].usage.prompt_tokens == with_result
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+async def test_prefill_leaves_the_next_turns_prompt_prefix_in_the_cache(
+    engine: LlamaCppLLM,
+) -> None:
+    so_far = [
+        Message("system", "Be brief."),
+        Message("user", "What is the capital of France?"),
+        Message("assistant", "Paris is the capital of France."),
+    ]
+    loaded = engine._model.get()
+    before, _ = engine._prompt(loaded, so_far)
+    after, _ = engine._prompt(loaded, [*so_far, Message("user", "And of Spain?")])
+    shared = _common_prefix(before, after)
+    # the conversation so far renders as the next prompt's start, but for its assistant cue
+    assert len(before) - shared <= 4 < shared
+    await _collect(engine, STORY, max_tokens=3)  # the cache now holds another prompt
+    assert await engine.prefill(so_far)
+    llama = loaded.llama
+    cached = [int(t) for t in llama.input_ids[: llama.n_tokens]]
+    assert _common_prefix(cached, after) == shared
+
+
+async def test_prefill_is_skipped_while_a_reply_decodes(engine: LlamaCppLLM) -> None:
+    replies = engine.stream(STORY, GenerationParams(max_tokens=200))
+    await anext(replies)  # the reply holds the engine
+    assert not await engine.prefill([Message("user", "Hi")])
+    await replies.aclose()

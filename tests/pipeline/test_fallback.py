@@ -566,3 +566,25 @@ async def test_a_cancelled_half_open_trial_is_given_back() -> None:
         await task
     assert chain.backend_states()[0].state is BreakerState.OPEN  # free for the next trial
     await chain.aclose()
+
+
+# -- prefill -------------------------------------------------------------------------------------
+
+
+async def test_prefill_goes_to_the_backend_the_next_call_would_use() -> None:
+    from pipeline.scheduler import EngineScheduler
+
+    missing = ModelLoadError("no weights", stage="llm", backend="gpu", retryable=False)
+    gpu, cpu = ScriptedLLM("gpu", plans=[Plan(error=missing)]), ScriptedLLM("cpu")
+    cpu.scheduler = EngineScheduler("cpu", stage="llm", capacity=1, clock=loop_time)
+    chain = FallbackLLM([gpu, cpu], FallbackPolicy(failure_threshold=3, probe_interval_s=60))
+    assert await chain.prefill(CHAT)
+    assert (len(gpu.prefills), len(cpu.prefills)) == (1, 0)  # the first, while it is healthy
+    await _collect(chain.stream(CHAT))  # its load error opens its breaker
+    assert await chain.prefill(CHAT)
+    assert (len(gpu.prefills), len(cpu.prefills)) == (1, 1)
+    slot = await cpu.scheduler.acquire()  # a reply holds the engine: no prefill then
+    assert not await chain.prefill(CHAT)
+    slot.release()
+    assert cpu.prefills == [CHAT] and cpu.scheduler.in_use == 0
+    await chain.aclose()
