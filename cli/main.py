@@ -138,7 +138,7 @@ def turn(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(encode_wav(result.audio))
     if as_json:
-        from server.schemas import turn_json
+        from server.turn_schemas import turn_json
 
         print(json.dumps(turn_json(result)))
     else:

@@ -99,7 +99,7 @@ def create(
     from pipeline.settings import Settings
     from pipeline.settings_env import apply, parse_env, to_tree
     from store import Store
-    from store.releases import check_name
+    from store.release_types import check_name
 
     try:
         check_name(name)

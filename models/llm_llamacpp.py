@@ -14,7 +14,8 @@ criterion, which ``create_chat_completion`` drops: it runs after every sampled t
 the completion tokens (the stream reports no usage) and ends generation the moment the consumer
 goes away.
 
-The ``Llama`` object is not thread-safe: replies on one engine are serialized.
+A ``Llama`` object is one context and not thread-safe: the engine opens ``capacity`` of them
+over the same file and decodes that many replies at once, each on its own (``_llama_pool``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from models._lazy import LazyModel, decoding_slot
+from models._lazy import LazyModel
+from models._llama_decode import Decode
+from models._llama_pool import ContextPool
 from models._tool_prompt import (
     CALL_PREFIX,
     TOOL_OPEN,
@@ -74,7 +78,8 @@ INSTALL_HINT = "pip install 'voxline[llama]'"
 
 @dataclass(frozen=True, slots=True)
 class _Loaded:
-    llama: Any  # llama_cpp.Llama
+    llama: Any  # llama_cpp.Llama: the first context (tokenizer, chat template metadata)
+    pool: ContextPool  # every context, ``llama`` among them
     formatter: Any  # llama_cpp.llama_chat_format.Jinja2ChatFormatter
     context_tokens: int
     native_tools: bool  # the chat template renders functions and calls itself
@@ -102,7 +107,9 @@ class LlamaCppLLM(LLM):
         settings: The ``llm`` section of the settings tree. ``model`` must be a ``.gguf`` file
             (a path or ``packaged:<name>``); ``context_tokens`` is llama.cpp's ``n_ctx``.
 
-    ``name`` is ``llamacpp:<device>``. On ``cuda`` every layer is offloaded to the GPU.
+    ``name`` is ``llamacpp:<device>``. On ``cuda`` every layer is offloaded to the GPU. The
+    engine decodes ``capacity`` replies at once, each in its own context; the threads are split
+    between them (``threads`` for decoding, the cores for prompts, divided by ``capacity``).
     """
 
     def __init__(self, settings: LLMSettings) -> None:
@@ -114,7 +121,6 @@ class LlamaCppLLM(LLM):
         )
         self.load_seconds: float | None = None
         self._model = LazyModel(self._load, stage="llm", backend=self.name)
-        self._generate_lock = threading.Lock()
         self._grammars: dict[str, Any] = {}  # compiled grammars by schema
         self._grammar_lock = threading.Lock()
 
@@ -139,11 +145,11 @@ class LlamaCppLLM(LLM):
         first grammar-constrained decode of a model costs seconds (measured 4-7 s for SmolLM2
         on 2 cores), every later one a few milliseconds per token."""
         warm = GenerationParams(max_tokens=2, temperature=0.0)
-        for _ in self._generate([Message("user", "Hi")], warm, threading.Event()):
-            pass
         call = dataclasses.replace(warm, tools=(_WARM_TOOL,), tool_choice=ForcedTool("warm"))
-        for _ in self._generate([Message("user", "Hi")], call, threading.Event()):
-            pass
+        for index in range(len(self._model.get().pool.llamas)):  # every context
+            for params in (warm, call):
+                for _ in self._generate([Message("user", "Hi")], params, threading.Event(), index):
+                    pass
 
     async def prefill(
         self, messages: Sequence[Message], params: GenerationParams | None = None
@@ -154,7 +160,9 @@ class LlamaCppLLM(LLM):
         generated) with the next one; the rendered chat of a conversation is a prefix of the
         next turn's but for the last few tokens of its assistant cue, so the next call reads only
         the new user message. Skipped (``False``) before the model is loaded and while a reply
-        is decoding: the cache is that reply's.
+        is decoding in every context: each cache is that reply's. With several contexts it
+        is read into the one the conversation's last reply used (``_llama_pool``), where its
+        next turn will go.
         """
         if not self._model.loaded:
             return False
@@ -170,17 +178,15 @@ class LlamaCppLLM(LLM):
         free_slot: Callable[[], None] | None,
     ) -> bool:
         try:
-            if not self._generate_lock.acquire(blocking=False):
+            loaded = self._model.get()
+            prompt, _ = self._prompt(loaded, messages, offered(params))
+            if len(prompt) >= loaded.context_tokens:
                 return False
-            try:
-                loaded = self._model.get()
-                prompt, _ = self._prompt(loaded, messages, offered(params))
-                if len(prompt) >= loaded.context_tokens:
+            with loaded.pool.take(messages, threading.Event(), wait=False) as llama:
+                if llama is None:
                     return False
-                loaded.llama.create_completion(prompt=prompt, max_tokens=1, temperature=0.0)
+                llama.create_completion(prompt=prompt, max_tokens=1, temperature=0.0)
                 return True
-            finally:
-                self._generate_lock.release()
         finally:
             if free_slot is not None:
                 free_slot()
@@ -193,18 +199,14 @@ class LlamaCppLLM(LLM):
         return len(self._prompt(self._model.get(), messages)[0])
 
     async def aclose(self) -> None:
-        """Free the model now, or when the reply still using it ends.
+        """Free the model now, each context still decoding a reply when that reply ends.
 
         A closed engine does not load again: later calls raise ``EngineUnavailable``.
         """
         loaded = self._model.close()
-        # Freeing the model under a running decode would crash the process; when a reply holds
-        # the lock, the last reference to the Llama object goes with it and its __del__ frees it.
-        if loaded is not None and self._generate_lock.acquire(blocking=False):
-            try:
-                loaded.llama.close()
-            finally:
-                self._generate_lock.release()
+        if loaded is not None:
+            # freeing a context under a running decode would crash the process
+            loaded.pool.close()
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -243,24 +245,35 @@ class LlamaCppLLM(LLM):
                 retryable=True,
             )
         start = time.perf_counter()
+        count = self.settings.capacity
+        llamas: list[Any] = []
         try:
-            llama = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=self.settings.context_tokens,
-                n_threads=llm_threads(self.settings.threads),
-                n_gpu_layers=-1 if self.device == "cuda" else 0,
-                verbose=False,
-            )
+            for _ in range(count):
+                llamas.append(
+                    llama_cpp.Llama(
+                        model_path=str(path),
+                        n_ctx=self.settings.context_tokens,
+                        # several contexts decode at once: together they keep to the threads
+                        n_threads=max(1, llm_threads(self.settings.threads) // count),
+                        n_threads_batch=max(1, (os.cpu_count() or 1) // count),
+                        n_gpu_layers=-1 if self.device == "cuda" else 0,
+                        verbose=False,
+                    )
+                )
         except (ValueError, RuntimeError, OSError) as exc:
+            for opened in llamas:
+                opened.close()
             raise ModelLoadError(
                 f"model {ref!r} ({path}) did not load ({type(exc).__name__}: {exc}): the file "
                 "is corrupt, of an architecture this llama.cpp build does not know, or too big",
                 stage="llm",
                 backend=self.name,
             ) from exc
+        llama = llamas[0]
         template = llama.metadata.get("tokenizer.chat_template")
         if not template:
-            llama.close()
+            for opened in llamas:
+                opened.close()
             raise ModelLoadError(
                 f"model {ref!r} has no chat template in its GGUF metadata: use an "
                 "instruction-tuned (chat) model",
@@ -275,11 +288,19 @@ class LlamaCppLLM(LLM):
             stop_token_ids=[eos],
         )
         self.load_seconds = time.perf_counter() - start
-        log.info("loaded %s (%s) on %s in %.2f s", ref, path, self.device, self.load_seconds)
+        log.info(
+            "loaded %s (%s) on %s, %d context(s), in %.2f s",
+            ref,
+            path,
+            self.device,
+            count,
+            self.load_seconds,
+        )
         self.capabilities = LLMCapabilities(
             streaming=True, context_tokens=llama.n_ctx(), tools=True
         )
-        return _Loaded(llama, formatter, llama.n_ctx(), native_tools(template))
+        pool = ContextPool(llamas)
+        return _Loaded(llama, pool, formatter, llama.n_ctx(), native_tools(template))
 
     # -- generation ------------------------------------------------------------------------
 
@@ -309,10 +330,14 @@ class LlamaCppLLM(LLM):
         return tokens, [s for s in stops if s]
 
     def _generate(
-        self, messages: Sequence[Message], params: GenerationParams, stop: threading.Event
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        stop: threading.Event,
+        context: int | None = None,
     ) -> Iterator[TextDelta]:
         """Worker-thread side: yield text pieces (and a function call's pieces), then the
-        usage delta."""
+        usage delta; in the pool's warmest free context, or in context number ``context``."""
         loaded = self._model.get()
         tools = offered(params)
         prompt, template_stops = self._prompt(loaded, messages, tools)
@@ -324,11 +349,13 @@ class LlamaCppLLM(LLM):
                 param="messages",
                 code="context_length_exceeded",
             )
-        decode = _Decode(loaded, self.settings, params, stop)
         budget = min(params.max_tokens or self.settings.max_tokens, room)
-        with decoding_slot(self._generate_lock, stop) as ours:
-            if not ours:
-                return
+        with loaded.pool.take(messages, stop, only=context) as llama:
+            if llama is None:  # stopped, or closed, while every context was busy
+                if stop.is_set():
+                    return
+                raise EngineUnavailable("the engine is closed", stage="llm", backend=self.name)
+            decode = Decode(llama, self.settings, params, stop)
             opening = TOOL_OPEN if tools and params.tool_choice != "auto" else None
             finish: Literal["stop", "length", "tool_calls"] = "stop"
             if opening is None:
@@ -366,7 +393,7 @@ class LlamaCppLLM(LLM):
 
     def _call(
         self,
-        decode: _Decode,
+        decode: Decode,
         prompt: list[int],
         opening: str,
         tools: Sequence[FunctionTool],
@@ -376,7 +403,7 @@ class LlamaCppLLM(LLM):
         """Generate one function call after ``opening`` (the reply so far, up to and including
         ``TOOL_OPEN``): its name under a grammar of the offered names (unless one is forced),
         then its arguments under the grammar of that function's schema, streamed."""
-        llama = decode.loaded.llama
+        llama = decode.llama
 
         def tokens(text: str) -> list[int]:
             more: list[int] = llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
@@ -448,62 +475,3 @@ def _opened_call(text: str, stops: Sequence[str]) -> str | None:
     if at < 0 or any(0 <= text.find(s) < at for s in stops if s):
         return None
     return text[: at + len(TOOL_OPEN)]
-
-
-class _Decode:
-    """The completions of one reply on one loaded model, counting the tokens they sample.
-
-    Args:
-        loaded: The model.
-        settings: The engine's settings (sampling defaults).
-        params: The call's sampling options.
-        stop: Set when the consumer goes away: each completion ends at its next token.
-    """
-
-    def __init__(
-        self, loaded: _Loaded, settings: LLMSettings, params: GenerationParams, stop: Any
-    ) -> None:
-        self.loaded, self.settings, self.params, self.stop = loaded, settings, params, stop
-        self.sampled = 0
-
-    def run(
-        self, prompt: list[int], max_tokens: int, stops: list[str], grammar: Any = None
-    ) -> Iterator[tuple[str, str | None]]:
-        """One completion of ``prompt``: ``(text, finish_reason)`` per streamed chunk."""
-        from llama_cpp import StoppingCriteriaList
-
-        seen = 0  # the longest context the stopping criterion was shown
-        stop = self.stop
-
-        def after_each_token(ids: Any, _logits: Any) -> bool:
-            # Called after each sampled token with the context before it (and once more at the
-            # end, with the same length), so the context's length counts the sampled tokens.
-            nonlocal seen
-            seen = max(seen, len(ids))
-            return bool(stop.is_set())  # True ends llama.cpp's decode loop before the next token
-
-        cfg, params = self.settings, self.params
-        chunks = self.loaded.llama.create_completion(
-            prompt=prompt,
-            max_tokens=max_tokens,
-            temperature=cfg.temperature if params.temperature is None else params.temperature,
-            top_p=cfg.top_p if params.top_p is None else params.top_p,
-            # llama.cpp's extra samplers off, so a setting means the same on both engines
-            top_k=0,
-            min_p=0.0,
-            repeat_penalty=1.0,
-            seed=params.seed,
-            stop=stops,  # ours are applied by the caller, so "stop" here means end of turn
-            stopping_criteria=StoppingCriteriaList([after_each_token]),
-            grammar=grammar,
-            stream=True,
-        )
-        try:
-            with contextlib.closing(chunks):
-                for chunk in chunks:
-                    if stop.is_set():
-                        return
-                    choice = chunk["choices"][0]
-                    yield choice["text"], choice["finish_reason"]
-        finally:
-            self.sampled += seen - len(prompt) + 1 if seen else 0

@@ -13,20 +13,22 @@ What this module decides (and nothing else does):
 
 - **the prompt**: the relevant passages, best first and within ``max_context_chars``, are put
   in front of the user's question in the last user message, numbered and named by file, with
-  the instruction to answer only from them (``grounded_messages``); earlier turns stay as they
-  were, so the history the session keeps never holds passages;
+  the instruction to answer only from them (``grounded_messages``, in ``pipeline.grounding``);
+  earlier turns stay as they were, so the history the session keeps never holds passages;
 - **"I don't know"**: a passage is relevant when its *relevance* reaches the relevance
   threshold: its cosine similarity plus ``keyword_weight`` times the share of the question's
-  content words it contains (``keyword_coverage``). Dense similarity alone separates answerable
-  from unanswerable questions poorly (the embedding model puts any question about the product
-  near any chunk about it); the words the question asks about being there, or not, is the
-  missing evidence (measured in docs/knowledge.md). With no relevant passage, the turn either
-  speaks a fixed reply without calling the LLM (``dont_know="fixed"``) or tells the LLM
-  explicitly that the documents hold no answer (``"llm"``);
+  content words it contains (``keyword_coverage``, in ``pipeline.grounding``). Dense similarity
+  alone separates answerable from unanswerable questions poorly (the embedding model puts any
+  question about the product near any chunk about it); the words the question asks about being
+  there, or not, is the missing evidence (measured in docs/knowledge.md). With no relevant
+  passage, the turn either speaks a fixed reply without calling the LLM (``dont_know="fixed"``)
+  or tells the LLM explicitly that the documents hold no answer (``"llm"``);
 - **groundedness**: after the reply, its support against the passages it was given is scored
   (a ``SupportScorer``); below the support threshold the answer is flagged, and with
   ``replace_unsupported`` the reply is held until it is scored (``vet``) and a safe reply is
   spoken instead of a flagged one.
+
+The ``file_search`` tool a turn names, and its parsing, are in ``pipeline.file_search``.
 
 The ``Retriever`` (the state store's vector search and the embedding model, in ``server``) and
 the ``SupportScorer`` are protocols: this module knows no store and no engine.
@@ -35,13 +37,13 @@ the ``SupportScorer`` are protocols: this module knows no store and no engine.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pipeline.errors import InvalidInput
+from pipeline.file_search import FileSearch
+from pipeline.grounding import grounded_messages, keyword_coverage, last_user
 from pipeline.types import Message
 
 Clock = Callable[[], float]
@@ -103,21 +105,6 @@ class Retrieval:
     def total_ms(self) -> float:
         """Query embedding plus search."""
         return round(self.embed_ms + self.search_ms, 2)
-
-
-@dataclass(frozen=True, slots=True)
-class FileSearch:
-    """OpenAI's ``file_search`` tool as a turn names it: which stores, how many results.
-
-    Attributes:
-        vector_store_ids: The stores to search (at least one).
-        max_num_results: Passages to retrieve (``None``: the ``top_k`` setting).
-        score_threshold: Relevance threshold (``None``: the ``relevance_threshold`` setting).
-    """
-
-    vector_store_ids: tuple[str, ...]
-    max_num_results: int | None = None
-    score_threshold: float | None = None
 
 
 class Retriever(Protocol):
@@ -219,164 +206,6 @@ class KnowledgeReport:
         return self.scores[0] if self.scores else None
 
 
-_WORD = re.compile(r"[a-z0-9]+")
-_STOP = frozenset(
-    """a an the is are was were be been of in on at to it its that this these those and or but
-    which what who whom how many much do does did there their they i you your my me we our can
-    could should would will may might must when where why with for from by as if about after
-    before into out up so not no any some have has had get got make please tell know""".split()
-)
-
-
-def _stems(text: str) -> set[str]:
-    # a five-letter prefix is stemming enough here: "replacement" meets "replace"
-    return {w[:5] for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
-
-
-def keyword_coverage(query: str, text: str) -> float:
-    """The share of ``query``'s content words (stop words out, stemmed to five letters) that
-    ``text`` contains, in [0, 1] (0 for a query of stop words only)."""
-    asked = _stems(query)
-    return len(asked & _stems(text)) / len(asked) if asked else 0.0
-
-
-DONT_KNOW_INSTRUCTION = (
-    "The documents hold nothing about this question. Say that you don't know; do not guess."
-)
-GROUNDING_INSTRUCTION = (
-    "Answer the question using only the sources below, in one or two short spoken sentences. "
-    "If they do not answer it, say that you don't know."
-)
-
-
-def grounded_messages(
-    messages: Sequence[Message], passages: Sequence[Passage], *, max_chars: int
-) -> list[Message]:
-    """``messages`` with the passages put in front of the last user message's question.
-
-    The passages go in best first, numbered and named by file, until ``max_chars`` of passage
-    text is used (the first one always, cut if it alone is longer). With no passage the
-    question is prefixed with ``DONT_KNOW_INSTRUCTION`` instead.
-
-    Raises:
-        InvalidInput: no user message to answer.
-    """
-    at = _last_user(messages)
-    question = messages[at].content
-    if not passages:
-        content = f"{DONT_KNOW_INSTRUCTION}\n\nQuestion: {question}"
-    else:
-        sources: list[str] = []
-        budget = max_chars
-        for n, passage in enumerate(passages, 1):
-            text = " ".join(passage.text.split())
-            if sources and len(text) > budget:
-                break
-            text = text[: max(budget, 0)] if not sources else text
-            sources.append(f"[{n}] ({passage.filename}) {text}")
-            budget -= len(text)
-        content = (
-            f"{GROUNDING_INSTRUCTION}\n\nSources:\n"
-            + "\n".join(sources)
-            + f"\n\nQuestion: {question}"
-        )
-    out = list(messages)
-    out[at] = Message("user", content)
-    return out
-
-
-def _last_user(messages: Sequence[Message]) -> int:
-    for index in range(len(messages) - 1, -1, -1):
-        if messages[index].role == "user":
-            return index
-    raise InvalidInput("there is no user message to answer", code="no_question")
-
-
-def file_search_of(tools: object, *, param: str = "tools") -> FileSearch | None:
-    """The ``file_search`` tool of an OpenAI ``tools`` list (``None``: no such tool).
-
-    Function tools are another parser's (``pipeline.tool_calls.parse_tools``) and are skipped
-    here; any other type is refused. ``filters`` are not supported in a turn (the search route
-    has them).
-
-    Raises:
-        InvalidInput: not a list of tool objects, an unknown tool type, a second
-            ``file_search``, or a bad field of it (``param`` names it).
-    """
-    if tools is None:
-        return None
-    if not isinstance(tools, list):
-        raise InvalidInput(f"{param} must be a list of tools", param=param, code="invalid_value")
-    found: FileSearch | None = None
-    for i, tool in enumerate(tools):
-        where = f"{param}[{i}]"
-        if not isinstance(tool, dict):
-            raise InvalidInput(f"{where} must be an object", param=where, code="invalid_value")
-        kind = tool.get("type")
-        if kind == "function":
-            continue
-        if kind != "file_search":
-            raise InvalidInput(
-                f"{where}: tools of type {str(kind)[:32]!r} are not supported "
-                "(only function and file_search)",
-                param=param,
-                code="unsupported_value",
-            )
-        if found is not None:
-            raise InvalidInput(
-                "only one file_search tool is allowed", param=where, code="invalid_value"
-            )
-        found = _file_search(tool, where)
-    return found
-
-
-def _file_search(tool: Mapping[str, Any], where: str) -> FileSearch:
-    ids = tool.get("vector_store_ids")
-    if (
-        not isinstance(ids, list)
-        or not ids
-        or not all(isinstance(i, str) and 0 < len(i) <= 100 for i in ids)
-    ):
-        raise InvalidInput(
-            f"{where}.vector_store_ids must be a non-empty list of vector store ids",
-            param=f"{where}.vector_store_ids",
-            code="invalid_value",
-        )
-    if len(set(ids)) > 16:
-        raise InvalidInput(
-            "at most 16 vector stores per search",
-            param=f"{where}.vector_store_ids",
-            code="invalid_value",
-        )
-    k = tool.get("max_num_results")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 50):
-        raise InvalidInput(
-            f"{where}.max_num_results must be an integer from 1 to 50",
-            param=f"{where}.max_num_results",
-            code="invalid_value",
-        )
-    if tool.get("filters") is not None:
-        raise InvalidInput(
-            "filters are not supported in a turn's file_search (the search route has them)",
-            param=f"{where}.filters",
-            code="unsupported_value",
-        )
-    threshold = None
-    ranking = tool.get("ranking_options")
-    if ranking is not None:
-        value = ranking.get("score_threshold") if isinstance(ranking, dict) else "bad"
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1
-        ):
-            raise InvalidInput(
-                f"{where}.ranking_options.score_threshold must be a number from 0 to 1",
-                param=f"{where}.ranking_options.score_threshold",
-                code="invalid_value",
-            )
-        threshold = None if value is None else float(value)
-    return FileSearch(tuple(dict.fromkeys(ids)), k, threshold)
-
-
 class Grounder:
     """Prepares grounded replies: retrieval, the "don't know" decision, the prompt, support.
 
@@ -408,7 +237,7 @@ class Grounder:
             StageError: the embedding model failed.
         """
         policy = self.policy
-        query = messages[_last_user(messages)].content
+        query = messages[last_user(messages)].content
         k = search.max_num_results or policy.top_k
         retrieval = await self.retriever.retrieve(query, search.vector_store_ids, k)
         threshold = (

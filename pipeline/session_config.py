@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from pipeline.errors import InvalidInput
-from pipeline.knowledge import FileSearch
+from pipeline.file_search import FileSearch
 from pipeline.settings import SessionSettings, Settings
 from pipeline.stages import validate_chat
 from pipeline.turn_end import TurnEndMode

@@ -24,7 +24,8 @@ import numpy as np
 from pipeline.audio import rms_dbfs
 from pipeline.errors import InvalidInput
 from pipeline.fallback_types import StageFallback, collect_reports
-from pipeline.knowledge import FileSearch, Grounded, Grounder, KnowledgeReport
+from pipeline.file_search import FileSearch
+from pipeline.knowledge import Grounded, Grounder, KnowledgeReport
 from pipeline.phrases import PhrasePolicy
 from pipeline.reply import Reply
 from pipeline.router import Route, Router

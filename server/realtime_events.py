@@ -4,7 +4,8 @@ A ``Session`` speaks in one value per thing that happened (``pipeline.events``);
 client expects the GA event sequence, in which one happening is often several events (a response
 starting is ``response.created``, ``response.output_item.added``, ``conversation.item.added`` and
 ``response.content_part.added``). ``ServerEvents`` does that expansion for one connection, as
-JSON-ready dicts, checked in the tests against the official ``openai`` SDK's models.
+JSON-ready dicts, checked in the tests against the official ``openai`` SDK's models. The shapes
+themselves (an event, the session object, items) are built in ``server.realtime_wire``.
 
 It keeps the little state the wire needs and the session does not: the partial transcript sent
 so far (the session reports the whole text, GA sends appended deltas), how long each user turn
@@ -26,7 +27,6 @@ from typing import Any
 
 from pipeline.audio import to_pcm16
 from pipeline.events import (
-    ConversationItem,
     ErrorEvent,
     Event,
     FunctionCallDelta,
@@ -48,39 +48,21 @@ from pipeline.events import (
     TranscriptFailed,
     TranscriptPartial,
 )
-from pipeline.knowledge import FileSearch
 from pipeline.listener import new_id
 from pipeline.session_config import SessionConfig
-from pipeline.types import ForcedTool, ToolChoice
-from server.schemas import fallbacks_json, knowledge_json, route_json
-
-Wire = dict[str, Any]
-"""One server event, ready for ``json.dumps``."""
-
-
-def _pcm(rate: int | None) -> Wire:
-    return {"type": "audio/pcm", "rate": rate or 24_000}
-
-
-def error_body(error: ErrorEvent, event_id: str | None = None) -> Wire:
-    """The ``error`` object of OpenAI's error shape, with the client event at fault."""
-    return {
-        "type": error.type,
-        "code": error.code,
-        "message": error.message,
-        "param": error.param,
-        "event_id": event_id,
-    }
-
-
-def wire_event(kind: str, **fields: Any) -> Wire:
-    """A server event of type ``kind`` with a fresh ``event_id``."""
-    return {"type": kind, "event_id": new_id("event"), **fields}
-
-
-def error_event(error: ErrorEvent, event_id: str | None = None) -> Wire:
-    """An ``error`` event, echoing the ``event_id`` of the client event at fault."""
-    return wire_event("error", error=error_body(error, event_id))
+from server.realtime_wire import (
+    Wire,
+    assistant_item,
+    audio_part,
+    call_item,
+    conversation_item,
+    error_body,
+    error_event,
+    pcm_format,
+    session_object,
+    wire_event,
+)
+from server.turn_schemas import fallbacks_json, knowledge_json, route_json
 
 
 class ServerEvents:
@@ -118,67 +100,13 @@ class ServerEvents:
 
     def session(self) -> Wire:
         """The session object (GA ``RealtimeSessionCreateRequest`` shape) for ``config``."""
-        cfg = self.config
-        td = cfg.turn_detection
-        vad = None
-        if td is not None:
-            vad = {
-                "type": "server_vad",
-                "threshold": td.threshold,
-                "silence_duration_ms": td.silence_duration_ms,
-                "prefix_padding_ms": td.prefix_padding_ms,
-                "create_response": td.create_response,
-                "interrupt_response": td.interrupt_response,
-                "idle_timeout_ms": None,
-            }
-        max_tokens = cfg.params.max_tokens
-        return {
-            "type": "realtime",
-            "object": "realtime.session",
-            "id": self.session_id,
-            "model": cfg.tier or self.model,  # a pinned LLM tier, else the model asked for
-            "output_modalities": ["audio"],
-            "instructions": cfg.instructions,
-            "tools": [
-                {
-                    "type": "function",
-                    "name": t.name,
-                    "description": t.description,
-                    "parameters": dict(t.parameters),
-                }
-                for t in cfg.tools
-            ],
-            "tool_choice": _choice(cfg.tool_choice),
-            "max_output_tokens": max_tokens if max_tokens is not None else "inf",
-            "tracing": None,
-            "truncation": "auto",
-            "prompt": None,
-            "include": None,
-            "audio": {
-                "input": {
-                    "format": _pcm(cfg.input_sample_rate),
-                    "transcription": {
-                        "model": self.transcription_model,
-                        "language": cfg.language,
-                        "prompt": None,
-                    },
-                    "noise_reduction": None,
-                    "turn_detection": vad,
-                },
-                "output": {
-                    "format": _pcm(cfg.output_sample_rate),
-                    "voice": cfg.voice,
-                    "speed": cfg.speed,
-                },
-            },
-            "voxline": {
-                "temperature": cfg.params.temperature,
-                "top_p": cfg.params.top_p,
-                "release": self.release,
-                # OpenAI's realtime sessions have no file_search tool type: it is reported here
-                "file_search": _file_search(cfg.file_search),
-            },
-        }
+        return session_object(
+            self.config,
+            session_id=self.session_id,
+            model=self.model,
+            transcription_model=self.transcription_model,
+            release=self.release,
+        )
 
     def session_created(self) -> Wire:
         """``session.created``: the first event of every connection."""
@@ -224,11 +152,11 @@ class ServerEvents:
                 return [wire_event("input_audio_buffer.cleared")]
             case ItemAdded(item=item, previous_item_id=previous):
                 if item.kind == "function_call":  # its .done comes with FunctionCallDone
-                    wire = _item(item, "in_progress")
+                    wire = conversation_item(item, "in_progress")
                     return [
                         wire_event("conversation.item.added", previous_item_id=previous, item=wire)
                     ]
-                wire = _item(item, "completed")
+                wire = conversation_item(item, "completed")
                 return [
                     wire_event("conversation.item.added", previous_item_id=previous, item=wire),
                     wire_event("conversation.item.done", previous_item_id=previous, item=wire),
@@ -261,7 +189,7 @@ class ServerEvents:
                 self._open.discard(rid)
                 return self._closing(rid, item_id, transcript, "completed")
             case FunctionCallStarted():
-                added = _call_item(event.item_id, event.call_id, event.name, "", "in_progress")
+                added = call_item(event.item_id, event.call_id, event.name, "", "in_progress")
                 return [
                     wire_event(
                         "response.output_item.added",
@@ -282,7 +210,7 @@ class ServerEvents:
                     )
                 ]
             case FunctionCallDone():
-                done = _call_item(
+                done = call_item(
                     event.item_id, event.call_id, event.name, event.arguments, event.status
                 )
                 return [
@@ -350,24 +278,24 @@ class ServerEvents:
         rid, item_id = event.response_id, event.item_id
         self.active_response = rid
         self._open.add(rid)
-        item = _assistant(item_id, "in_progress", None)
+        item = assistant_item(item_id, "in_progress", None)
         return [
             wire_event("response.created", response=self._response(rid, "in_progress", [])),
             wire_event("response.output_item.added", response_id=rid, output_index=0, item=item),
             wire_event(
                 "conversation.item.added", previous_item_id=event.previous_item_id, item=item
             ),
-            self._part("response.content_part.added", rid, item_id, part=_audio_part("")),
+            self._part("response.content_part.added", rid, item_id, part=audio_part("")),
         ]
 
     def _closing(self, rid: str, item_id: str, transcript: str, status: str) -> list[Wire]:
-        item = _assistant(item_id, status, transcript)
+        item = assistant_item(item_id, status, transcript)
         return [
             self._part("response.output_audio.done", rid, item_id),
             self._part(
                 "response.output_audio_transcript.done", rid, item_id, transcript=transcript
             ),
-            self._part("response.content_part.done", rid, item_id, part=_audio_part(transcript)),
+            self._part("response.content_part.done", rid, item_id, part=audio_part(transcript)),
             wire_event("response.output_item.done", response_id=rid, output_index=0, item=item),
             wire_event("conversation.item.done", item=item),
         ]
@@ -390,10 +318,10 @@ class ServerEvents:
             }
         t, usage = event.timings, event.usage
         calls = [
-            _call_item(c.item_id, c.call_id, c.name, c.arguments, c.status) for c in event.calls
+            call_item(c.item_id, c.call_id, c.name, c.arguments, c.status) for c in event.calls
         ]
         response = self._response(
-            rid, event.status, [_assistant(item_id, item_status, event.transcript), *calls]
+            rid, event.status, [assistant_item(item_id, item_status, event.transcript), *calls]
         )
         response["status_details"] = details
         response["usage"] = {
@@ -438,7 +366,7 @@ class ServerEvents:
             "conversation_id": self.conversation_id,
             "output_modalities": ["audio"],
             "max_output_tokens": max_tokens if max_tokens is not None else "inf",
-            "audio": {"output": {"format": _pcm(cfg.output_sample_rate), "voice": cfg.voice}},
+            "audio": {"output": {"format": pcm_format(cfg.output_sample_rate), "voice": cfg.voice}},
             "usage": None,
             "metadata": None,
         }
@@ -447,76 +375,3 @@ class ServerEvents:
         return wire_event(
             kind, response_id=rid, item_id=item_id, output_index=0, content_index=0, **fields
         )
-
-
-def _file_search(search: FileSearch | None) -> Wire | None:
-    if search is None:
-        return None
-    return {
-        "type": "file_search",
-        "vector_store_ids": list(search.vector_store_ids),
-        "max_num_results": search.max_num_results,
-        "ranking_options": {"score_threshold": search.score_threshold},
-    }
-
-
-def _audio_part(transcript: str) -> Wire:
-    return {"type": "audio", "transcript": transcript}
-
-
-def _assistant(item_id: str, status: str, transcript: str | None) -> Wire:
-    return {
-        "id": item_id,
-        "object": "realtime.item",
-        "type": "message",
-        "role": "assistant",
-        "status": status,
-        "content": [{"type": "output_audio", "transcript": transcript}],
-    }
-
-
-def _choice(choice: ToolChoice) -> Wire | str:
-    if isinstance(choice, ForcedTool):
-        return {"type": "function", "name": choice.name}
-    return choice
-
-
-def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> Wire:
-    return {
-        "id": item_id,
-        "object": "realtime.item",
-        "type": "function_call",
-        "status": status,
-        "call_id": call_id,
-        "name": name,
-        "arguments": arguments,
-    }
-
-
-def _item(item: ConversationItem, status: str) -> Wire:
-    if item.kind == "function_call":
-        return _call_item(
-            item.item_id, item.call_id or "", item.name or "", item.text or "", status
-        )
-    if item.kind == "function_call_output":
-        return {
-            "id": item.item_id,
-            "object": "realtime.item",
-            "type": "function_call_output",
-            "status": status,
-            "call_id": item.call_id,
-            "output": item.text or "",
-        }
-    content = (
-        {"type": "input_audio", "transcript": item.text}
-        if item.audio
-        else {"type": "input_text", "text": item.text}
-    )
-    return {
-        "id": item.item_id,
-        "object": "realtime.item",
-        "type": "message",
-        "role": item.role,
-        "status": status,
-        "content": [content],
-    }

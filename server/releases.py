@@ -43,7 +43,7 @@ from server.engine_pool import EnginePool, Keys, StagePrepare
 from server.logging_setup import release_var
 from server.metrics import Metrics
 from store import Pointer, Store
-from store.releases import IMPLICIT
+from store.release_types import IMPLICIT
 
 log = logging.getLogger("voxline.server.releases")
 

@@ -33,9 +33,7 @@ from pipeline.router import Route
 from pipeline.tool_calls import must_call
 from pipeline.types import TextDelta
 from server.accounting import metered
-from server.errors import body_of, error_body
-from server.logging_setup import current_request_id
-from server.schemas import (
+from server.chat_schemas import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
@@ -49,10 +47,12 @@ from server.schemas import (
     ToolCallOut,
     completion_id,
     now,
-    route_json,
 )
+from server.errors import body_of, error_body
+from server.logging_setup import current_request_id
 from server.state import release_of, state_of
 from server.streaming import EventStream, cancel_on_disconnect, client_gone, sse
+from server.turn_schemas import route_json
 
 log = logging.getLogger("voxline.server.chat")
 

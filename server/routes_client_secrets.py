@@ -25,9 +25,10 @@ from pipeline.errors import InvalidInput
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.settings import Settings
 from server import identity
+from server.chat_schemas import JsonInt
+from server.realtime_commands import UpdateSession
 from server.realtime_events import ServerEvents
-from server.realtime_protocol import BadClientEvent, ClientEventParser, UpdateSession
-from server.schemas import JsonInt
+from server.realtime_protocol import BadClientEvent, ClientEventParser
 from server.state import AppState, state_of
 
 router = APIRouter()

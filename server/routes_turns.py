@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect
 from models.registry import Engines
 from pipeline.audio import decode_audio, to_pcm16
 from pipeline.errors import InvalidInput, StageError, VoxlineError
-from pipeline.knowledge import FileSearch, file_search_of
+from pipeline.file_search import FileSearch, file_search_of
 from pipeline.phrases import PhrasePolicy
 from pipeline.settings import Settings
 from pipeline.turn import ReplyAudio, ReplyText, TranscriptReady, TurnEvent, TurnResult, run_turn
@@ -38,12 +38,9 @@ from server.edge.quotas import require_quota
 from server.errors import body_of, error_body
 from server.kb import caller, grounder_for
 from server.logging_setup import current_request_id
-from server.schemas import (
-    turn_json,
-    turn_response,
-)
 from server.state import AppState, release_of, state_of
 from server.streaming import EventStream, cancel_on_disconnect, client_gone, sse
+from server.turn_schemas import turn_json, turn_response
 from store import UsageAmounts
 
 log = logging.getLogger("voxline.server.turns")

@@ -56,7 +56,8 @@ from store.keys import (
 )
 from store.leases import Lease, Leases
 from store.limits import RateDecision, RateLimiter
-from store.releases import Canary, Pointer, Release, Releases
+from store.release_types import Canary, Pointer, Release
+from store.releases import Releases
 from store.state import Store
 from store.usage import QuotaDecision, Usage, UsageAmounts, UsagePeriod
 from store.vectors import VectorHit, Vectors

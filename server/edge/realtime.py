@@ -18,7 +18,7 @@ from typing import Any
 from server.edge import quotas
 from server.edge.refusal import Refusal
 from server.identity import Identity
-from server.realtime_events import wire_event
+from server.realtime_wire import wire_event
 from store import Store, StoreError
 
 log = logging.getLogger("voxline.server.edge")

@@ -13,15 +13,9 @@ import pytest
 from models.vad_silero import SileroVAD
 from pipeline.errors import InvalidInput
 from pipeline.events import ErrorEvent, ResponseDone
-from pipeline.knowledge import (
-    DONT_KNOW_INSTRUCTION,
-    FileSearch,
-    Grounder,
-    KnowledgePolicy,
-    file_search_of,
-    grounded_messages,
-    keyword_coverage,
-)
+from pipeline.file_search import FileSearch, file_search_of
+from pipeline.grounding import DONT_KNOW_INSTRUCTION, grounded_messages, keyword_coverage
+from pipeline.knowledge import Grounder, KnowledgePolicy
 from pipeline.reply import Reply
 from pipeline.session import Session
 from pipeline.session_config import SessionConfig

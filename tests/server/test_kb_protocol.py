@@ -8,11 +8,13 @@ import json
 from typing import Any
 
 from pipeline.events import ResponseDone
-from pipeline.knowledge import Citation, FileSearch, KnowledgeReport, Support
+from pipeline.file_search import FileSearch
+from pipeline.knowledge import Citation, KnowledgeReport, Support
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.types import Backends, TurnTimings, Usage
+from server.realtime_commands import UpdateSession
 from server.realtime_events import ServerEvents
-from server.realtime_protocol import ClientEventParser, UpdateSession
+from server.realtime_protocol import ClientEventParser
 from tests.server.test_realtime_protocol import sdk_valid
 
 TOOL = {"type": "file_search", "vector_store_ids": ["vs_a"], "max_num_results": 2}

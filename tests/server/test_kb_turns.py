@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from client.realtime import RealtimeClient
 from pipeline.settings import KBSettings
 from pipeline.stages import CallRecord
-from server.schemas import TurnResponse
+from server.turn_schemas import TurnResponse
 from tests.server.conftest import (
     AppFactory,
     LiveServer,

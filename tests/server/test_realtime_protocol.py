@@ -36,19 +36,19 @@ from pipeline.events import (
 from pipeline.session_config import SessionConfig, TurnDetection
 from pipeline.turn import Backends
 from pipeline.types import AudioChunk, GenerationParams, TurnTimings, Usage
-from server.realtime_events import ServerEvents, Wire
-from server.realtime_protocol import (
+from server.realtime_commands import (
     AddUserText,
     AppendAudio,
-    BadClientEvent,
     CancelResponse,
     ClearAudio,
-    ClientEventParser,
     CommitAudio,
     CreateResponse,
     TruncateItem,
     UpdateSession,
 )
+from server.realtime_events import ServerEvents
+from server.realtime_protocol import BadClientEvent, ClientEventParser
+from server.realtime_wire import Wire
 
 _SDK_EVENTS = {
     typing.get_args(cls.model_fields["type"].annotation)[0]: cls

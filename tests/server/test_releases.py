@@ -20,7 +20,7 @@ from pipeline.settings import ReleaseSettings, StateSettings
 from pipeline.settings_env import to_tree
 from server.state import AppState
 from store import Store
-from store.releases import IMPLICIT
+from store.release_types import IMPLICIT
 from tests.server.conftest import AppFactory, http_client, make_settings, openai_client, spoken_wav
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -31,7 +31,7 @@ from pipeline.settings import AudioLimits
 from pipeline.stages import CallRecord
 from pipeline.types import AudioChunk
 from server.app import create_app
-from server.schemas import TurnResponse
+from server.turn_schemas import TurnResponse
 from tests.server.conftest import (
     AppFactory,
     LiveServer,

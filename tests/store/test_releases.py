@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.errors import InvalidInput
 from store import Conflict, NotFound, Store
-from store.releases import IMPLICIT
+from store.release_types import IMPLICIT
 from tests.store.conftest import Clock
 
 ENV = {"VOXLINE_LLM__SYSTEM_PROMPT": "Be brief."}
