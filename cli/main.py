@@ -73,6 +73,8 @@ def _main(
 
 
 async def _turn(settings: Settings, audio: AudioChunk, voice: str | None) -> TurnResult:
+    # the engines of every LLM tier and their router (``llm.tiers``, ``router``), as the
+    # server's /v1/turns answers with them
     engines = await start_engines(settings)
     try:
         return await run_turn(
@@ -90,6 +92,7 @@ async def _turn(settings: Settings, audio: AudioChunk, voice: str | None) -> Tur
             speed=settings.tts.speed,
             language=settings.stt.language,
             phrase_policy=PhrasePolicy.from_settings(settings.reply),
+            router=engines.router,
         )
     finally:
         await engines.aclose()

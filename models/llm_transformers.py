@@ -52,6 +52,13 @@ THREAD_NAME = "llm-transformers"
 """Name of the worker thread of every reply (tests and debuggers find it by it)."""
 
 _LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError)
+# One model is read at a time in this process. Two LLM tiers start concurrently
+# (models.registry.start_engines), and transformers' loading is not thread-safe: its lazy
+# imports can hand a thread a half-imported module ("cannot import name
+# 'AutoModelForCausalLM'"), and it builds a model on the "meta" device by patching torch
+# globally, so the other thread's model comes out without data ("Cannot copy out of meta
+# tensor"). Seen with two tiers of the packaged model; loading them in turn costs a second.
+_LOAD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +214,10 @@ class TransformersLLM(LLM):
         return ModelLoadError(message, stage="llm", backend=self.name)
 
     def _read_weights(self, resolved: ResolvedModel, dtype: Any) -> tuple[Any, Any]:
+        with _LOAD_LOCK:  # see its comment
+            return self._read_weights_locked(resolved, dtype)
+
+    def _read_weights_locked(self, resolved: ResolvedModel, dtype: Any) -> tuple[Any, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         # Straight onto the GPU: a 7B model staged in host memory first would need 15 GB more.

@@ -17,7 +17,9 @@ works on it (docs/architecture.md, "Admission and scheduling"):
   waiter takes that waiter's place instead, and the waiter is refused), or when its estimated
   wait (calls ahead of it / capacity x the engine's mean time per call) is past ``max_wait_s``.
   A waiter still waiting at twice that bound is refused too: an engine that stopped finishing
-  calls must not keep its callers forever;
+  calls must not keep its callers forever. Each refusal has a reason (``REFUSAL_REASONS``),
+  told to the scheduler's ``listeners`` (the server's metrics count them; ``in_use``,
+  ``waiting`` and ``capacity`` are read at scrape time);
 - waiting is not failing: the fallback chain takes the slot before its deadlines start, and a
   refusal never counts against a breaker (``pipeline.fallback_core``).
 
@@ -48,6 +50,14 @@ from pipeline.priority import Priority, current
 
 _EWMA_WEIGHT = 0.2  # weight of the newest call in the mean time per call
 _HARD_WAIT_FACTOR = 2.0  # a waiter is refused after this many times max_wait_s
+
+REFUSAL_REASONS = ("partial", "estimated_wait", "queue_full", "displaced", "wait_timeout")
+"""Why a scheduler refuses a call: partial work with no slot free; the estimated wait is past
+``max_wait_s``; the queue is full of calls as urgent; a more urgent call took its place in the
+queue; no slot came free within twice ``max_wait_s``."""
+
+RefusalListener = Callable[["EngineScheduler", str], None]
+"""Told of each refusal: the scheduler and the reason (one of ``REFUSAL_REASONS``)."""
 
 
 class Slot:
@@ -165,7 +175,10 @@ class EngineScheduler:
         self.mean_call_s: float | None = None
         """Mean time a slot is held (exponentially weighted; ``None`` before any call)."""
         self.refused = 0
-        """Calls refused so far (for metrics)."""
+        """Calls refused so far."""
+        self.listeners: list[RefusalListener] = []
+        """Told of each refusal, under the scheduler's lock: keep them quick (a counter) and
+        never call back into the scheduler."""
 
     @property
     def in_use(self) -> int:
@@ -195,22 +208,30 @@ class EngineScheduler:
             if self._in_use < self.capacity:
                 return self._grant_locked()
             if prio is Priority.PARTIAL:
-                raise self._busy_locked("partial work does not wait for a busy engine", prio)
+                raise self._busy_locked(
+                    "partial work does not wait for a busy engine", prio, "partial"
+                )
             wait = self._estimate_locked(prio)
             if wait > self.max_wait_s:
-                raise self._busy_locked(f"the estimated wait is {wait:.1f} s", prio)
+                raise self._busy_locked(
+                    f"the estimated wait is {wait:.1f} s", prio, "estimated_wait"
+                )
             evicted: _Waiter | None = None
             if len(self._waiters) >= self.max_queue:
                 worst = max(self._waiters, key=lambda w: (w.priority, w.order), default=None)
                 if worst is None or worst.priority <= prio:
-                    raise self._busy_locked(f"{len(self._waiters)} calls are waiting", prio)
+                    raise self._busy_locked(
+                        f"{len(self._waiters)} calls are waiting", prio, "queue_full"
+                    )
                 self._waiters.remove(worst)
                 evicted = worst
             self._order += 1
             waiter = _Waiter(prio, self._order, future)
             self._waiters.append(waiter)
             if evicted is not None:
-                refusal = self._busy_locked("a more urgent call took its place", evicted.priority)
+                refusal = self._busy_locked(
+                    "a more urgent call took its place", evicted.priority, "displaced"
+                )
         if evicted is not None:
             evicted.resolve(refusal)
         limit = self.max_wait_s * _HARD_WAIT_FACTOR
@@ -222,7 +243,9 @@ class EngineScheduler:
         if not future.done():
             self._abandon(waiter)
             with self._lock:
-                raise self._busy_locked(f"no slot came free within {limit:g} s", prio)
+                raise self._busy_locked(
+                    f"no slot came free within {limit:g} s", prio, "wait_timeout"
+                )
         return future.result()  # EngineBusy if a more urgent call took its place
 
     def _grant_locked(self) -> Slot:
@@ -261,8 +284,10 @@ class EngineScheduler:
         elif not future.done():
             future.cancel()
 
-    def _busy_locked(self, why: str, priority: Priority) -> EngineBusy:
+    def _busy_locked(self, why: str, priority: Priority, reason: str) -> EngineBusy:
         self.refused += 1
+        for listener in self.listeners:
+            listener(self, reason)
         retry = max(1.0, math.ceil(self._estimate_locked(priority)))
         return EngineBusy(
             f"{self.name} is busy ({self._in_use} of {self.capacity} calls running, "

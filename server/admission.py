@@ -80,7 +80,10 @@ class Admission:
         self._sessions: set[SessionLease] = set()
         self._requests = 0
         self.refused_sessions = 0
-        """Sessions refused so far (for metrics)."""
+        """Sessions refused so far."""
+        self.listeners: list[Callable[[str, str], None]] = []
+        """Told of each refusal: what (``session`` or ``request``) and why (``draining`` or
+        ``capacity``); the server's metrics count them."""
 
     @property
     def sessions(self) -> int:
@@ -99,7 +102,7 @@ class Admission:
             EngineBusy: the server is draining, or serving ``max_sessions`` already.
         """
         if self.draining:
-            self.refused_sessions += 1
+            self.refused("session", "draining")
             raise EngineBusy(
                 "the server is shutting down: connect to another replica or try again",
                 stage="pipeline",
@@ -107,7 +110,7 @@ class Admission:
                 retry_after_s=1.0,
             )
         if len(self._sessions) >= self.max_sessions:
-            self.refused_sessions += 1
+            self.refused("session", "capacity")
             raise EngineBusy(
                 f"the server is serving its limit of {self.max_sessions} realtime sessions "
                 "(VOXLINE_LIMITS__MAX_SESSIONS): try again shortly",
@@ -118,6 +121,13 @@ class Admission:
         lease = SessionLease(self)
         self._sessions.add(lease)
         return lease
+
+    def refused(self, kind: str, reason: str) -> None:
+        """Record a refused ``session`` or ``request`` (``draining`` or ``capacity``)."""
+        if kind == "session":
+            self.refused_sessions += 1
+        for listener in self.listeners:
+            listener(kind, reason)
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
@@ -186,6 +196,7 @@ class AdmissionMiddleware:
             return
         admission = self.admission
         if admission.draining:
+            admission.refused("request", "draining")
             await _refuse(send)
             return
         stall_s = admission.stall_timeout_s

@@ -17,12 +17,18 @@ The object is fed through small hooks, so routes never touch ``prometheus_client
 - ``count_usage``: tokens and audio seconds of a billed engine call (``server.accounting``);
 - ``observe_charge``: a ledger listener (``ledger.listeners.append(metrics.observe_charge)``);
 - ``count_fallback``, ``session()``; and ``RequestMetricsMiddleware`` counts every HTTP request;
-- ``count_key_request``, ``count_refusal``: the edge (``server.edge``), per key and per refusal.
+- ``count_key_request``, ``count_refusal``: the edge (``server.edge``), per key and per refusal;
+- ``watch_scheduler``: an engine's scheduler (``pipeline.scheduler``), whose refusals are
+  counted as they happen and whose queue depth, calls in flight and capacity are read at each
+  scrape (the pipeline knows nothing of metrics: the server reads it);
+- ``count_admission_refusal``: a session or request refused by the server's admission
+  (``server.admission``: draining, or at ``VOXLINE_LIMITS__MAX_SESSIONS``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -30,6 +36,9 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pipeline.scheduler import EngineScheduler
+from server.engine_metrics import SchedulerCollector
 
 if TYPE_CHECKING:  # annotations only
     from pipeline.knowledge import KnowledgeReport
@@ -184,6 +193,22 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.engine_refusals = Counter(
+            "voxline_engine_refusals",
+            "Engine calls refused by the engine's scheduler before any work (EngineBusy), by "
+            "reason: partial, estimated_wait, queue_full, displaced, wait_timeout.",
+            ["stage", "backend", "reason"],
+            registry=r,
+        )
+        self.admission_refusals = Counter(
+            "voxline_admission_refusals",
+            "Realtime sessions and HTTP requests (kind) the server refused at admission, by "
+            "reason: draining (shutting down) or capacity (VOXLINE_LIMITS__MAX_SESSIONS).",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self._schedulers: weakref.WeakSet[EngineScheduler] = weakref.WeakSet()
+        r.register(SchedulerCollector(self._schedulers))
 
     def observe_call(self, record: CallRecord) -> None:
         """Stage listener: the call's duration, and its time to first output (LLM, TTS).
@@ -261,6 +286,21 @@ class Metrics:
     def count_refusal(self, reason: str) -> None:
         """Count one request the edge refused (``reason``: its error code, a bounded word)."""
         self.edge_refusals.labels(reason).inc()
+
+    def watch_scheduler(self, scheduler: EngineScheduler) -> None:
+        """Count ``scheduler``'s refusals and expose its queue at every scrape (once each)."""
+        if scheduler in self._schedulers:
+            return
+        self._schedulers.add(scheduler)
+        scheduler.listeners.append(self._count_engine_refusal)
+
+    def _count_engine_refusal(self, scheduler: EngineScheduler, reason: str) -> None:
+        self.engine_refusals.labels(scheduler.stage, scheduler.name, reason).inc()
+
+    def count_admission_refusal(self, kind: str, reason: str) -> None:
+        """A realtime session or HTTP request (``kind``) refused by admission: ``draining``
+        or ``capacity``."""
+        self.admission_refusals.labels(kind, reason).inc()
 
     def count_fallback(self, stage: str, from_: str, to: str, reason: str) -> None:
         """Count a call handed from backend ``from_`` to ``to``.

@@ -3,9 +3,12 @@
 ``POST /v1/jobs`` (multipart: ``kind`` and ``file``, or ``input`` for speech) checks everything
 it can before it accepts: the caller's pending jobs, the upload's size and, for audio, that it
 decodes within the job limits (``VOXLINE_JOBS__MAX_BYTES`` / ``__MAX_SECONDS``), so a bad
-upload is a 4xx at once, never a failed job later. The input is stored in the state store
-(transcription audio as 16 kHz PCM16, decoded once), the job is queued, and its object comes
-back; the job runs on whichever worker claims it (:mod:`server.jobs.runner`).
+upload is a 4xx at once, never a failed job later. The key's scope and quotas are those of the
+work a job does (``server.edge.policy``): the edge needs the ``audio`` scope and refuses a key
+whose quota is spent; a transcription's decoded seconds are checked against its audio quota
+here, as ``/v1/audio/transcriptions`` does (429 ``insufficient_quota``). The input is stored in
+the state store (transcription audio as 16 kHz PCM16, decoded once), the job is queued, and its
+object comes back; the job runs on whichever worker claims it (:mod:`server.jobs.runner`).
 
 Then ``GET /v1/jobs/{id}`` (the object: status, progress 0..1), ``GET /v1/jobs/{id}/events``
 (SSE: the object at every change until it ends), ``GET /v1/jobs/{id}/result`` (a
@@ -19,7 +22,6 @@ A job belongs to the API key that submitted it (:func:`owner`): other keys get 4
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -35,12 +37,13 @@ from pipeline.settings import AudioLimits, Settings
 from pipeline.types import Segment, Transcript
 from server import identity
 from server.audio_schemas import SpeechFormat, to_json, to_srt, to_vtt
+from server.edge.quotas import require_quota
 from server.errors import error_body
 from server.jobs.kinds import INPUT_RATE, parse_turns
 from server.jobs.records import TERMINAL, Job, JobKind, JobStatus
 from server.state import AppState, state_of
 from server.streaming import EventStream, sse
-from store import NotFound
+from store import NotFound, UsageAmounts
 
 log = logging.getLogger("voxline.server.jobs")
 router = APIRouter()
@@ -49,17 +52,10 @@ ResultFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 
 
 def owner() -> str | None:
-    """The API key id of the caller, or ``None`` when API keys are off.
-
-    The edge layer binds the caller's identity in ``server.identity`` (a context variable); it
-    is looked up by name so this module works before and after that layer exists.
-    """
-    try:
-        identity = importlib.import_module("server.identity")
-    except ModuleNotFoundError:
-        return None
-    current = identity.current()
-    return None if current is None else str(current.key_id)
+    """The API key id of the caller (bound by the edge: ``server.identity``), or ``None`` when
+    API keys are off."""
+    who = identity.current()
+    return None if who is None else who.key_id
 
 
 def _too_many(exc: EngineOverloaded) -> JSONResponse:
@@ -111,6 +107,8 @@ async def create_job(
         del data
         if audio.duration == 0:
             raise InvalidInput("the audio is empty", param="file", code="empty_audio")
+        # the key's audio quota, with the seconds this job would add, before it is accepted
+        await require_quota(state.store, UsageAmounts(audio_seconds=audio.duration))
         payload = await asyncio.to_thread(lambda: to_pcm16(audio.samples).tobytes())
         options = {
             "language": _language(language, settings),

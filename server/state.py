@@ -72,6 +72,7 @@ class AppState:
         self.admission = Admission(settings.limits)
         self.warming: asyncio.Task[None] | None = None
         self.metrics = Metrics()
+        self.admission.listeners.append(self.metrics.count_admission_refusal)
         self.ledger = Ledger.from_settings(settings.pricing)
         self.ledger.listeners.append(self.metrics.observe_charge)
         self.accounting = Accounting(self.ledger, self.metrics, self.store)
@@ -143,6 +144,8 @@ class AppState:
                     self.tracing.observe_call,
                     log_call,
                 ]
+                if backend.scheduler is not None:  # its refusals and queue in /metrics
+                    self.metrics.watch_scheduler(backend.scheduler)
             if isinstance(chain, Chain) and id(chain) not in self._listened:
                 self._listened.add(id(chain))
                 chain.report_listeners.append(self._count_fallbacks)

@@ -135,6 +135,14 @@ def _unsupported(tts: TTS) -> InvalidInput:
     )
 
 
+def _limit_reached(owned: int) -> InvalidInput:
+    return InvalidInput(
+        f"this key owns {owned} voices, the most allowed (voices.max_per_key): delete one first",
+        param="file",
+        code="voice_limit_reached",
+    )
+
+
 def _preview(names: Sequence[str], limit: int = 20) -> str:
     shown = ", ".join(names[:limit])
     return shown if len(names) <= limit else f"{shown}, ... ({len(names)} in all)"
@@ -157,6 +165,13 @@ class VoiceService:
         # change at a time. A threading lock, not an asyncio one: apps and tests run on
         # several event loops.
         self._book_lock = threading.Lock()
+        # A key's count of voices and the save of its next one happen under that key's lock,
+        # so concurrent uploads to this process never pass voices.max_per_key (threading
+        # locks, for the same reason). Across processes sharing one store this is not atomic
+        # (the store has no conditional insert): uploads racing on N replicas may leave a key
+        # up to N - 1 voices over the limit.
+        self._owner_locks: dict[str | None, threading.Lock] = {}
+        self._owner_locks_lock = threading.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
 
     # -- what a caller may name ------------------------------------------------------------
@@ -251,13 +266,8 @@ class VoiceService:
             )
         owner = who.key_id if who is not None else None
         owned = await asyncio.to_thread(self._count, owner)
-        if owned >= self.settings.max_per_key:
-            raise InvalidInput(
-                f"this key owns {owned} voices, the most allowed "
-                f"(voices.max_per_key): delete one first",
-                param="file",
-                code="voice_limit_reached",
-            )
+        if owned >= self.settings.max_per_key:  # the common case, refused before decoding
+            raise _limit_reached(owned)
         voice_id = "voice_" + secrets.token_hex(12)
         seconds = await asyncio.to_thread(
             self._register, backend, voice_id, clip, transcript, language
@@ -400,17 +410,25 @@ class VoiceService:
         language: str,
         seconds: float,
     ) -> StoredVoice:
-        blob = self._store.blobs.put(
-            clip, content_type=content_type, max_bytes=self.settings.max_bytes
-        )
-        voice = StoredVoice(
-            voice_id, name, owner, transcript, language, seconds, blob.id, blob.created_at
-        )
-        try:
-            doc = self._docs.create(voice_id, voice.payload(), status=_READY)
-        except BaseException:
-            self._store.blobs.delete(blob.id)
-            raise
+        """Store the voice, unless ``owner`` has ``max_per_key`` voices by now: counted again
+        under the owner's lock (other uploads may have been saved since the first count)."""
+        with self._owner_locks_lock:
+            lock = self._owner_locks.setdefault(owner, threading.Lock())
+        with lock:
+            owned = self._count(owner)
+            if owned >= self.settings.max_per_key:
+                raise _limit_reached(owned)
+            blob = self._store.blobs.put(
+                clip, content_type=content_type, max_bytes=self.settings.max_bytes
+            )
+            voice = StoredVoice(
+                voice_id, name, owner, transcript, language, seconds, blob.id, blob.created_at
+            )
+            try:
+                doc = self._docs.create(voice_id, voice.payload(), status=_READY)
+            except BaseException:
+                self._store.blobs.delete(blob.id)
+                raise
         return StoredVoice.of(doc)
 
     def _drop(self, voice: StoredVoice) -> None:

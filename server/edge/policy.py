@@ -11,12 +11,20 @@ may do is written down in one place (README, "Security", shows it):
 | ``/v1/audio/transcriptions``, ``/v1/audio/speech`` | ``audio`` | yes | yes |
 | ``POST /v1/audio/voices`` (a reference clip), ``/v1/audio/voices/{id}`` | ``audio`` | yes | no |
 | ``/v1/turns`` (audio in, audio out: a voice turn) | ``audio`` | yes | yes |
+| ``POST /v1/jobs`` (transcription, speech, a batch of turns) | ``audio`` | yes | yes |
+| ``/v1/jobs``, ``/v1/jobs/{id}...`` (read, cancel, delete: the owner's) | any key | yes | no |
 | ``/v1/chat/completions`` | ``chat`` | yes | yes |
 | ``/v1/models``, ``GET /v1/audio/voices``, any other ``/v1`` path | any key | yes | no |
 | ``/v1/usage`` | ``admin`` | yes | no |
 | ``/metrics`` (or loopback, with ``edge.metrics_from_loopback``) | ``admin`` | no | no |
 | ``/demo/login`` | open | no | no |
 | ``/demo/...`` (the page; also its login cookie) | ``realtime`` | uploads only | no |
+
+A job does the work of the route its kind stands for (``JOB_KIND_ROUTES``), so submitting one
+needs that route's scope and is refused once a quota is spent, as the route is; the scope is
+checked here, before the form (and its ``kind``) is read, which works because every kind's route
+needs the same scope (a test keeps them equal). The route then checks the quota again with the
+upload's decoded seconds (``server.edge.quotas.require_quota``).
 
 A scope a route does not name (``None``) accepts any valid credential. The demo's own requests
 (assets, events) are not counted: its conversations are, as the realtime sessions they open.
@@ -33,6 +41,7 @@ SCOPES: tuple[Scope, ...] = ("realtime", "audio", "chat", "admin")
 
 DEMO_PATH = "/demo"
 VOICES_PATH = "/v1/audio/voices"
+JOBS_PATH = "/v1/jobs"
 DEMO_LOGIN_PATH = "/demo/login"
 
 
@@ -77,7 +86,15 @@ _EXACT: dict[str, Rule] = {
 # by method where one path serves several: listing voices needs any key, adding one the scope
 _BY_METHOD: dict[tuple[str, str], Rule] = {
     ("POST", VOICES_PATH): Rule(scope="audio", upload=True),
+    # every kind of job is audio work (see JOB_KIND_ROUTES): a chat-only key submits none
+    ("POST", JOBS_PATH): Rule(scope="audio", spends=True, upload=True),
 }
+JOB_KIND_ROUTES: dict[str, str] = {
+    "transcription": "/v1/audio/transcriptions",
+    "speech": "/v1/audio/speech",
+    "turns": "/v1/turns",
+}
+"""The route whose work each kind of job does (its scope and quotas are the job's)."""
 _VOICE = Rule(scope="audio")  # one stored voice: read or delete it
 _DEMO = Rule(scope="realtime", counted=False, cookie=True, upload=True)
 _DEMO_UPLOAD = Rule(scope="realtime", cookie=True, upload=True)

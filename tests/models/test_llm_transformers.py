@@ -249,3 +249,17 @@ def test_stop_filter_holds_back_a_possible_stop_string() -> None:
     assert stops.push("Hello ENx and END and more") == " and "
     assert stops.stopped
     assert StopFilter([]).push("anything") == "anything"
+
+
+async def test_two_engines_started_at_once_both_load(starts: Starts) -> None:
+    """LLM tiers start concurrently (``models.registry.start_engines``): each comes out whole
+    (transformers' loading is not thread-safe: the engine reads one model at a time)."""
+    engines = [TransformersLLM(_settings(), cache_dir=starts.cache_dir) for _ in range(2)]
+    try:
+        await asyncio.gather(*(e.start() for e in engines))
+        for engine in engines:
+            deltas = await _collect(engine, QUESTION, max_tokens=4, temperature=0.0)
+            usage = deltas[-1].usage
+            assert usage is not None and usage.completion_tokens > 0
+    finally:
+        await asyncio.gather(*(e.aclose() for e in engines))

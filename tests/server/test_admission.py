@@ -13,8 +13,10 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -71,6 +73,15 @@ def record_calls(engines: Engines) -> list[CallRecord]:
     return calls
 
 
+def scraped(exposition: str, name: str, **labels: str) -> float:
+    """The value of the sample ``name`` with exactly ``labels`` in a ``/metrics`` answer."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
 async def test_a_session_past_the_limit_is_refused_at_the_handshake_without_engine_work(
     engines: Engines, vad: SileroVAD
 ) -> None:
@@ -100,6 +111,10 @@ async def test_a_session_past_the_limit_is_refused_at_the_handshake_without_engi
             assert error["type"] == "server_error" and "MAX_SESSIONS" in error["message"]
             assert calls == []  # and did no engine work
             assert admission.refused_sessions == 2
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                exposition = (await http.get("/metrics")).text
+            refusals = "voxline_admission_refusals_total"
+            assert scraped(exposition, refusals, kind="session", reason="capacity") == 2
         # the two left: there is room again
         async with RealtimeClient(server.url) as third:
             assert third.created is not None
@@ -155,10 +170,12 @@ async def test_a_saturated_engine_queue_answers_503_at_once_and_the_breaker_stay
                 await asyncio.sleep(0.01)
             refused = await client.post("/v1/chat/completions", json=CHAT)
             assert not waiting.done()  # refused while the other still waits: not queued
+            saturated = (await client.get("/metrics")).text
         finally:
             held.release()
         answered = await waiting
         ready = await client.get("/readyz")
+        after = (await client.get("/metrics")).text
     assert answered.status_code == 200
     assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
     error = refused.json()["error"]
@@ -166,6 +183,13 @@ async def test_a_saturated_engine_queue_answers_503_at_once_and_the_breaker_stay
     assert len([c for c in calls if c.stage == "llm"]) == 1  # only the answered one ran
     (backend,) = ready.json()["stages"]["llm"]["backends"]
     assert (backend["state"], backend["consecutive_failures"]) == ("closed", 0)
+    # the overload is visible: the refusal by reason, the queue while it was full
+    engine = {"stage": "llm", "backend": llm.name}
+    assert scraped(saturated, "voxline_engine_queue_depth", **engine) == 1
+    assert scraped(saturated, "voxline_engine_in_flight", **engine) == 1
+    assert scraped(saturated, "voxline_engine_capacity", **engine) == llm.capacity
+    assert scraped(after, "voxline_engine_refusals_total", **engine, reason="queue_full") == 1
+    assert scraped(after, "voxline_engine_queue_depth", **engine) == 0
 
 
 async def test_a_burst_beyond_capacity_gets_fast_503s_and_the_admitted_are_answered(
@@ -240,6 +264,7 @@ async def test_while_draining_every_api_route_is_refused_and_the_probes_answer(
             await client.get("/v1/jobs"),
         ]
         ready, healthy = await client.get("/readyz"), await client.get("/healthz")
+        exposition = (await client.get("/metrics")).text  # a probe: answered while draining
     for response in refused:
         assert response.status_code == 503, (response.request.url, response.text)
         assert response.headers["Retry-After"] == "1"
@@ -247,3 +272,5 @@ async def test_while_draining_every_api_route_is_refused_and_the_probes_answer(
     assert (ready.status_code, ready.json()["status"]) == (503, "draining")
     assert healthy.status_code == 200
     assert calls == []
+    refusals = "voxline_admission_refusals_total"
+    assert scraped(exposition, refusals, kind="request", reason="draining") == len(refused)

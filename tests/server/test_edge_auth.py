@@ -19,6 +19,8 @@ from models.registry import Engines
 from pipeline.stages import CallRecord
 from server import identity
 from server.app import create_app
+from server.edge.policy import JOB_KIND_ROUTES, rule_for
+from server.jobs.records import KINDS
 from store import KeyLimits, NewKey, Store
 from tests.server.conftest import LiveServer, http_client, make_settings, spoken_wav
 
@@ -57,6 +59,8 @@ ROUTES: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("GET", "/v1/audio/voices/voice_0123456789abcdef01234567", "audio", {}),
     ("DELETE", "/v1/audio/voices/voice_0123456789abcdef01234567", "audio", {}),
     ("POST", "/v1/realtime/client_secrets", "realtime", {"json": {}}),
+    ("POST", "/v1/jobs", "audio", {"data": {"kind": "speech", "input": "Hello."}}),
+    ("GET", "/v1/jobs", None, {}),
     ("GET", "/v1/usage", "admin", {}),
     ("GET", "/metrics", "admin", {}),
 ]
@@ -110,6 +114,59 @@ async def test_every_route_refuses_a_missing_wrong_revoked_or_underscoped_key(
                 assert_openai_error(answer, 403, "insufficient_scope")
                 assert scope in answer.json()["error"]["message"]
     assert engine_calls == []  # nothing refused reached an engine
+
+
+def job_forms() -> dict[str, dict[str, Any]]:
+    """A valid submission of each kind of job."""
+    clip = spoken_wav("Hello.")
+    return {
+        "transcription": {
+            "data": {"kind": "transcription"},
+            "files": {"file": ("q.wav", clip, "audio/wav")},
+        },
+        "speech": {"data": {"kind": "speech", "input": "Hello."}},
+        "turns": {
+            "data": {"kind": "turns"},
+            "files": {"file": ("t.jsonl", b'{"text": "Hi."}\n', "application/jsonl")},
+        },
+    }
+
+
+async def test_submitting_a_job_needs_what_the_route_of_its_kind_needs() -> None:
+    job = rule_for("/v1/jobs", "POST")
+    assert set(JOB_KIND_ROUTES) == set(KINDS)
+    for kind, route in JOB_KIND_ROUTES.items():
+        needs = rule_for(route, "POST")
+        assert (job.scope, job.spends) == (needs.scope, needs.spends), kind
+    owners = [("GET", "/v1/jobs"), ("GET", "/v1/jobs/job_1"), ("POST", "/v1/jobs/job_1/cancel")]
+    for method, path in owners:
+        assert rule_for(path, method).scope is None  # a job's owner reads and cancels it
+
+
+async def test_a_chat_key_submits_no_job_and_reads_only_its_own(
+    keys: Keys, engine_calls: list[CallRecord]
+) -> None:
+    chat, audio = bearer(keys.by_scope["chat"]), bearer(keys.by_scope["audio"])
+    forms = job_forms()
+    async with http_client(keys.app) as client:
+        for kind, form in forms.items():
+            refused = await client.post("/v1/jobs", headers=chat, **form)
+            assert_openai_error(refused, 403, "insufficient_scope")
+            assert "'audio'" in refused.json()["error"]["message"], kind
+        assert keys.store.documents("job").list() == []  # nothing was queued
+        accepted = await client.post("/v1/jobs", headers=audio, **forms["speech"])
+        assert accepted.status_code == 200, accepted.text
+        job_id = accepted.json()["id"]
+        assert (await client.get(f"/v1/jobs/{job_id}", headers=audio)).status_code == 200
+        # another key may list its own jobs (none) but not see, read or cancel this one
+        listed = await client.get("/v1/jobs", headers=chat)
+        assert listed.status_code == 200 and listed.json()["data"] == []
+        assert (await client.get(f"/v1/jobs/{job_id}", headers=chat)).status_code == 404
+        cancel = await client.post(f"/v1/jobs/{job_id}/cancel", headers=chat)
+        assert cancel.status_code == 404
+        cancelled = await client.post(f"/v1/jobs/{job_id}/cancel", headers=audio)
+        assert cancelled.json()["status"] == "cancelled"
+    assert engine_calls == []  # no worker runs here: nothing reached an engine
 
 
 async def test_the_right_key_is_served_and_probes_stay_open(keys: Keys) -> None:

@@ -17,7 +17,7 @@ from websockets.exceptions import InvalidStatus
 from models.registry import Engines
 from pipeline.stages import CallRecord
 from server.app import create_app
-from store import KeyLimits, NewKey, Store
+from store import KeyLimits, NewKey, Store, UsageAmounts
 from tests.server.conftest import LiveServer, make_settings, spoken_wav
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -105,6 +105,32 @@ async def test_an_upload_past_the_audio_quota_is_refused_before_the_engine(
         )
     assert_429(answer, "insufficient_quota")
     assert "audio_seconds_per_day" in answer.json()["error"]["message"]
+    assert engine_calls == []
+
+
+async def test_a_job_is_refused_when_its_audio_would_pass_the_quota_or_one_is_spent(
+    served: Served, engine_calls: list[CallRecord]
+) -> None:
+    key = served.key(["audio"], audio_seconds_per_day=1.0)
+    clip = spoken_wav("This sentence lasts longer than one second.")
+    turns = b'{"text": "Hi."}\n'
+    async with served.client(key) as client:
+        # the decoded upload alone would pass the audio quota: refused before it is queued
+        answer = await client.post(
+            "/v1/jobs", data={"kind": "transcription"}, files={"file": ("q.wav", clip, "audio/wav")}
+        )
+        assert_429(answer, "insufficient_quota")
+        assert answer.json()["error"]["type"] == "insufficient_quota"
+        assert "audio_seconds_per_day" in answer.json()["error"]["message"]
+        # a spent quota refuses every kind of job, at the edge (billing comes after the work)
+        served.store.usage.add(key.key.id, UsageAmounts(audio_seconds=1.0))
+        for form in (
+            {"data": {"kind": "speech", "input": "Hello."}},
+            {"data": {"kind": "turns"}, "files": {"file": ("t.jsonl", turns, "application/jsonl")}},
+        ):
+            answer = await client.post("/v1/jobs", **form)
+            assert_429(answer, "insufficient_quota")
+    assert served.store.documents("job").list() == []
     assert engine_calls == []
 
 

@@ -21,6 +21,7 @@ from prometheus_client.samples import Sample
 from models.registry import Engines
 from pipeline.ledger import Ledger, PriceTable
 from pipeline.metering import Meter
+from pipeline.scheduler import EngineScheduler
 from pipeline.stages import CallRecord
 from pipeline.turn import TurnResult, run_turn
 from pipeline.types import AudioChunk, GenerationParams, TurnTimings
@@ -34,7 +35,9 @@ from tests.server.conftest import http_client, make_settings
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
 ROOT = Path(__file__).resolve().parents[2]
-ALLOWED_LABELS = {"stage", "backend", "type", "direction", "route", "code", "from", "to", "reason"}
+ALLOWED_LABELS = {
+    *("stage", "backend", "type", "direction", "route", "code", "from", "to", "reason", "kind")
+}
 EXPECTED = {
     "voxline_stage_duration_seconds": "histogram",
     "voxline_v2v_seconds": "histogram",
@@ -46,6 +49,11 @@ EXPECTED = {
     "voxline_fallback": "counter",
     "voxline_cost_usd": "counter",
     "voxline_active_sessions": "gauge",
+    "voxline_engine_refusals": "counter",
+    "voxline_admission_refusals": "counter",
+    "voxline_engine_queue_depth": "gauge",
+    "voxline_engine_in_flight": "gauge",
+    "voxline_engine_capacity": "gauge",
 }
 
 
@@ -302,6 +310,12 @@ def test_no_metric_has_a_per_user_label() -> None:
     metrics.count_request("/v1/turns", 200)
     metrics.count_fallback("llm", "transformers:cuda", "hosted:api.openai.com:443", "EngineTimeout")
     metrics.add_cost(0.01, "hosted:api.openai.com:443")
+    metrics.count_admission_refusal("session", "capacity")
+    scheduler = EngineScheduler("whisper:cpu", stage="stt")
+    metrics.watch_scheduler(scheduler)
+    metrics.watch_scheduler(scheduler)  # once each: its refusals are not counted twice
+    for listener in scheduler.listeners:
+        listener(scheduler, "queue_full")
     with metrics.session():
         pass
 
@@ -318,6 +332,9 @@ def test_no_metric_has_a_per_user_label() -> None:
         )
         == 1
     )
+    refusal = {"stage": "stt", "backend": "whisper:cpu", "reason": "queue_full"}
+    assert sample(metrics, "voxline_engine_refusals_total", **refusal) == 1
+    assert sample(metrics, "voxline_engine_capacity", stage="stt", backend="whisper:cpu") == 1
 
 
 def test_sessions_gauge_and_separate_registries() -> None:

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import io
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,7 +42,7 @@ from pipeline.settings import (
     VoicesSettings,
 )
 from server.app import create_app
-from server.voices import KIND, is_voice_id
+from server.voices import KIND, VoiceService, is_voice_id
 from store import NewKey, Store
 from store.schema import blobs
 from tests.fakes.gpt_sovits_checkout import make_stub_checkout, read_log
@@ -100,8 +101,11 @@ def server_settings(gpt_sovits: GptSovitsSettings, state_dir: Path) -> Settings:
 class Served:
     """A live server with two keys in its store (each with the audio and realtime scopes)."""
 
-    def __init__(self, server: LiveServer, store: Store, log: Path, state_dir: Path) -> None:
+    def __init__(
+        self, server: LiveServer, store: Store, log: Path, state_dir: Path, voices: VoiceService
+    ) -> None:
         self.server = server
+        self.voices = voices
         self.url = server.url
         self.store = store
         self.state_dir = state_dir
@@ -140,7 +144,8 @@ def served(checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     app = create_app(settings)
     with LiveServer(app) as server:
         wait_ready(server.url)
-        yield Served(server, app.state.voxline.store, log, state_dir)
+        state = app.state.voxline
+        yield Served(server, state.store, log, state_dir, state.voices)
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -323,6 +328,45 @@ async def test_a_key_owns_a_bounded_number_of_voices(served: Served) -> None:
         assert answer.status_code == 400 and answer.json()["error"]["code"] == "voice_limit_reached"
         assert served.stored() == before
         for vid in made:
+            assert (await http.delete(f"/v1/audio/voices/{vid}")).status_code == 200
+
+
+async def test_concurrent_uploads_never_pass_the_voice_limit(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two uploads of a key one voice short of its limit: both pass the first count, and are
+    held (a barrier after each clip's registration) until both have, so both reach the save
+    together; only one may be kept."""
+    key = served.store.keys.create("racer", ["audio"])
+    barrier = threading.Barrier(2, timeout=60)  # the timeout only guards against a hang
+    register = served.voices._register
+
+    def register_then_meet(*args: Any) -> float:
+        seconds = register(*args)
+        barrier.wait()
+        return seconds
+
+    async with served.client(key) as http:
+        made = []
+        for _ in range(MAX_PER_KEY - 1):
+            answer = await http.post("/v1/audio/voices", **upload(wav(3.5)))
+            assert answer.status_code == 200, answer.text
+            made.append(answer.json()["id"])
+        before = served.stored()
+        monkeypatch.setattr(served.voices, "_register", register_then_meet)
+        answers = await asyncio.gather(
+            *(http.post("/v1/audio/voices", **upload(wav(3.5))) for _ in range(2))
+        )
+        monkeypatch.undo()
+        codes = sorted(a.status_code for a in answers)
+        assert codes == [200, 400], [a.text for a in answers]
+        [refused] = [a for a in answers if a.status_code == 400]
+        assert refused.json()["error"]["code"] == "voice_limit_reached"
+        assert served.stored() == (before[0] + 1, before[1] + 1)  # the refused one left nothing
+        listed = (await http.get("/v1/audio/voices")).json()["data"]
+        mine = [v["id"] for v in listed if is_voice_id(v["id"])]
+        assert len(mine) == MAX_PER_KEY
+        for vid in mine:
             assert (await http.delete(f"/v1/audio/voices/{vid}")).status_code == 200
 
 
