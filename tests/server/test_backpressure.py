@@ -19,6 +19,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import socket
 import time
 
@@ -99,9 +100,14 @@ async def test_a_client_that_never_reads_for_60_s_grows_the_server_by_less_than_
                 await asyncio.wait_for(writer.drain(), 0.5)
             await asyncio.sleep(0.5)
             peak = max(peak, server.rss_bytes())
+        log = server.log()  # before this client goes: what the server did on its own
         writer.close()
         growth = peak - before
-        # its responses were stopped when it stalled, not buffered
-        assert "its client read none of it for 5 s" in server.log()
+        # its responses were stopped when it stalled, not buffered; on a starved machine the
+        # server's keepalive (pings unanswered) may close the session first, which lets go of
+        # it too (the first session's close is the other "closed" line)
+        stalled = "its client read none of it for 5 s" in log
+        closed = re.findall(r"realtime session sess_\w+ closed", log)
+        assert stalled or len(closed) >= 2, log[-3000:]
         print(f"server RSS growth over {NEVER_READ_S:g} s: {growth / 2**20:.1f} MiB")
         assert growth < MAX_GROWTH, f"RSS grew by {growth / 2**20:.1f} MiB"

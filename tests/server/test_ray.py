@@ -72,8 +72,7 @@ def cluster() -> Iterator[str]:
         ),
     )
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(application(settings, address="auto"), name="voxline", route_prefix="/")
+        _deploy(application(settings, address="auto"), port)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
@@ -83,6 +82,21 @@ def cluster() -> Iterator[str]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _deploy(app: Any, port: int, attempts: int = 2) -> None:
+    """Start Serve and the app; once more after a failed start. On a starved machine Ray's
+    controller can give up on its own HTTP proxy actor before it runs (``ActorDiedError``:
+    "killed by ray.kill ... never ran"): the cluster's start, not voxline's deployment."""
+    for attempt in range(attempts):
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            serve.run(app, name="voxline", route_prefix="/")
+            return
+        except (ray.exceptions.RayError, RuntimeError):
+            if attempt == attempts - 1:
+                raise
+            serve.shutdown()
 
 
 def _stt_replicas() -> list[psutil.Process]:
