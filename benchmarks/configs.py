@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.errors import InvalidInput
 from pipeline.settings import Settings
+from pipeline.settings_env import merge
 
 Overrides = dict[str, Any]
 
@@ -29,17 +30,6 @@ PRESETS: dict[str, Overrides] = {
     "cuda": {"stt": {"device": "cuda"}, "llm": {"device": "cuda"}, "tts": {"device": "auto"}},
 }
 """Named configurations for ``--config``; combine them with ``+`` (``llamacpp+whisper-base``)."""
-
-
-def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> Overrides:
-    """Deep merge of nested override dicts (``extra`` wins)."""
-    out: Overrides = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def device_overrides(device: str) -> Overrides:

@@ -19,14 +19,13 @@ deterministic; Piper's noise is switched off, so a rerun gives the same files.
 from __future__ import annotations
 
 import functools
-import io
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 
+from benchmarks.speech_sets import espeak
 from models.weights import packaged_path
 from pipeline.audio import resample
 from pipeline.types import AudioChunk
@@ -60,17 +59,6 @@ VOICES = (
     ("piper-joe-slow", "piper", "piper-joe-medium", 1.25),
     ("piper-joe-fast", "piper", "piper-joe-medium", 0.8),
 )
-
-
-def espeak(text: str, voice: str, wpm: float) -> AudioChunk:
-    """``text`` spoken by eSpeak NG (its WAV on stdout)."""
-    wav = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(int(wpm)), "--stdout", text],
-        check=True,
-        capture_output=True,
-    ).stdout
-    samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
-    return AudioChunk(samples, rate)
 
 
 @functools.cache
