@@ -85,9 +85,10 @@ def cluster() -> Iterator[str]:
 
 
 def _deploy(app: Any, port: int, attempts: int = 2) -> None:
-    """Start Serve and the app; once more after a failed start. On a starved machine Ray's
+    """Start Serve and the app; once more after a failed start. On a loaded machine Ray's
     controller can give up on its own HTTP proxy actor before it runs (``ActorDiedError``:
-    "killed by ray.kill ... never ran"): the cluster's start, not voxline's deployment."""
+    "killed by ray.kill ... never ran"): the cluster's start, not voxline's deployment. With both
+    cores kept busy by other processes it fails the second time too (see docs/ray.md)."""
     for attempt in range(attempts):
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
