@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.server_proc import wait_ready
 from pipeline.audio import encode_wav, resample
 from pipeline.settings import AudioLimits
 from pipeline.types import AudioChunk
@@ -193,9 +194,6 @@ def _start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[byte
     import os
     import socket
     import sys
-    import time
-
-    import httpx
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -208,15 +206,8 @@ def _start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[byte
             stdout=out,
             stderr=out,
         )
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited; see {log}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
+    wait_ready(proc, url, log, poll_s=0.2, timeout_s=None)
+    return proc, url
 
 
 def measure(

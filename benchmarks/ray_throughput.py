@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 
 from benchmarks.longform import SENTENCES, synthesize_piece
+from benchmarks.server_proc import wait_ready
 from pipeline.audio import encode_wav
 from pipeline.types import AudioChunk
 
@@ -57,17 +58,8 @@ def _serve(replicas: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"voxline serve --ray exited; see {log}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"not ready; see {log}")
+    wait_ready(proc, url, log, poll_s=0.5, timeout_s=300)
+    return proc, url
 
 
 async def _load(url: str, clip: bytes, requests: int, concurrency: int) -> float:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -106,3 +107,27 @@ async def _wait_ready(
         backend="voxline-server",
         retryable=False,
     )
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], url: str, log: Path, *, poll_s: float, timeout_s: float | None
+) -> None:
+    """Block until ``url``'s ``/readyz`` answers 200.
+
+    Raises:
+        RuntimeError: the process exited first, or ``timeout_s`` passed (``None``: no limit);
+            the message points at its ``log``.
+    """
+    import httpx
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while deadline is None or time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited; see {log}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(poll_s)
+    raise RuntimeError(f"not ready; see {log}")
