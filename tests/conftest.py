@@ -34,7 +34,11 @@ def _piper_voice():  # type: ignore[no-untyped-def]
 @functools.cache
 def speak(text: str, sample_rate: int = 16_000, pad_seconds: float = 0.3) -> AudioChunk:
     """Speech for ``text`` from the packaged Piper voice, with a little silence around it."""
-    chunks = list(_piper_voice().synthesize(text))
+    from piper import SynthesisConfig
+
+    # no sampled noise: the same text is the same speech in every test, whatever the order
+    quiet = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    chunks = list(_piper_voice().synthesize(text, syn_config=quiet))
     samples = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
     audio = resample(AudioChunk(samples, chunks[0].sample_rate), sample_rate)
     pad = np.zeros(int(pad_seconds * sample_rate), dtype=np.float32)
