@@ -28,7 +28,14 @@ from benchmarks.stats import wer
 from client.jobs import JobsClient
 from client.realtime import RealtimeClient
 from pipeline.audio import encode_wav
-from pipeline.settings import JobSettings, RaySettings, RayStageSettings, Settings, StateSettings
+from pipeline.settings import (
+    FallbackSettings,
+    JobSettings,
+    RaySettings,
+    RayStageSettings,
+    Settings,
+    StateSettings,
+)
 from tests.conftest import speak
 
 ray = pytest.importorskip("ray")
@@ -59,12 +66,24 @@ def cluster() -> Iterator[str]:
     """voxline deployed on a fresh local Ray cluster; yields the ingress URL."""
     from server.ray_serve import application
 
+    # Serve's controller gives its HTTP proxy 5 s to report ready and 10 s per health check, then
+    # kills it; on two busy cores the proxy's imports alone take longer. The cluster's processes
+    # inherit these from this one (raylet → workers).
+    for name in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+        os.environ.setdefault(name, "60")
     ray.init(num_cpus=2, include_dashboard=False, namespace="voxline-test", log_to_driver=False)
     port = _free_port()
     small = RayStageSettings(num_cpus=0.25)
+    # The test checks where work runs and that a killed replica is survived, not speed: a replica
+    # sharing busy cores may take longer than the default 10 s to its first output.
+    patient = {"fallback": FallbackSettings(first_output_timeout_s=60, gap_timeout_s=60)}
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]  # pydantic-settings keyword
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]  # pydantic-settings keyword
         demo_enabled=False,
+        stt=defaults.stt.model_copy(update=patient),
+        llm=defaults.llm.model_copy(update=patient),
+        tts=defaults.tts.model_copy(update=patient),
         state=StateSettings(data_dir=Path(tempfile.mkdtemp(prefix="vx-ray-"))),
         jobs=JobSettings(chunk_seconds=12, min_chunk_seconds=5, poll_interval_s=0.2),
         ray=RaySettings(
@@ -85,10 +104,8 @@ def cluster() -> Iterator[str]:
 
 
 def _deploy(app: Any, port: int, attempts: int = 2) -> None:
-    """Start Serve and the app; once more after a failed start. On a loaded machine Ray's
-    controller can give up on its own HTTP proxy actor before it runs (``ActorDiedError``:
-    "killed by ray.kill ... never ran"): the cluster's start, not voxline's deployment. With both
-    cores kept busy by other processes it fails the second time too (see docs/ray.md)."""
+    """Start Serve and the app; once more after a failed start (a proxy that missed even the
+    raised readiness limits: the cluster's start, not voxline's deployment; docs/ray.md)."""
     for attempt in range(attempts):
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
