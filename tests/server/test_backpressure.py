@@ -8,6 +8,12 @@ so the server's own queues fill. Every queue from the engines to the socket is b
 synthesis pauses, each stalled response is stopped after the stall timeout (the server logs
 it), and the server's resident set, read from ``/proc``, grows by far less than 50 MB.
 
+llama.cpp's KV cache is memory the kernel gives the server page by page as a conversation grows
+toward the context window (measured: about 50 MB from an empty to a full 2048-token context of
+SmolLM2-135M), a bounded cost per context, not a queue. The never-reading session's
+conversation grows with every question, so the server runs with a 512-token context: that cost
+(about 13 MB) cannot pass for, or hide, a queue's growth.
+
 (Measured in process with a client that reads everything, the server grew by ~5 MB an answer
 on its own, with its malloc arenas capped as ``voxline serve`` caps them: ``server.serving``.)
 """
@@ -79,7 +85,11 @@ async def never_reading_client(port: int) -> asyncio.StreamWriter:
 
 async def test_a_client_that_never_reads_for_60_s_grows_the_server_by_less_than_50_mb() -> None:
     # the production engine choice (llama.cpp when installed), not the suite's transformers
-    env = {"VOXLINE_LIMITS__CLIENT_STALL_TIMEOUT_S": "5", "VOXLINE_LLM__ENGINE": "auto"}
+    env = {
+        "VOXLINE_LIMITS__CLIENT_STALL_TIMEOUT_S": "5",
+        "VOXLINE_LLM__ENGINE": "auto",
+        "VOXLINE_LLM__CONTEXT_TOKENS": "512",
+    }
     with ServerProcess(env) as server:
         # one whole answer, read, so the server's one-off allocations are behind us
         async with connect(server.ws_url, max_size=None) as ws:
