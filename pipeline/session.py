@@ -444,7 +444,7 @@ class Session:
             )
 
     async def _make_reply(self, messages: list[Message]) -> tuple[Reply, Grounded | None]:
-        # the seam between transcript and LLM (docs/architecture.md, "Knowledge and tools"):
+        # the seam between transcript and LLM (docs/architecture.md, "Between transcript and LLM"):
         # retrieval first, then the router (which reads how much was retrieved) picks the tier;
         # the functions the client offered ride in the params
         cfg = self._config

@@ -247,7 +247,7 @@ async def checked_calls(
 
     Text and tool-call deltas pass through as they come (a call's arguments stream live); the
     last delta is held until every call is checked, and then carries the complete calls (a
-    repaired call's arguments replace the streamed ones: see docs/tools.md, "Repair") and the
+    repaired call's arguments replace the streamed ones: see docs/tools.md, "Checking and repair") and the
     usage of every attempt.
 
     Raises:
