@@ -50,7 +50,8 @@ class STTSettings(BaseModel):
     """Transcriptions the local engine runs at once, for all sessions and requests together;
     more wait by priority (finals, then speculative ones; partials are dropped instead). 1 on
     a CPU: CTranslate2 runs one Whisper call at a time per model anyway, and batching two
-    sessions' clips measured no faster on 2 cores (README, "Overload, backpressure and shutdown")."""
+    sessions' clips measured no faster on 2 cores (README, "Overload, backpressure and
+    shutdown")."""
     window_margin_ms: int = Field(default=3000, ge=0, le=30_000)
     """Whisper encodes the audio plus this much padding (at least ``window_floor_ms``) instead
     of a fixed 30-second window: a 3 s question costs a third of the time, at the same WER.
