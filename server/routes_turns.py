@@ -26,7 +26,6 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from models.registry import Engines
 from pipeline.audio import decode_audio, to_pcm16
 from pipeline.errors import InvalidInput, StageError, VoxlineError
 from pipeline.file_search import FileSearch, file_search_of
@@ -34,6 +33,7 @@ from pipeline.phrases import PhrasePolicy
 from pipeline.settings import Settings
 from pipeline.turn import ReplyAudio, ReplyText, TranscriptReady, TurnEvent, TurnResult, run_turn
 from pipeline.types import AudioChunk, GenerationParams
+from server import identity
 from server.edge.quotas import require_quota
 from server.errors import body_of, error_body
 from server.kb import caller, grounder_for
@@ -95,13 +95,15 @@ async def create_turn(
     """
     live = release_of(request)  # this turn's release, held until its response is sent
     settings, engines = live.settings, live.engines
-    _check_voice(engines, voice)
+    state = state_of(request)
+    # another key's stored voice is refused (and not listed) as on /v1/audio/speech; a typo
+    # costs nothing here, where the TTS would see it only after STT and the LLM ran
+    await state.voices.check_voice(engines, identity.current(), voice)
     router = engines.router
     if tier and router is None:
         raise InvalidInput("this server has one LLM: tier is not available", param="tier")
     if router is not None:
         router.check_pin(tier or None, param="tier")
-    state = state_of(request)
     search = _file_search(tools)
     grounder = None
     if search is not None:
@@ -206,15 +208,6 @@ def _file_search(tools: str | None) -> FileSearch | None:
             code="unsupported_value",
         )
     return file_search_of(parsed, param="tools")
-
-
-def _check_voice(engines: Engines, voice: str | None) -> None:
-    # The TTS checks this too, but only after STT and the LLM have run: a typo costs nothing here.
-    voices = engines.tts.capabilities.voices
-    if voice and voices and voice not in voices:
-        raise InvalidInput(
-            f"unknown voice {voice!r}; available: {', '.join(voices)}", param="voice"
-        )
 
 
 def _language(language: str | None, settings: Settings) -> str | None:

@@ -95,8 +95,12 @@ def authorize(store: Store, secret: str | None, rule: Rule) -> Identity | Refusa
         return unauthenticated(
             "Incorrect API key provided: it is unknown, revoked or expired.", "invalid_api_key"
         )
-    if rule.keys_only and who.via != "api_key":
-        return forbidden("A client secret cannot do this: use an API key.", "insufficient_scope")
+    if who.via != "api_key" and (rule.keys_only or rule.scope != "realtime"):
+        # a client secret is handed to a browser: it opens realtime sessions (and the demo), not
+        # the key's files, stores, jobs or anything else "any key" may do
+        return forbidden(
+            "A client secret opens realtime sessions only: use an API key.", "insufficient_scope"
+        )
     if not who.allows(rule.scope):
         return forbidden(
             f"This key lacks the '{rule.scope}' scope this route needs (it has: "

@@ -26,8 +26,10 @@ checked here, before the form (and its ``kind``) is read, which works because ev
 needs the same scope (a test keeps them equal). The route then checks the quota again with the
 upload's decoded seconds (``server.edge.quotas.require_quota``).
 
-A scope a route does not name (``None``) accepts any valid credential. The demo's own requests
-(assets, events) are not counted: its conversations are, as the realtime sessions they open.
+A scope a route does not name (``None``) accepts any valid API key. A client secret (handed to
+a browser) is accepted only where the scope is ``realtime``: the realtime WebSocket and the
+demo. The demo's own requests (assets, events) are not counted: its conversations are, as the
+realtime sessions they open.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Rule:
     open: bool = False
     """No credential needed (probes, the API's documentation, the demo's login page)."""
     scope: Scope | None = None
-    """The scope needed (``None``: any valid credential)."""
+    """The scope needed (``None``: any valid API key)."""
     counted: bool = True
     """Counted against the key's requests per minute."""
     spends: bool = False

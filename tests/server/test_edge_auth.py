@@ -300,6 +300,9 @@ async def test_a_client_secret_opens_a_session_from_a_browser_until_it_expires(
         assert_openai_error(again, 403, "insufficient_scope")
         assert_openai_error(await http.post("/chat/completions", json=CHAT), 403,
                             "insufficient_scope")  # fmt: skip
+        # nor the key's own resources that "any key" may read: it is in a browser's hands
+        for path in ("/files", "/vector_stores", "/jobs", "/models", "/audio/voices"):
+            assert_openai_error(await http.get(path), 403, "insufficient_scope")
     # expiry, on the store's clock
     state = keys.app.state.voxline
     later = Store.open(state.settings.state, clock=lambda: minted.expires_at + 1.0)

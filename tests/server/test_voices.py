@@ -265,6 +265,12 @@ async def test_another_key_can_neither_see_nor_use_nor_delete_a_voice(
         job = {"kind": "speech", "input": "Hello.", "voice": vid}  # nor in a batch job
         answer = await http.post("/v1/jobs", data=job)
         assert answer.status_code == 400 and answer.json()["error"]["code"] == "unknown_voice"
+        files = {"file": ("q.wav", wav(2.0), "audio/wav")}  # nor to speak a voice turn's answer
+        answer = await http.post("/v1/turns", data={"voice": vid}, files=files)
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "unknown_voice"
+        assert vid not in error["message"].split("available:")[1]
     async with served.client(served.alice) as http:
         assert (await http.get(f"/v1/audio/voices/{vid}")).status_code == 200  # still there
 
