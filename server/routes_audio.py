@@ -38,9 +38,10 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
 
 from models.registry import Engines
 from pipeline.audio import decode_audio
@@ -64,6 +65,7 @@ from server.edge.quotas import require_quota
 from server.errors import body_of
 from server.logging_setup import current_request_id
 from server.state import AppState, engines_of, state_of
+from server.streaming import cancel_on_disconnect, client_gone
 from store import UsageAmounts
 
 log = logging.getLogger("voxline.server.audio")
@@ -135,6 +137,7 @@ def _check_granularities(values: list[str] | None) -> None:
 
 @router.post("/v1/audio/transcriptions", response_model=None)
 async def create_transcription(
+    request: Request,
     state: Annotated[AppState, Depends(state_of)],
     engines: Annotated[Engines, Depends(engines_of)],
     file: Annotated[UploadFile, File(description="The audio file (any format FFmpeg reads).")],
@@ -185,7 +188,10 @@ async def create_transcription(
             headers={"Cache-Control": "no-cache"},
             background=BackgroundTask(_release, transcripts, None),
         )
-    final = await _final(transcripts)
+    try:  # a client that gave up stops the engine (the body is read: the next message says so)
+        final = await cancel_on_disconnect(request, _final(transcripts))
+    except ClientDisconnect:
+        return client_gone()
     if response_format == "text":
         return PlainTextResponse(final.text + "\n")
     if response_format == "srt":

@@ -26,6 +26,7 @@ import pytest
 import pytest_asyncio
 
 from models.registry import Engines
+from models.stt_whisper import THREAD_NAME as WHISPER_THREAD
 from models.tts_piper import THREAD_NAME as PIPER_THREAD
 from pipeline.audio import ENCODE_FORMATS, decode_audio, decode_pcm16
 from pipeline.audio_stream import StreamEncoder
@@ -38,6 +39,7 @@ from server.audio_schemas import SPEECH_MEDIA_TYPES
 from server.routes_audio import SPEECH_SAMPLE_RATE, _phrases
 from tests.server.conftest import (
     LiveServer,
+    hang_up_once,
     http_client,
     live_threads,
     make_settings,
@@ -400,6 +402,34 @@ async def test_speech_disconnect_stops_tts(app, engines):
         engines.tts.listeners.remove(records.append)
     assert not left, "the Piper worker still runs after the disconnect"
     assert len(records) == 1 and records[0].outputs < 20  # far fewer than the phrases asked for
+
+
+async def test_a_client_gone_before_its_transcript_stops_the_stt(app, engines):
+    """A long file posted whole, then the client hangs up while Whisper works on it: the
+    decode stops (a whole run of 90 s of speech yields a segment every few seconds)."""
+    from benchmarks.longform import build_recording
+    from pipeline.audio import encode_wav
+
+    recording, _ = build_recording(90.0, seed=3)
+    records: list[CallRecord] = []
+    engines.stt.listeners.append(records.append)
+    try:
+        with LiveServer(app) as server:
+            files = {"file": ("long.wav", encode_wav(recording), "audio/wav")}
+            request = httpx.Request(
+                "POST", f"{server.url}/v1/audio/transcriptions", data={"model": "x"}, files=files
+            )
+            await hang_up_once(server, request, thread_prefix=WHISPER_THREAD)
+            left = await wait_threads_gone(WHISPER_THREAD)
+            for _ in range(100):  # the call's record is written as its stream closes
+                if records:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        engines.stt.listeners.remove(records.append)
+    assert not left, "Whisper still decodes for a client that left"
+    [call] = records
+    assert call.outputs < 5  # of the 15+ segments of the whole file
 
 
 class _FailingTTS(TTS):
