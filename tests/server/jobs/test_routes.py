@@ -161,6 +161,10 @@ async def test_a_batch_of_turns_answers_every_line(app_factory: AppFactory) -> N
         assert wav.duration == pytest.approx(answer["audio_seconds"], abs=0.05)
 
 
+def _turn_line(audio: bytes) -> bytes:
+    return json.dumps({"audio": base64.b64encode(audio).decode()}).encode()
+
+
 async def test_bad_submissions_are_refused_before_a_job_exists(app_factory: AppFactory) -> None:
     app = _app(app_factory, max_seconds=5.0, max_turns=2)
     long_audio = spoken_wav(
@@ -186,6 +190,25 @@ async def test_bad_submissions_are_refused_before_a_job_exists(app_factory: AppF
                 400,
                 "too_many_turns",
             ),
+            (  # each line is checked at once, not when its turn runs
+                {"kind": "turns"},
+                ("t.jsonl", b'{"text": "a"}\n{"audio": "!!"}\n', "application/jsonl"),
+                400,
+                "invalid_jsonl",
+            ),
+            (
+                {"kind": "turns"},
+                ("t.jsonl", b'{"text": "   "}\n', "application/jsonl"),
+                400,
+                "invalid_value",
+            ),
+            (
+                {"kind": "turns"},
+                ("t.jsonl", _turn_line(b"not audio at all") + b"\n", "application/jsonl"),
+                400,
+                None,
+            ),
+            ({"kind": "transcription", "language": "english!"}, None, 400, "unsupported_language"),
         ]
         for data, file, status, code in cases:
             files = {"file": file} if file else None
