@@ -308,6 +308,9 @@ class ClientSecrets:
         secret = CLIENT_SECRET_PREFIX + secrets.token_urlsafe(32)
         grant = ClientSecretGrant(key, granted, dict(session) if session else None, now + ttl_s)
         with self._db.write() as conn:
+            # expired secrets go as new ones come: the table holds the live ones, not every
+            # demo login and browser session ever minted
+            conn.execute(client_secrets.delete().where(client_secrets.c.expires_at <= now))
             conn.execute(
                 client_secrets.insert().values(
                     secret_hash=secret_hash(secret),

@@ -89,6 +89,17 @@ def test_a_client_secret_grants_its_keys_identity_until_it_expires(
     assert store.client_secrets.purge_expired() == 1
 
 
+def test_minting_a_secret_removes_the_expired_ones(store: Store, clock: Clock) -> None:
+    key = store.keys.create("demo", ["realtime"]).key
+    for _ in range(3):
+        store.client_secrets.mint(key.id, 60)
+    clock.advance(61)
+    live = store.client_secrets.mint(key.id, 60)
+    with store.db.read() as conn:
+        rows = conn.execute(sa.select(client_secrets)).all()
+    assert len(rows) == 1 and store.client_secrets.verify(live.secret) is not None
+
+
 def test_revoking_a_key_kills_its_client_secrets(store: Store) -> None:
     key = store.keys.create("k", ["realtime"]).key
     minted = store.client_secrets.mint(key.id, 600)
