@@ -161,7 +161,9 @@ class TabSessions:
     first use and kept for the tab's next turns: the conversation lives in the server's session."""
 
     def __init__(self) -> None:
-        self._clients: dict[str, RealtimeDemoClient] = {}
+        # by tab and credential: a request that names another tab's key (Gradio's session hash
+        # is the browser's to choose) but not its credential does not drive, nor bill, its session
+        self._clients: dict[tuple[str, str | None], RealtimeDemoClient] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     def lock(self, key: str) -> asyncio.Lock:
@@ -184,17 +186,16 @@ class TabSessions:
         Raises:
             EngineUnavailable: the server cannot be reached or opened no session.
         """
-        client = self._clients.get(key)
+        client = self._clients.get((key, api_key))
         if client is None or client.closed:
             client = RealtimeDemoClient(url, api_key=api_key)
             await client.connect()
-            self._clients[key] = client
+            self._clients[(key, api_key)] = client
         await client.configure(voice=voice, instructions=instructions)
         return client
 
     async def close(self, key: str) -> None:
         """Close the tab's session (its conversation starts over)."""
         self._locks.pop(key, None)
-        client = self._clients.pop(key, None)
-        if client is not None:
-            await client.aclose()
+        for slot in [slot for slot in self._clients if slot[0] == key]:
+            await self._clients.pop(slot).aclose()

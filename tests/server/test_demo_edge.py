@@ -14,7 +14,7 @@ from starlette.requests import Request
 from models.registry import Engines
 from server.app import create_app
 from server.demo import _credential
-from server.demo_client import RealtimeDemoClient
+from server.demo_client import RealtimeDemoClient, TabSessions
 from server.edge.auth import DEMO_COOKIE
 from store import NewKey, Store
 from tests.server.conftest import LiveServer, make_settings, spoken_wav
@@ -90,3 +90,27 @@ async def test_the_demo_talks_to_the_realtime_api_as_the_logged_in_key(demo: Dem
     with pytest.raises(Exception, match="401"):
         async with RealtimeDemoClient(demo.server.url):
             pass
+
+
+async def test_a_tab_key_reaches_only_the_session_opened_with_the_same_credential(
+    demo: Demo,
+) -> None:
+    """Gradio's session hash is the browser's to choose: one naming another tab's hash with
+    another key gets a session of its own, not the tab's (nor bills the tab's key)."""
+    other = demo.store.keys.create("another browser", ["realtime"])
+    tabs = TabSessions()
+    try:
+        async with tabs.lock("tab-1"):
+            mine = await tabs.client(
+                "tab-1", demo.server.url, None, None, api_key=demo.voice.secret
+            )
+            again = await tabs.client(
+                "tab-1", demo.server.url, None, None, api_key=demo.voice.secret
+            )
+            theirs = await tabs.client("tab-1", demo.server.url, None, None, api_key=other.secret)
+        assert again is mine and theirs is not mine
+        assert mine.rt.created is not None and theirs.rt.created is not None
+        assert mine.rt.created["session"]["id"] != theirs.rt.created["session"]["id"]
+    finally:
+        await tabs.close("tab-1")
+    assert mine.closed and theirs.closed
