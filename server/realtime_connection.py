@@ -292,6 +292,8 @@ class RealtimeConnection:
                 cause = self._cause
             if isinstance(event, TranscriptCompleted) and self._heard is not None:
                 self._heard.heard(event)
+            if isinstance(event, TranscriptCompleted) and self.limits is not None:
+                self.limits.transcribed()
             if isinstance(event, ResponseCreated) and self.limits is not None:
                 self.limits.response_started()
             try:

@@ -171,7 +171,7 @@ async def _serve(
     lease.shutdown = connection.shutdown
     if who is not None:
         connection.limits = RealtimeLimits(
-            state.store, who, connection.emit, session.cancel_response
+            state.store, who, connection.emit, session.cancel_response, connection.shutdown
         )
     log.info(
         "realtime session %s opened (model %s, release %s)",

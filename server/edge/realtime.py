@@ -6,13 +6,18 @@ response counts as one request of the key, checked when the response starts
 key's request and token windows; over one, the response is cancelled at once and the client
 gets an ``error`` event (``rate_limit_exceeded`` or ``insufficient_quota``). The session stays
 open either way.
+
+Transcribing is work a session does without any response (``create_response: false``, or a
+client that commits audio and never asks for an answer), so each completed transcription is
+checked too: once the key's audio or spending quota is spent, the client gets the
+``insufficient_quota`` error and the session ends (close code 1008), its usage billed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from server.edge import quotas
@@ -26,6 +31,22 @@ log = logging.getLogger("voxline.server.edge")
 Wire = dict[str, Any]
 
 
+_TRANSCRIPTION_QUOTAS = frozenset({"audio_seconds_per_day", "usd_per_month"})
+"""The quotas a transcription spends (tokens are a response's)."""
+_POLICY_VIOLATION = 1008  # RFC 6455: the session may not go on
+
+
+def _error(refusal: Refusal) -> Wire:
+    error = {
+        "type": refusal.type,
+        "code": refusal.code,
+        "message": refusal.message,
+        "param": None,
+        "event_id": None,
+    }
+    return wire_event("error", error=error)
+
+
 class RealtimeLimits:
     """Checks each response of one session against its key's limits.
 
@@ -34,6 +55,7 @@ class RealtimeLimits:
         who: The session's caller.
         emit: Queues server events for the client.
         cancel: Cancels the response in progress.
+        end: Ends the session from the server's side with a WebSocket close code.
     """
 
     def __init__(
@@ -42,16 +64,25 @@ class RealtimeLimits:
         who: Identity,
         emit: Callable[[list[Wire]], None],
         cancel: Callable[[], Awaitable[None]],
+        end: Callable[[int], None],
     ) -> None:
         self._store = store
         self._who = who
         self._emit = emit
         self._cancel = cancel
+        self._end = end
         self._tasks: set[asyncio.Task[None]] = set()
 
     def response_started(self) -> None:
         """Check the response that just started (never waits: the check runs in a task)."""
-        task = asyncio.create_task(self._check(), name="realtime-limits")
+        self._spawn(self._check())
+
+    def transcribed(self) -> None:
+        """Check after a transcription: end the session once audio can no longer be paid for."""
+        self._spawn(self._check_transcription())
+
+    def _spawn(self, check: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(check, name="realtime-limits")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -69,17 +100,23 @@ class RealtimeLimits:
             return
         if refusal is not None:
             await self._cancel()
-            error = {
-                "type": refusal.type,
-                "code": refusal.code,
-                "message": refusal.message,
-                "param": None,
-                "event_id": None,
-            }
-            self._emit([wire_event("error", error=error)])
+            self._emit([_error(refusal)])
             return
         if windows:
             self._emit([wire_event("rate_limits.updated", rate_limits=windows)])
+
+    async def _check_transcription(self) -> None:
+        store, who = self._store, self._who
+        try:
+            quota = await asyncio.to_thread(store.usage.check, who.key_id, who.limits)
+        except StoreError:
+            log.warning("could not check a realtime transcription against its key's limits")
+            return
+        if quota.allowed or quota.quota not in _TRANSCRIPTION_QUOTAS:
+            return
+        log.info("realtime session ended: its key's %s is spent", quota.quota)
+        self._emit([_error(quotas.over_quota(quota))])
+        self._end(_POLICY_VIOLATION)
 
     def _decide(self) -> tuple[Refusal | None, list[dict[str, Any]]]:
         store, who = self._store, self._who

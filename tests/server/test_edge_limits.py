@@ -5,6 +5,7 @@ with ``Retry-After`` and the ``x-ratelimit-*`` headers, session slots, and the r
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -205,3 +206,46 @@ async def test_realtime_reports_rate_limits_and_refuses_a_spent_quota(served: Se
             "input_audio_buffer.cleared",
             "response.done",
         )
+
+
+async def test_transcribing_past_a_spent_audio_quota_ends_the_session(served: Served) -> None:
+    """No response to cancel: a session that only transcribes (manual commits, no
+    ``response.create``) is ended once its key's audio quota is spent."""
+    from websockets.exceptions import ConnectionClosed
+
+    from pipeline.audio import decode_audio, to_pcm16
+    from pipeline.settings import AudioLimits
+
+    key = served.key(["realtime"], audio_seconds_per_day=1)
+    auth = {"Authorization": f"Bearer {key.secret}"}
+    speech = decode_audio(spoken_wav("Hello there."), sample_rate=16_000, limits=AudioLimits())
+    pcm = to_pcm16(speech.samples).tobytes()
+    audio = {"input": {"format": {"type": "audio/pcm", "rate": 16_000}, "turn_detection": None}}
+    events: list[dict[str, Any]] = []
+    async with connect(served.ws_url, additional_headers=auth) as ws:
+        update = {"type": "session.update", "session": {"type": "realtime", "audio": audio}}
+        await ws.send(json.dumps(update))
+        with pytest.raises(ConnectionClosed):  # the server ends it
+            async with asyncio.timeout(120):
+                for _ in range(3):  # each commit is transcribed and billed (over a second)
+                    for i in range(0, len(pcm), 3_200):
+                        chunk = base64.b64encode(pcm[i : i + 3_200]).decode()
+                        await ws.send(
+                            json.dumps({"type": "input_audio_buffer.append", "audio": chunk})
+                        )
+                    await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+                    while (
+                        not events
+                        or events[-1]["type"]
+                        != "conversation.item.input_audio_transcription.completed"
+                    ):
+                        events.append(json.loads(await ws.recv()))
+                while True:
+                    events.append(json.loads(await ws.recv()))
+        assert ws.close_code == 1008
+    types = [e["type"] for e in events]
+    heard = types.index("conversation.item.input_audio_transcription.completed")
+    errors = [e["error"] for e in events if e["type"] == "error"]
+    assert [e["code"] for e in errors] == ["insufficient_quota"], errors
+    assert types.index("error") > heard and "response.created" not in types
+    assert served.store.usage.day(key.key.id).audio_seconds >= 1  # what was done is billed
