@@ -252,8 +252,8 @@ class FunctionCallDone:
     """A call is complete and checked against its schema
     (``response.function_call_arguments.done``, ``response.output_item.done``,
     ``conversation.item.done``). ``arguments`` is final: after a repair it differs from the
-    deltas (docs/tools.md, "Checking and repair"); ``status`` is ``incomplete`` when the response ended
-    (cancelled, failed) before the call was."""
+    deltas (docs/tools.md, "Checking and repair"); ``status`` is ``incomplete`` when the
+    response ended (cancelled, failed) before the call was."""
 
     response_id: str
     item_id: str

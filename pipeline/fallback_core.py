@@ -349,7 +349,12 @@ class Chain(Generic[B]):
         except EngineBusy as exc:
             raise _Refused(exc) from exc
         call.done = False
-        source = call.begin(entry.backend)
+        try:
+            source = call.begin(entry.backend)
+        except BaseException:  # e.g. a function call that cannot move on: the slot goes back
+            if slot is not None:
+                slot.release()
+            raise
         started = loop.time()
         first = True
         try:

@@ -247,8 +247,8 @@ async def checked_calls(
 
     Text and tool-call deltas pass through as they come (a call's arguments stream live); the
     last delta is held until every call is checked, and then carries the complete calls (a
-    repaired call's arguments replace the streamed ones: see docs/tools.md, "Checking and repair") and the
-    usage of every attempt.
+    repaired call's arguments replace the streamed ones: see docs/tools.md, "Checking and
+    repair") and the usage of every attempt.
 
     Raises:
         InvalidToolCall: a call still invalid after its repair attempt.

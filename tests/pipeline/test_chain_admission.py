@@ -151,3 +151,26 @@ async def test_a_hung_engine_is_still_timed_out_and_its_waiters_move_on() -> Non
         assert await reply(chain) == "Hello, world. How are you?"
     assert reports.reports[0].fallbacks[0].reason == "first_output_timeout"
     assert hung.scheduler is not None and hung.scheduler.in_use == 0
+
+
+async def test_a_function_call_that_cannot_move_on_gives_back_the_next_backends_slot() -> None:
+    """A backend fails after streaming part of a function call: the call cannot be started over
+    on the next backend (the client has its id), and the slot the chain took there for it is
+    given back, not lost (with capacity 1, a lost slot would refuse every later call)."""
+    from pipeline.errors import StageError
+    from pipeline.types import FunctionTool, GenerationParams
+
+    weather = FunctionTool("get_weather", "Weather.", {"type": "object", "properties": {}})
+    tools = GenerationParams(tools=(weather,))
+    first = ScriptedLLM(
+        "gpu", tool_calls=[("get_weather", "{}")], plans=[Plan(error=OSError, after=1)]
+    )
+    second = scheduled(
+        ScriptedLLM("cpu", tool_calls=[("get_weather", "{}")]), capacity=1, max_queue=0
+    )
+    chain = FallbackLLM([first, second], POLICY)
+    with pytest.raises(StageError, match="cannot be continued"):
+        async for _ in chain.stream(CHAT, tools):
+            pass
+    assert second.scheduler is not None and second.scheduler.in_use == 0
+    assert await reply(FallbackLLM([second], POLICY)) == "Hello, world. How are you?"
