@@ -420,12 +420,14 @@ class LlamaCppLLM(LLM):
             if decode.stop.is_set() or name not in {t.name for t in tools}:
                 return  # stopped, or cut short: the checker reports the missing call
         tool = next(t for t in tools if t.name == name)
+        # compiled before the call is announced: a schema llama.cpp cannot turn into a grammar
+        # is the request's fault (a 4xx), not a backend failure after the client saw a call
+        grammar = self._grammar(json.dumps(tool.parameters, sort_keys=True), tool.parameters)
         call_id = new_call_id()
         yield TextDelta("", tool_call=ToolCallDelta(0, call_id, name, ""))
         so_far += arguments_prefix(name)
         # arguments are not a spoken reply: they get room beyond a voice-sized max_tokens
         limit = min(max(params.max_tokens or self.settings.max_tokens, ARGUMENT_TOKENS), room)
-        grammar = self._grammar(json.dumps(tool.parameters, sort_keys=True), tool.parameters)
         for piece, _ in decode.run(tokens(so_far), limit, [], grammar):
             if piece:
                 yield TextDelta("", tool_call=ToolCallDelta(0, call_id, name, piece))
@@ -438,11 +440,19 @@ class LlamaCppLLM(LLM):
         with self._grammar_lock:
             grammar = self._grammars.get(key)
             if grammar is None:
-                if isinstance(spec, Mapping):
-                    gbnf = json_schema_to_gbnf(json.dumps(spec))
-                else:
-                    gbnf = name_grammar(spec)
-                grammar = LlamaGrammar.from_string(gbnf, verbose=False)
+                try:
+                    if isinstance(spec, Mapping):
+                        gbnf = json_schema_to_gbnf(json.dumps(spec))
+                    else:
+                        gbnf = name_grammar(spec)
+                    grammar = LlamaGrammar.from_string(gbnf, verbose=False)
+                except Exception as exc:  # llama.cpp's converter asserts on what it lacks
+                    raise InvalidInput(
+                        "a function's parameters schema uses what llama.cpp's grammar"
+                        f" converter does not support ({type(exc).__name__}: {exc})"[:300],
+                        param="tools",
+                        code="unsupported_schema",
+                    ) from exc
                 if len(self._grammars) >= 64:  # bounded: clients choose the schemas
                     self._grammars.pop(next(iter(self._grammars)))
                 self._grammars[key] = grammar

@@ -257,6 +257,26 @@ async def test_a_call_is_valid_json_of_its_schema_under_the_grammar(
     assert last.usage is not None and last.usage.completion_tokens >= len(pieces) - 1
 
 
+async def test_a_schema_the_grammar_converter_cannot_take_is_the_requests_fault(
+    engine: LlamaCppLLM,
+) -> None:
+    """Valid JSON Schema that llama.cpp's converter asserts on (a pattern not anchored with
+    ^...$): an InvalidInput on ``tools`` (a 4xx), raised before any call is announced."""
+    coded = FunctionTool(
+        "coded",
+        "Take a code.",
+        {"type": "object", "properties": {"code": {"type": "string", "pattern": "[A-Z]{3}"}}},
+    )
+    seen: list[TextDelta] = []
+    with pytest.raises(InvalidInput) as info:
+        async for delta in engine.stream(
+            PIZZA, GenerationParams(tools=(coded,), tool_choice="required")
+        ):
+            seen.append(delta)
+    assert info.value.param == "tools" and info.value.code == "unsupported_schema"
+    assert not [d for d in seen if d.tool_call is not None]
+
+
 async def test_auto_streams_text_when_the_model_does_not_call(engine: LlamaCppLLM) -> None:
     deltas = await _collect(
         engine, QUESTION, tools=(LOOKUP,), tool_choice="auto", max_tokens=16, temperature=0.0
