@@ -166,10 +166,15 @@ class LlamaCppLLM(LLM):
         """
         if not self._model.loaded:
             return False
-        free_slot = scheduler.delegate()  # the thread keeps the engine's slot until it ends
-        return await asyncio.to_thread(
-            self._prefill, list(messages), params or GenerationParams(), free_slot
-        )
+        messages, params = list(messages), params or GenerationParams()
+
+        def run() -> bool:
+            # The thread takes the engine's slot over when it runs, not before: a prefill
+            # cancelled while queued for a thread never runs, and the chain gives the slot back
+            # (to_thread runs this in a copy of the caller's context, which holds the slot).
+            return self._prefill(messages, params, scheduler.delegate())
+
+        return await asyncio.to_thread(run)
 
     def _prefill(
         self,

@@ -338,3 +338,41 @@ async def test_prefill_is_skipped_while_a_reply_decodes(engine: LlamaCppLLM) -> 
     await anext(replies)  # the reply holds the engine
     assert not await engine.prefill([Message("user", "Hi")])
     await replies.aclose()
+
+
+async def test_a_prefill_cancelled_while_queued_for_a_thread_gives_the_slot_back(
+    engine: LlamaCppLLM,
+) -> None:
+    """A prefill waits in the loop's executor when its threads are busy (every session's VAD
+    runs there too); cancelled there (the user spoke again), its job never runs, and the
+    engine's slot it was taken for must not stay taken."""
+    import concurrent.futures
+
+    from pipeline.fallback import FallbackLLM
+    from tests.fakes import scheduled
+
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+    busy = threading.Event()
+    blocker = loop.run_in_executor(None, busy.wait)  # the executor's one thread is taken
+    before = engine.scheduler
+    served = scheduled(engine)
+    try:
+        chain = FallbackLLM([served])
+        prefill = asyncio.create_task(chain.prefill(QUESTION))
+        for _ in range(100):
+            if served.scheduler is not None and served.scheduler.in_use:
+                break
+            await asyncio.sleep(0.01)
+        assert served.scheduler is not None and served.scheduler.in_use == 1  # queued, holding
+        prefill.cancel()
+        busy.set()
+        await blocker
+        for _ in range(100):
+            if not served.scheduler.in_use:
+                break
+            await asyncio.sleep(0.01)
+        assert served.scheduler.in_use == 0
+    finally:
+        busy.set()
+        engine.scheduler = before
