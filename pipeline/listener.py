@@ -154,7 +154,10 @@ class Transcriber:
             return utt.result
         if job is not None and utt.covered >= voiced_frames and not job.cancelled():
             if not job.done() or job.exception() is None:
-                return await job
+                try:
+                    return await job
+                except EngineBusy:
+                    pass  # refused at its lower priority: asked for again below, as a final
         self._finals_waiting += 1
         try:
             while self._running is not None:
