@@ -282,7 +282,7 @@ class LLM(_Stage):
             source = tool_calls.checked_calls(
                 self._stream, list(messages), params, backend=self.name
             )
-        timed = self._timed(source, prompt_tokens=lambda: self.count_tokens(messages))
+        timed = self._timed(source, prompt_tokens=lambda: self._prompt_tokens(messages))
         async with contextlib.aclosing(timed):  # closed now when the consumer stops (see STT)
             async for item in timed:
                 assert isinstance(item, TextDelta)
@@ -313,6 +313,14 @@ class LLM(_Stage):
             default), or one busy with a reply.
         """
         return False
+
+    def _prompt_tokens(self, messages: Sequence[Message]) -> int | None:
+        """The prompt's length for billing a call cut short, or ``None`` while the engine's
+        model is not in memory: counting runs on the event loop and must not load a model
+        there (a backend tried while its probe reloads it)."""
+        if not getattr(self, "loaded", True):
+            return None
+        return self.count_tokens(messages)
 
     def count_tokens(self, messages: Sequence[Message]) -> int | None:
         """The prompt length of ``messages`` as this engine tokenizes them (``None``: unknown).

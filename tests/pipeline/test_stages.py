@@ -385,3 +385,28 @@ async def test_tts_drops_empty_chunks_and_does_not_count_them() -> None:
     (record,) = records
     assert record.outputs == 2
     assert record.first_output_ms == pytest.approx(50)  # to the first audio, not the empty chunk
+
+
+async def test_a_call_cut_short_is_not_counted_by_loading_a_model_on_the_loop() -> None:
+    """Billing a call cut short counts its prompt on the event loop: an engine whose model is
+    not in memory (its probe reloading it) is not asked, so the loop never waits on a load."""
+
+    class Unloaded(ScriptedLLM):
+        counted = 0
+
+        @property
+        def loaded(self) -> bool:
+            return False
+
+        def count_tokens(self, messages):  # type: ignore[no-untyped-def, override]
+            self.counted += 1
+            return super().count_tokens(messages)
+
+    engine = Unloaded(plans=[Plan(error=ConnectionError, after=2)])
+    records: list[CallRecord] = []
+    engine.listeners.append(records.append)
+    with pytest.raises(StageError):
+        async for _ in engine.stream([Message("user", "Hi")]):
+            pass
+    assert engine.counted == 1  # the double's own count as its call starts; billing's none
+    assert records[-1].tokens_in == 0 and records[-1].tokens_out == 2
