@@ -23,6 +23,7 @@ This module holds what every engine and route shares:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -256,17 +257,19 @@ async def checked_calls(
     tools = offered(params)
     calls: dict[int, _Call] = {}
     last: TextDelta | None = None
-    async for delta in stream(messages, params):
-        if delta.tool_call is not None:
-            piece = delta.tool_call
-            if piece.index not in calls:
-                calls[piece.index] = _Call(piece)
-            calls[piece.index].parts.append(piece.arguments)
-            yield delta
-        elif delta.finish_reason is not None or delta.usage is not None:
-            last = delta
-        elif delta.text:
-            yield delta
+    first = stream(messages, params)
+    async with _closing(first):  # a consumer gone (barge-in) stops the engine now
+        async for delta in first:
+            if delta.tool_call is not None:
+                piece = delta.tool_call
+                if piece.index not in calls:
+                    calls[piece.index] = _Call(piece)
+                calls[piece.index].parts.append(piece.arguments)
+                yield delta
+            elif delta.finish_reason is not None or delta.usage is not None:
+                last = delta
+            elif delta.text:
+                yield delta
     usage = last.usage if last is not None else None
     done = [c.done() for _, c in sorted(calls.items())]
     if last is not None and last.tool_calls:
@@ -323,14 +326,27 @@ async def _repair(
         choice = "required"
     repaired: dict[int, _Call] = {}
     usage: Usage | None = None
-    async for delta in stream(retry, dataclasses.replace(params, tool_choice=choice)):
-        if delta.tool_call is not None:
-            piece = delta.tool_call
-            repaired.setdefault(piece.index, _Call(piece)).parts.append(piece.arguments)
-        usage = delta.usage or usage
+    again = stream(retry, dataclasses.replace(params, tool_choice=choice))
+    async with _closing(again):
+        async for delta in again:
+            if delta.tool_call is not None:
+                piece = delta.tool_call
+                repaired.setdefault(piece.index, _Call(piece)).parts.append(piece.arguments)
+            usage = delta.usage or usage
     if not repaired:
         return ToolCall(call.call_id, call.name, call.arguments), usage
     return repaired[min(repaired)].done(), usage
+
+
+@contextlib.asynccontextmanager
+async def _closing(items: AsyncIterator[TextDelta]) -> AsyncIterator[AsyncIterator[TextDelta]]:
+    """``contextlib.aclosing`` for any async iterator (an engine's generator has ``aclose``)."""
+    try:
+        yield items
+    finally:
+        close = getattr(items, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def _add(a: Usage | None, b: Usage | None) -> Usage | None:

@@ -213,3 +213,14 @@ async def test_a_chain_keeps_the_repair_its_backend_made() -> None:
     deltas = await collect(chain, ASK, params())
     assert json.loads(deltas[-1].tool_calls[0].arguments) == json.loads(VALID)
     assert len(backend.calls) == 2  # the backend's one repair, none more at the chain's level
+
+
+async def test_a_consumer_that_stops_mid_call_closes_the_engines_stream_at_once() -> None:
+    """Barge-in during a function call: the engine's own stream is closed as the consumer
+    stops (its worker thread stops now), not whenever the garbage collector gets to it."""
+    llm = ScriptedLLM(tool_calls=[("get_weather", VALID)])
+    deltas = llm.stream(ASK, params())
+    first = await anext(deltas)
+    assert first.tool_call is not None and first.tool_call.name == "get_weather"
+    await deltas.aclose()
+    assert llm.calls[-1].closed
