@@ -95,7 +95,7 @@ def authorize(store: Store, secret: str | None, rule: Rule) -> Identity | Refusa
         return unauthenticated(
             "Incorrect API key provided: it is unknown, revoked or expired.", "invalid_api_key"
         )
-    if who.via != "api_key" and (rule.keys_only or rule.scope != "realtime"):
+    if who.via != "api_key" and (rule.keys_only or not (rule.scope == "realtime" or rule.secrets)):
         # a client secret is handed to a browser: it opens realtime sessions (and the demo), not
         # the key's files, stores, jobs or anything else "any key" may do
         return forbidden(

@@ -14,7 +14,8 @@ may do is written down in one place (README, "Security", shows it):
 | ``POST /v1/jobs`` (transcription, speech, a batch of turns) | ``audio`` | yes | yes |
 | ``/v1/jobs``, ``/v1/jobs/{id}...`` (read, cancel, delete: the owner's) | any key | yes | no |
 | ``/v1/chat/completions`` | ``chat`` | yes | yes |
-| ``/v1/models``, ``GET /v1/audio/voices``, any other ``/v1`` path | any key | yes | no |
+| ``GET /v1/audio/voices`` | any key, or a client secret | yes | no |
+| ``/v1/models``, any other ``/v1`` path | any key | yes | no |
 | ``/v1/usage`` | ``admin`` | yes | no |
 | ``/metrics`` (or loopback, with ``edge.metrics_from_loopback``) | ``admin`` | no | no |
 | ``/demo/login`` | open | no | no |
@@ -27,9 +28,9 @@ needs the same scope (a test keeps them equal). The route then checks the quota 
 upload's decoded seconds (``server.edge.quotas.require_quota``).
 
 A scope a route does not name (``None``) accepts any valid API key. A client secret (handed to
-a browser) is accepted only where the scope is ``realtime``: the realtime WebSocket and the
-demo. The demo's own requests (assets, events) are not counted: its conversations are, as the
-realtime sessions they open.
+a browser) is accepted only where the scope is ``realtime`` (the realtime WebSocket and the
+demo) and on ``GET /v1/audio/voices`` (the voice choices). The demo's own requests (assets,
+events) are not counted: its conversations are, as the realtime sessions they open.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class Rule:
     """The demo's login cookie is accepted as the credential."""
     upload: bool = False
     """Takes an audio upload: the body may be ``audio.max_bytes`` (else ``edge.max_json_bytes``)."""
+    secrets: bool = False
+    """A client secret is accepted as well (besides the ``realtime`` routes): what a browser
+    holding one needs to set up its session, such as the voice choices."""
 
 
 _OPEN = Rule(open=True, counted=False)
@@ -88,6 +92,7 @@ _EXACT: dict[str, Rule] = {
 # by method where one path serves several: listing voices needs any key, adding one the scope
 _BY_METHOD: dict[tuple[str, str], Rule] = {
     ("POST", VOICES_PATH): Rule(scope="audio", upload=True),
+    ("GET", VOICES_PATH): Rule(secrets=True),  # the demo's voice box, from the browser's secret
     # every kind of job is audio work (see JOB_KIND_ROUTES): a chat-only key submits none
     ("POST", JOBS_PATH): Rule(scope="audio", spends=True, upload=True),
 }
