@@ -22,11 +22,9 @@ A job belongs to the API key that submitted it (:func:`owner`): other keys get 4
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
@@ -41,7 +39,7 @@ from server import identity
 from server.audio_schemas import SpeechFormat, to_json, to_srt, to_vtt
 from server.edge.quotas import require_quota
 from server.errors import error_body
-from server.jobs.kinds import INPUT_RATE, parse_turns
+from server.jobs.kinds import INPUT_RATE, parse_turns, spoken_seconds
 from server.jobs.records import TERMINAL, Job, JobKind, JobStatus
 from server.state import AppState, state_of
 from server.streaming import EventStream, sse
@@ -160,7 +158,7 @@ async def create_job(
         await _check_voice(state, voice)
         # every line is checked now, so an accepted job cannot fail on its input later (and
         # lose the turns done before it), and spoken turns count against the audio quota
-        seconds = await asyncio.to_thread(_check_turns, turns, settings)
+        seconds = await asyncio.to_thread(spoken_seconds, turns, settings.audio)
         await require_quota(state.store, UsageAmounts(audio_seconds=seconds))
         options = {
             "voice": voice or settings.tts.voice,
@@ -179,30 +177,6 @@ async def create_job(
     jobs.runner.wake()
     log.info("job %s (%s) accepted", job.id, kind)
     return JSONResponse(job.public())
-
-
-def _check_turns(turns: list[Mapping[str, Any]], settings: Settings) -> float:
-    """Seconds of speech in ``turns`` (blocking: decodes each spoken turn).
-
-    Raises:
-        InvalidInput: a line whose text is empty or whose audio is not base64 of audio within
-            ``audio``'s limits (the message names the line).
-    """
-    seconds = 0.0
-    for number, line in enumerate(turns, start=1):
-        try:
-            if "audio" in line:
-                raw = base64.b64decode(str(line["audio"]), validate=True)
-                seconds += decode_audio(raw, sample_rate=INPUT_RATE, limits=settings.audio).duration
-            elif not str(line["text"]).strip():
-                raise InvalidInput("the text is empty", param="file", code="invalid_value")
-        except binascii.Error as exc:
-            raise InvalidInput(
-                f"turn {number}: 'audio' is not base64", param="file", code="invalid_jsonl"
-            ) from exc
-        except InvalidInput as exc:
-            raise InvalidInput(f"turn {number}: {exc}", param="file", code=exc.code) from exc
-    return seconds
 
 
 def _job_audio_limits(settings: Settings) -> AudioLimits:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +22,7 @@ from pipeline.errors import InvalidInput
 from pipeline.metering import Meter
 from pipeline.priority import Priority, priority
 from pipeline.reply import Reply
-from pipeline.settings import Settings
+from pipeline.settings import AudioLimits, Settings
 from pipeline.stages import LLM, STT, TTS, CallRecord
 from pipeline.turn import run_turn
 from pipeline.types import AudioChunk, GenerationParams, Message, Transcript
@@ -65,6 +66,19 @@ async def speak_chunk(
     return AudioChunk(samples.astype(np.float32, copy=False), rate), meter.take()
 
 
+def turn_audio(line: Mapping[str, Any], *, sample_rate: int, limits: AudioLimits) -> AudioChunk:
+    """A spoken turn's audio: ``line["audio"]``, a base64 audio file, decoded (blocking).
+
+    Raises:
+        InvalidInput: not base64 (``invalid_jsonl``), or not audio within ``limits``.
+    """
+    try:
+        raw = base64.b64decode(str(line["audio"]), validate=True)
+    except binascii.Error as exc:
+        raise InvalidInput("'audio' is not base64", param="file", code="invalid_jsonl") from exc
+    return decode_audio(raw, sample_rate=sample_rate, limits=limits)
+
+
 async def turn_chunk(
     stt: STT,
     llm: LLM,
@@ -88,10 +102,7 @@ async def turn_chunk(
     with Meter().bind() as meter, priority(Priority.BATCH):
         if "audio" in line:
             audio = await asyncio.to_thread(  # decoding is blocking work: off the loop
-                decode_audio,
-                base64.b64decode(line["audio"]),
-                sample_rate=stt.sample_rate,
-                limits=settings.audio,
+                turn_audio, line, sample_rate=stt.sample_rate, limits=settings.audio
             )
             result = await run_turn(
                 audio,

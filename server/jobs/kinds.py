@@ -24,12 +24,14 @@ import numpy as np
 
 from pipeline.audio import decode_pcm16, to_pcm16
 from pipeline.audio_stream import StreamEncoder
+from pipeline.errors import InvalidInput
 from pipeline.longform import CutPolicy, plan_chunks, speech_probabilities, split_sentences, stitch
-from pipeline.settings import Settings
+from pipeline.settings import AudioLimits, Settings
 from pipeline.stages import CallRecord
 from pipeline.types import AudioChunk, Segment, Transcript
 from pipeline.vad import VAD
 from server.audio_schemas import to_verbose_json
+from server.jobs.chunks import turn_audio
 from server.jobs.queue import JobQueue
 from server.jobs.records import Job
 from store import Conflict, NotFound
@@ -269,6 +271,25 @@ def parse_turns(data: bytes) -> list[Mapping[str, Any]]:
             raise ValueError(f"line {number}: a JSON object with 'text' or 'audio' (base64)")
         turns.append(line)
     return turns
+
+
+def spoken_seconds(turns: Sequence[Mapping[str, Any]], limits: AudioLimits) -> float:
+    """Seconds of speech in ``turns`` (blocking: decodes each spoken turn), checking every line
+    a turn job would run: its ``text`` not empty, its ``audio`` base64 of audio within ``limits``.
+
+    Raises:
+        InvalidInput: the first line that fails (the message names it).
+    """
+    seconds = 0.0
+    for number, line in enumerate(turns, start=1):
+        try:
+            if "audio" in line:
+                seconds += turn_audio(line, sample_rate=INPUT_RATE, limits=limits).duration
+            elif not str(line["text"]).strip():
+                raise InvalidInput("the text is empty", param="file", code="invalid_value")
+        except InvalidInput as exc:
+            raise InvalidInput(f"turn {number}: {exc}", param="file", code=exc.code) from exc
+    return seconds
 
 
 def _put(queue: JobQueue, blob_id: str, pieces: Any, content_type: str) -> None:
