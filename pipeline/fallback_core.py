@@ -513,7 +513,10 @@ def _stage_error(stage: Stage, backend: str, exc: Exception) -> StageError:
 
 def _raise_all(stage: Stage, chain: str, what: str, errors: list[tuple[str, Exception]]) -> None:
     if len(errors) == 1:
-        raise errors[0][1]
+        # the backend's own error, with its fix; an engine library's own (CTranslate2's
+        # RuntimeError for a missing cuBLAS) as EngineUnavailable, which callers handle
+        name, exc = errors[0]
+        raise exc if isinstance(exc, VoxlineError) else _stage_error(stage, name, exc)
     summary = "; ".join(f"{name}: {exc}" for name, exc in errors)
     raise EngineUnavailable(
         f"no backend of {chain} could {what}: {summary}", stage=stage, backend=chain

@@ -58,7 +58,14 @@ async def test_with_gpu_on_a_cpu_machine_the_doctor_fails_and_says_why(tmp_path:
     tts = loads["tts"]
     assert tts.error is None
     assert [b["started"] for b in tts.backends] == [False, True]
-    assert report.turns == []
+    # the turns still time what started, the others on CPU stand-ins, and the report fails
+    assert [load.stage for load in report.loads][3:] == [
+        "stt (CPU stand-in)",
+        "llm (CPU stand-in)",
+    ]
+    assert [t["backends"] for t in report.turns] == [
+        {"stt": "whisper:cpu", "llm": "transformers:cpu", "tts": "piper:cpu"}
+    ]
     assert report_lines(report)[-1] == "FAILED"
 
 

@@ -588,3 +588,18 @@ async def test_prefill_goes_to_the_backend_the_next_call_would_use() -> None:
     slot.release()
     assert cpu.prefills == [CHAT] and cpu.scheduler.in_use == 0
     await chain.aclose()
+
+
+async def test_an_engine_library_error_at_warm_up_is_an_engine_error() -> None:
+    # CTranslate2 on a machine without cuBLAS 12 raises a plain RuntimeError at the first
+    # encode; the server's startup handles VoxlineError (and reports it on /readyz), not that
+    class NoCublas(ScriptedSTT):
+        async def warm(self) -> None:
+            raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
+
+    chain = FallbackSTT([NoCublas("gpu")], FAST)
+    await chain.start()
+    with pytest.raises(EngineUnavailable, match=r"libcublas\.so\.12") as raised:
+        await chain.warm()
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    await chain.aclose()
