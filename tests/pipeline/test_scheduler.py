@@ -214,8 +214,8 @@ async def test_a_worker_thread_frees_the_slot_when_it_ends_not_when_its_consumer
     await items.aclose()  # the consumer left; the engine is still inside its step
     assert sched.in_use == 1 and not slot.freed
     gate.set()  # the step ends, the thread sees the stop event and ends
-    await asyncio.to_thread(done.wait, 5)
-    for _ in range(100):  # the thread frees the slot as its very last act
+    await asyncio.to_thread(done.wait, 60)
+    for _ in range(3000):  # the thread frees the slot as its very last act (a hang guard)
         if slot.freed:
             break
         await asyncio.to_thread(threading.Event().wait, 0.01)
@@ -230,8 +230,8 @@ async def test_a_slow_consumer_does_not_hold_the_engine_once_the_thread_is_done(
     with holding(slot):
         items = iterate_in_thread(_worker(gate, done, 3), thread_name="test-worker")
         assert await anext(items) == 0
-    await asyncio.to_thread(done.wait, 5)
-    for _ in range(100):
+    await asyncio.to_thread(done.wait, 60)
+    for _ in range(3000):  # a hang guard, not a budget
         if slot.freed:
             break
         await asyncio.to_thread(threading.Event().wait, 0.01)

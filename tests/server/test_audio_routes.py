@@ -421,7 +421,7 @@ async def test_a_client_gone_before_its_transcript_stops_the_stt(app, engines):
             )
             await hang_up_once(server, request, thread_prefix=WHISPER_THREAD)
             left = await wait_threads_gone(WHISPER_THREAD)
-            for _ in range(100):  # the call's record is written as its stream closes
+            for _ in range(1200):  # the call's record is written as its stream closes
                 if records:
                     break
                 await asyncio.sleep(0.05)
