@@ -15,7 +15,9 @@ conversation grows with every question, so the server runs with a 512-token cont
 (about 13 MB) cannot pass for, or hide, a queue's growth.
 
 (Measured in process with a client that reads everything, the server grew by ~5 MB an answer
-on its own, with its malloc arenas capped as ``voxline serve`` caps them: ``server.serving``.)
+on its own, with its malloc arenas capped as ``voxline serve`` caps them: ``server.serving``.
+Piper's ONNX session once grew by 70-85 MB at a new phrase length, in about one run in three
+on a starved machine: ``models.tts_piper._piper_voice`` says why it no longer does.)
 """
 
 from __future__ import annotations
