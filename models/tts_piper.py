@@ -382,9 +382,10 @@ def _piper_voice(model: Path, *, cuda: bool) -> Any:
     Every phrase is a new input length, and onnxruntime (memory patterns on, its default) plans
     and keeps one allocation per length seen, in an arena that never gives memory back: a
     server's resident set then climbs for as long as new lengths come (measured on 2 cores, 90
-    random answers: 165 -> 414 MiB and still climbing, by jumps of up to ~70 MiB). Without
-    patterns it levels off (165 -> 319 MiB, reached within ~40 answers, and at start with
-    ``warmup``'s longest phrase) at the same speed (1.33 vs 1.32 ms of compute a character).
+    random answers at mixed speeds: 165 -> 414 MiB and still climbing, by jumps of 50-110 MiB).
+    Without patterns it levels off (165 -> 319 MiB within ~40 answers; at the default speed,
+    1-18 MiB above where ``warmup``'s longest phrase left it, over six random sequences, against
+    26-94 MiB with patterns) at the same speed (1.33 vs 1.32 ms of compute a character).
     """
     import onnxruntime
     from piper import PiperConfig, PiperVoice
