@@ -153,6 +153,7 @@ async def _serve(
         voices=lambda: state.voices.visible(engines.tts.capabilities.voices, who),
         tiers=tuple(router.tiers) if router is not None else (),
     )
+    usage = SessionUsage(state.accounting, events.session_id, who)
     connection = RealtimeConnection(
         websocket,
         session,
@@ -160,7 +161,7 @@ async def _serve(
         parser,
         backlog_bytes=settings.audio.max_bytes,
         default_vad=TurnDetection.from_settings(settings.session),
-        usage=SessionUsage(state.accounting, events.session_id, who),
+        usage=usage,
         observe_turn=functools.partial(state.releases.observe_response, live.name),
         heard=heard,
         observe_route=functools.partial(state.observe_route, where="realtime response"),
@@ -171,7 +172,12 @@ async def _serve(
     lease.shutdown = connection.shutdown
     if who is not None:
         connection.limits = RealtimeLimits(
-            state.store, who, connection.emit, session.cancel_response, connection.shutdown
+            state.store,
+            who,
+            connection.emit,
+            session.cancel_response,
+            connection.shutdown,
+            billed=usage.flush,
         )
     log.info(
         "realtime session %s opened (model %s, release %s)",

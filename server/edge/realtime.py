@@ -56,6 +56,8 @@ class RealtimeLimits:
         emit: Queues server events for the client.
         cancel: Cancels the response in progress.
         end: Ends the session from the server's side with a WebSocket close code.
+        billed: Waits until the session's work billed so far is stored, so that a check sees
+            the previous response's usage however soon the client asks again.
     """
 
     def __init__(
@@ -65,12 +67,14 @@ class RealtimeLimits:
         emit: Callable[[list[Wire]], None],
         cancel: Callable[[], Awaitable[None]],
         end: Callable[[int], None],
+        billed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._who = who
         self._emit = emit
         self._cancel = cancel
         self._end = end
+        self._billed = billed
         self._tasks: set[asyncio.Task[None]] = set()
 
     def response_started(self) -> None:
@@ -93,6 +97,8 @@ class RealtimeLimits:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _check(self) -> None:
+        if self._billed is not None:
+            await self._billed()
         try:
             refusal, windows = await asyncio.to_thread(self._decide)
         except StoreError:
@@ -107,6 +113,8 @@ class RealtimeLimits:
 
     async def _check_transcription(self) -> None:
         store, who = self._store, self._who
+        if self._billed is not None:
+            await self._billed()
         try:
             quota = await asyncio.to_thread(store.usage.check, who.key_id, who.limits)
         except StoreError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -213,6 +214,33 @@ async def test_realtime_reports_rate_limits_and_refuses_a_spent_quota(served: Se
         )
 
 
+async def test_the_next_response_waits_for_the_previous_ones_usage_to_be_stored(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the usage of a response is written by the accounting's thread after its response.done; a
+    # client asking again at once was checked against the usage before it (a starved run let a
+    # second response through a spent quota): the check now waits for the session's writes
+    store = served.store.usage
+    add = store.add
+
+    def slow_add(*args: Any, **kwargs: Any) -> None:
+        time.sleep(1.0)  # a slow database
+        add(*args, **kwargs)
+
+    monkeypatch.setattr(store, "add", slow_add)
+    key = served.key(["realtime"], tokens_per_day=5)
+    auth = {"Authorization": f"Bearer {key.secret}"}
+    async with connect(served.ws_url, additional_headers=auth) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        update = {"type": "session.update", "session": {"type": "realtime", "max_output_tokens": 8}}
+        await ws.send(json.dumps(update))
+        first = await respond(ws, "Say hello.")
+        assert not [e for e in first if e["type"] == "error"]
+        second = await respond(ws, "Say it again.")
+        [error] = [e for e in second if e["type"] == "error"]
+        assert error["error"]["code"] == "insufficient_quota"
+
+
 async def test_transcribing_past_a_spent_audio_quota_ends_the_session(served: Served) -> None:
     """No response to cancel: a session that only transcribes (manual commits, no
     ``response.create``) is ended once its key's audio quota is spent."""
@@ -247,6 +275,10 @@ async def test_transcribing_past_a_spent_audio_quota_ends_the_session(served: Se
                         events.append(json.loads(await ws.recv()))
                 while True:
                     events.append(json.loads(await ws.recv()))
+        # ended while this client was still sending: what it had not read yet is still there
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                events.append(json.loads(await ws.recv()))
         assert ws.close_code == 1008
     types = [e["type"] for e in events]
     heard = types.index("conversation.item.input_audio_transcription.completed")
