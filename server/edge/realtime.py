@@ -67,7 +67,7 @@ class RealtimeLimits:
         emit: Callable[[list[Wire]], None],
         cancel: Callable[[], Awaitable[None]],
         end: Callable[[int], None],
-        billed: Callable[[], Awaitable[None]] | None = None,
+        billed: Callable[[], Awaitable[None]],
     ) -> None:
         self._store = store
         self._who = who
@@ -97,8 +97,7 @@ class RealtimeLimits:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _check(self) -> None:
-        if self._billed is not None:
-            await self._billed()
+        await self._billed()
         try:
             refusal, windows = await asyncio.to_thread(self._decide)
         except StoreError:
@@ -113,8 +112,7 @@ class RealtimeLimits:
 
     async def _check_transcription(self) -> None:
         store, who = self._store, self._who
-        if self._billed is not None:
-            await self._billed()
+        await self._billed()
         try:
             quota = await asyncio.to_thread(store.usage.check, who.key_id, who.limits)
         except StoreError:
